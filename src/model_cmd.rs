@@ -1,0 +1,1 @@
+//! `pollard model ...`: inspect a checkpoint and run it on token ids (filled by the model layer).
