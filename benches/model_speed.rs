@@ -1,1 +1,239 @@
-fn main() {}
+//! Speed of the Llama forward pass and training step on the CPU (issue 4 "Speed").
+//!
+//! Prints, for a ~10M-parameter model at sequence length 256: forward tokens/s, training-step
+//! tokens/s (forward + cross-entropy + backward + AdamW step), the achieved GFLOP/s, the same
+//! machine's f32 matmul peak measured in this run, a per-op profile of one step, and, when a
+//! Python with PyTorch is available (`POLLARD_TORCH_PYTHON`, else `/tmp/torchenv/bin/python`),
+//! the same model and step in PyTorch (benches/model_speed_torch.py) and pollard/PyTorch ratios.
+//! Never a timed assertion: everything is a measurement printed as numbers and ratios.
+//!
+//! Build with `cargo build --bench model_speed` (dev profile, optimised) and run the binary
+//! from target/debug/deps, or `cargo bench --bench model_speed` (release profile).
+//! Knobs: POLLARD_BENCH_REPS (timed repetitions, default 5), POLLARD_BENCH_BATCH (default 8).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use pollard_model::ops::softmax::CausalMask;
+use pollard_model::ops::{causal_softmax, primitive, rms_norm, rope, swiglu, RopeTables};
+use pollard_model::{Llama, LlamaConfig, SeededRng};
+use pollard_train::{cross_entropy, AdamW, AdamWConfig, Grads};
+
+const SEQ: usize = 256;
+
+fn bench_config() -> LlamaConfig {
+    // 5 layers, hidden 384, 6 heads of 64 (2 kv heads), MLP 1024, vocab 4096, tied: 9.4M params.
+    let mut c = LlamaConfig::new(4096, 384, 1024, 5, 6, 2, 64);
+    c.tie_word_embeddings = true;
+    c
+}
+
+fn env_usize(k: &str, d: usize) -> usize {
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+}
+
+/// Median and best of `reps` timed runs (after one warm-up), in seconds.
+fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> (f64, f64) {
+    std::hint::black_box(f());
+    let mut ts: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(f());
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    ts.sort_by(|a, b| a.partial_cmp(b).expect("times are finite"));
+    (ts[ts.len() / 2], ts[0])
+}
+
+/// FLOPs of one forward pass over `tokens` tokens: 2 per matmul weight per token (lm_head
+/// included, the embedding lookup not) plus q.k and p.v over the full T x T score matrix.
+fn forward_flops(c: &LlamaConfig, batch: usize) -> f64 {
+    let p = c.param_count();
+    let matmul = (p.attention + p.mlp + c.vocab_size as u64 * c.hidden_size as u64) as f64;
+    let tokens = (batch * SEQ) as f64;
+    let attn = 4.0 * batch as f64 * (SEQ * SEQ) as f64 * (c.num_attention_heads * c.head_dim) as f64 * c.num_hidden_layers as f64;
+    2.0 * matmul * tokens + attn
+}
+
+fn matmul_peak(dev: &Device) -> f64 {
+    let n = 2048;
+    let a = Tensor::from_vec(SeededRng::new(1).normal_vec(n * n, 0.0, 1.0), (n, n), dev).unwrap();
+    let b = Tensor::from_vec(SeededRng::new(2).normal_vec(n * n, 0.0, 1.0), (n, n), dev).unwrap();
+    let (_, best) = time(5, || a.matmul(&b).unwrap());
+    2.0 * (n * n * n) as f64 / best / 1e9
+}
+
+fn train_step(model: &Llama, opt: &mut AdamW, vars: &[&Var], inp: &Tensor, tgt: &Tensor) -> (f64, f64, f64) {
+    let t0 = Instant::now();
+    let logits = model.forward(inp).unwrap();
+    let loss = cross_entropy(&logits, tgt).unwrap();
+    let t1 = Instant::now();
+    let store = loss.backward().unwrap();
+    let t2 = Instant::now();
+    let mut g = Grads::new(vars.len());
+    g.accumulate(vars, &store).unwrap();
+    opt.step(&g, 1e-3, 1.0).unwrap();
+    let t3 = Instant::now();
+    ((t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64())
+}
+
+fn ms(s: f64) -> String {
+    format!("{:8.2} ms", s * 1e3)
+}
+
+/// Forward and backward time of one op at the bench's shapes, per call.
+fn op_profile(c: &LlamaConfig, batch: usize, dev: &Device, reps: usize) {
+    let (h, nh, nkv, d) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let rnd = |shape: &[usize], seed| {
+        let n: usize = shape.iter().product();
+        Var::from_tensor(&Tensor::from_vec(SeededRng::new(seed).normal_vec(n, 0.0, 1.0), shape, dev).unwrap()).unwrap()
+    };
+    let fwd_bwd = |name: &str, per_step: usize, f: &dyn Fn() -> Tensor| {
+        let (fwd, _) = time(reps, f);
+        let (both, _) = time(reps, || f().sum_all().unwrap().backward().unwrap());
+        let bwd = (both - fwd).max(0.0);
+        println!("  {name:<34} fwd {}  bwd {}  x{per_step} per step = {}", ms(fwd), ms(bwd), ms((fwd + bwd) * per_step as f64));
+    };
+    let x = rnd(&[batch, SEQ, h], 1);
+    let w = rnd(&[h], 2);
+    let l = c.num_hidden_layers;
+    fwd_bwd("rms_norm (custom op)", 2 * l + 1, &|| rms_norm(&x, &w, 1e-5).unwrap());
+    fwd_bwd("rms_norm (candle primitives)", 2 * l + 1, &|| primitive::rms_norm(&x, &w, 1e-5).unwrap());
+    let tables = RopeTables::new(c, SEQ, dev).unwrap();
+    let q = rnd(&[batch, SEQ, nh, d], 3);
+    fwd_bwd("rope q (custom op)", l, &|| rope(&q, &tables).unwrap());
+    fwd_bwd("rope q (candle primitives)", l, &|| primitive::rope(&q, &tables).unwrap());
+    let g = nh / nkv;
+    let s = rnd(&[batch, nkv, g * SEQ, SEQ], 4);
+    let mask = CausalMask { q_len: SEQ, scale: 0.125, window: None };
+    fwd_bwd("causal softmax (custom op)", l, &|| causal_softmax(&s, mask).unwrap());
+    fwd_bwd("causal softmax (candle primitives)", l, &|| primitive::causal_softmax(&s, mask).unwrap());
+    let a = rnd(&[batch, SEQ, c.intermediate_size], 5);
+    let u = rnd(&[batch, SEQ, c.intermediate_size], 6);
+    fwd_bwd("swiglu (custom op)", l, &|| swiglu(&a, &u).unwrap());
+    fwd_bwd("swiglu (candle primitives)", l, &|| primitive::swiglu(&a, &u).unwrap());
+    let qq = rnd(&[batch, nkv, g * SEQ, d], 7);
+    let kk = rnd(&[batch, nkv, SEQ, d], 8);
+    fwd_bwd("q.k^T batched matmul", l, &|| qq.matmul(&kk.t().unwrap()).unwrap());
+    let p = rnd(&[batch, nkv, g * SEQ, SEQ], 9);
+    let vv = rnd(&[batch, nkv, SEQ, d], 10);
+    fwd_bwd("p.v batched matmul", l, &|| p.matmul(&vv).unwrap());
+    let xw = rnd(&[batch * SEQ, h], 11);
+    let wg = rnd(&[c.intermediate_size, h], 12);
+    fwd_bwd("linear hidden->mlp (gate/up)", 2 * l, &|| xw.matmul(&wg.t().unwrap()).unwrap());
+    let wv = rnd(&[c.vocab_size, h], 13);
+    fwd_bwd("lm_head", 1, &|| xw.matmul(&wv.t().unwrap()).unwrap());
+}
+
+struct Torch {
+    fwd_s: f64,
+    step_s: f64,
+    matmul_gflops: f64,
+}
+
+fn torch_python() -> Option<String> {
+    if let Ok(p) = std::env::var("POLLARD_TORCH_PYTHON") {
+        return Some(p);
+    }
+    let p = "/tmp/torchenv/bin/python";
+    Path::new(p).exists().then(|| p.to_owned())
+}
+
+fn run_torch(c: &LlamaConfig, batch: usize, reps: usize) -> Option<Torch> {
+    let py = torch_python()?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/model_speed_torch.py");
+    let out = Command::new(&py)
+        .arg(&script)
+        .args(["--vocab", &c.vocab_size.to_string(), "--hidden", &c.hidden_size.to_string()])
+        .args(["--intermediate", &c.intermediate_size.to_string(), "--layers", &c.num_hidden_layers.to_string()])
+        .args(["--heads", &c.num_attention_heads.to_string(), "--kv-heads", &c.num_key_value_heads.to_string()])
+        .args(["--head-dim", &c.head_dim.to_string(), "--batch", &batch.to_string(), "--seq", &SEQ.to_string()])
+        .args(["--reps", &reps.to_string(), "--tied"])
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            println!("PyTorch run failed ({py}): {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""));
+            return None;
+        }
+        Err(e) => {
+            println!("cannot run {py}: {e}");
+            return None;
+        }
+    };
+    let line = String::from_utf8_lossy(&out.stdout).lines().last()?.to_owned();
+    let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+    println!("PyTorch {} ({} threads): {}", v["torch"].as_str()?, v["threads"], line);
+    Some(Torch { fwd_s: v["forward_s"].as_f64()?, step_s: v["step_s"].as_f64()?, matmul_gflops: v["matmul_gflops"].as_f64()? })
+}
+
+fn threads() -> usize {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    env_usize("RAYON_NUM_THREADS", cores)
+}
+
+fn main() {
+    let dev = Device::Cpu;
+    let reps = env_usize("POLLARD_BENCH_REPS", 5);
+    let batch = env_usize("POLLARD_BENCH_BATCH", 8);
+    let cfg = bench_config();
+    let p = cfg.param_count();
+    let tokens = (batch * SEQ) as f64;
+    let flops = forward_flops(&cfg, batch);
+    println!(
+        "model: {} layers, hidden {}, heads {}/{} x {}, mlp {}, vocab {}, tied; {} params; batch {batch} x seq {SEQ} = {} tokens; threads {}",
+        cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+        cfg.intermediate_size, cfg.vocab_size, p.total(), tokens, threads()
+    );
+    println!("FLOPs: forward {:.2} GFLOP, train step {:.2} GFLOP (3x forward; attention counted over the full T x T)", flops / 1e9, 3.0 * flops / 1e9);
+
+    let peak = matmul_peak(&dev);
+    println!("matmul peak (candle/gemm f32 2048^3, best of 5): {peak:.1} GFLOP/s");
+
+    let model = Llama::init(&cfg, 0, &dev).unwrap();
+    let mut rng = SeededRng::new(7);
+    let ids: Vec<u32> = (0..batch * (SEQ + 1)).map(|_| (rng.next_u64() % cfg.vocab_size as u64) as u32).collect();
+    let ids = Tensor::from_vec(ids, (batch, SEQ + 1), &dev).unwrap();
+    let inp = ids.narrow(1, 0, SEQ).unwrap().contiguous().unwrap();
+    let tgt = ids.narrow(1, 1, SEQ).unwrap().contiguous().unwrap();
+
+    let frozen = Llama::new(cfg.clone(), model.weights().unwrap(), pollard_model::Mode::Frozen).unwrap();
+    let (fwd, fwd_best) = time(reps, || frozen.forward(&inp).unwrap());
+    println!(
+        "forward (frozen):  median {}  best {}  {:8.0} tok/s  {:6.1} GFLOP/s  {:4.1}% of matmul peak",
+        ms(fwd), ms(fwd_best), tokens / fwd, flops / fwd / 1e9, 100.0 * flops / fwd / 1e9 / peak
+    );
+
+    let named = model.vars();
+    let vars: Vec<&Var> = named.iter().map(|(_, v)| v).collect();
+    let mut opt = AdamW::new(named.clone(), AdamWConfig::default()).unwrap();
+    train_step(&model, &mut opt, &vars, &inp, &tgt);
+    let mut parts: Vec<(f64, f64, f64)> = (0..reps).map(|_| train_step(&model, &mut opt, &vars, &inp, &tgt)).collect();
+    parts.sort_by(|a, b| (a.0 + a.1 + a.2).partial_cmp(&(b.0 + b.1 + b.2)).expect("finite"));
+    let (f, b, o) = parts[parts.len() / 2];
+    let step = f + b + o;
+    println!(
+        "train step:        median {}  (forward+loss {}, backward {}, grads+AdamW {})  {:8.0} tok/s  {:6.1} GFLOP/s  {:4.1}% of matmul peak",
+        ms(step), ms(f), ms(b), ms(o), tokens / step, 3.0 * flops / step / 1e9, 100.0 * 3.0 * flops / step / 1e9 / peak
+    );
+
+    println!("per-op profile at these shapes (median of {reps}; bwd = fwd+bwd - fwd):");
+    op_profile(&cfg, batch, &dev, reps);
+
+    match run_torch(&cfg, batch, reps) {
+        Some(t) => {
+            println!(
+                "PyTorch: forward {} ({:.0} tok/s, {:.1} GFLOP/s), train step {} ({:.0} tok/s, {:.1} GFLOP/s), its matmul peak {:.1} GFLOP/s",
+                ms(t.fwd_s), tokens / t.fwd_s, flops / t.fwd_s / 1e9, ms(t.step_s), tokens / t.step_s, 3.0 * flops / t.step_s / 1e9, t.matmul_gflops
+            );
+            println!(
+                "pollard/PyTorch throughput ratio: forward {:.2}x, train step {:.2}x (>1 means pollard is faster)",
+                t.fwd_s / fwd, t.step_s / step
+            );
+        }
+        None => println!("PyTorch: not available (set POLLARD_TORCH_PYTHON to a python with torch to compare)"),
+    }
+}

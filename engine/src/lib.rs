@@ -1,8 +1,33 @@
 //! pollard-engine: manifest -> spec -> graph -> plan -> schedule -> execute. Knows nothing of
 //! tensors: stage kinds come from the binary through the registry.
 
+pub mod canonical;
+pub mod command;
+pub mod diag;
+pub mod error;
+pub mod exec;
+pub mod expand;
+pub mod graph;
+pub mod interp;
+pub mod lockfile;
+pub mod manifest;
+pub mod plan;
 pub mod quantity;
+pub mod registry;
+pub mod resources;
+pub mod span;
+pub mod spec;
 pub mod stage;
 
+pub use command::{CommandParams, CommandStage};
 pub use quantity::{Bytes, Count};
+pub use registry::{DecodeError, DecodedParams, ErasedStage, Registry};
 pub use stage::{BoxError, InputArtifact, Inputs, ParamError, PlanInput, PlanInputs, Progress, ProgressSink, Resources, Slots, Stage, StageCtx};
+pub use diag::{Diagnostic, Diagnostics};
+pub use manifest::Source;
+pub use spec::{load, PipelineSpec, StageSpec};
+pub use error::EngineError;
+pub use exec::{Event, Outcome, Reporter, RunOptions, RunSummary, Runner};
+pub use lockfile::{lock_path_for, LockFile, LockWriter};
+pub use plan::{status, Reason, Selection, StageStatus};
+pub use resources::Inventory;

@@ -146,6 +146,7 @@ pub struct StageCtx {
     threads: usize,
     sink: Arc<dyn ProgressSink>,
     cancel: Arc<AtomicBool>,
+    workdir: PathBuf,
 }
 
 impl StageCtx {
@@ -158,7 +159,28 @@ impl StageCtx {
         sink: Arc<dyn ProgressSink>,
         cancel: Arc<AtomicBool>,
     ) -> Self {
-        Self { stage_id: stage_id.into(), out_dir, scratch_dir, gpus, threads: threads.max(1), sink, cancel }
+        Self {
+            stage_id: stage_id.into(),
+            out_dir,
+            scratch_dir,
+            gpus,
+            threads: threads.max(1),
+            sink,
+            cancel,
+            workdir: PathBuf::from("."),
+        }
+    }
+
+    /// Sets the manifest's folder (see [`StageCtx::workdir`]).
+    pub fn with_workdir(mut self, dir: PathBuf) -> Self {
+        self.workdir = dir;
+        self
+    }
+
+    /// The manifest's folder: relative paths in params (a `load` path, `deps`) are relative to it,
+    /// and commands run in it. `.` for detached contexts.
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
     }
 
     /// A context for unit tests: silent, CPU only, never cancelled.

@@ -1,0 +1,34 @@
+//! The engine's error type. Manifest problems come as one [`Diagnostics`] holding all of them.
+
+use std::path::PathBuf;
+
+use crate::diag::Diagnostics;
+use crate::lockfile::LockError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Everything wrong with a manifest (exit code 2).
+    #[error("{0}")]
+    Manifest(Diagnostics),
+    /// A bad command-line value: unknown stage, bad `--gpus` (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot read manifest {path}: {source}")]
+    ReadManifest { path: PathBuf, source: std::io::Error },
+    #[error("stage `{stage}`: cannot hash deps `{path}`: {source}")]
+    Deps { stage: String, path: String, source: pollard_cache::Error },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Cache(#[from] pollard_cache::Error),
+}
+
+impl EngineError {
+    /// 2 for problems with what the user wrote (manifest, flags, deps paths), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            EngineError::Manifest(_) | EngineError::Usage(_) | EngineError::ReadManifest { .. } | EngineError::Deps { .. } | EngineError::Lock(_) => 2,
+            EngineError::Cache(_) => 1,
+        }
+    }
+}

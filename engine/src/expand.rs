@@ -1,0 +1,236 @@
+//! [`RawManifest`] -> flat stages: `repeat` and `matrix` groups become ordinary stages with
+//! ids `group.round.stage`, every `${...}` is resolved, and bare ids inside a body are bound to
+//! their siblings. What comes out is what `pollard dag` shows; kinds are checked later (spec.rs).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_yaml::{Mapping, Value};
+
+use crate::interp::{interpolate, key_text, Scope};
+use crate::manifest::{valid_id, Collector, GroupShape, RawEntry, RawManifest, RawStage};
+
+/// One input binding after expansion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlatInput {
+    pub slot: String,
+    /// The upstream stage's expanded id (not yet checked to exist).
+    pub stage: String,
+    /// Span path of the binding (for messages).
+    pub path: String,
+}
+
+/// One stage after expansion and interpolation.
+#[derive(Debug, Clone)]
+pub struct FlatStage {
+    pub id: String,
+    /// Span path of the stage's mapping in the manifest.
+    pub path: String,
+    pub kind: String,
+    pub inputs: Vec<FlatInput>,
+    /// The `with` block (an empty map when absent); for `kind: command` the map
+    /// `{cmd, deps, env}` gathered from the fields beside `with`.
+    pub with: Value,
+    pub resources: Option<Value>,
+    pub cache: bool,
+}
+
+fn join(parent: &str, child: &str) -> String {
+    if parent.is_empty() {
+        child.to_string()
+    } else {
+        format!("{parent}.{child}")
+    }
+}
+
+/// Expands groups and resolves references; problems go to the collector.
+pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
+    let mut out = Vec::new();
+    for entry in &m.entries {
+        match entry {
+            RawEntry::Stage(s) => {
+                let scope = Scope { params: &m.params, prev: None, round: None, matrix: None };
+                out.push(flatten(c, s, &s.id, &scope, &|r: &str| r.to_string()));
+            }
+            RawEntry::Group(g) => match &g.shape {
+                GroupShape::Repeat { from, rounds, result } => {
+                    let mut prev = from.clone();
+                    for (r, round) in rounds.iter().enumerate() {
+                        // A round's own fields may reference params (`target: ${params.t}`).
+                        let mut errs = Vec::new();
+                        let top = Scope { params: &m.params, prev: None, round: None, matrix: None };
+                        let round = &interpolate(round, &top, &format!("{}.repeat.rounds.{r}", g.path), false, &mut errs);
+                        for e in errs {
+                            c.at(&e.path, Some(&g.id), e.message);
+                        }
+                        let name = round.get("name").map(key_text).unwrap_or_default();
+                        let prefix = format!("{}.{}", g.id, name);
+                        let scope = Scope { params: &m.params, prev: Some(&prev), round: Some(round), matrix: None };
+                        for s in &g.body {
+                            let id = format!("{prefix}.{}", s.id);
+                            let bind = sibling_binder(&prefix, &g.body);
+                            out.push(flatten(c, s, &id, &scope, &bind));
+                        }
+                        prev = format!("{prefix}.{result}");
+                    }
+                }
+                GroupShape::Matrix { axes } => {
+                    let mut errs = Vec::new();
+                    let top = Scope { params: &m.params, prev: None, round: None, matrix: None };
+                    let axes: Vec<(String, Vec<Value>)> = axes
+                        .iter()
+                        .map(|(axis, vals)| {
+                            let p = format!("{}.matrix.{axis}", g.path);
+                            let vals = vals.iter().enumerate().map(|(i, v)| interpolate(v, &top, &format!("{p}.{i}"), false, &mut errs)).collect();
+                            (axis.clone(), vals)
+                        })
+                        .collect();
+                    for e in errs {
+                        c.at(&e.path, Some(&g.id), e.message);
+                    }
+                    let axes = &axes;
+                    let mut seen: HashMap<String, ()> = HashMap::new();
+                    for combo in combinations(axes) {
+                        let scope = Scope { params: &m.params, prev: None, round: None, matrix: Some(&combo) };
+                        let name = match &g.name {
+                            Some(template) => {
+                                let mut errs = Vec::new();
+                                let v = interpolate(&Value::String(template.clone()), &scope, &join(&g.path, "name"), false, &mut errs);
+                                for e in errs {
+                                    c.at(&e.path, Some(&g.id), e.message);
+                                }
+                                match v {
+                                    Value::String(s) if valid_id(&s) => s,
+                                    other => {
+                                        let text = key_text(&other);
+                                        c.at(&join(&g.path, "name"), Some(&g.id), format!("matrix copy name `{text}` must match [a-z0-9_-]+"));
+                                        continue;
+                                    }
+                                }
+                            }
+                            None => default_name(&combo),
+                        };
+                        if seen.insert(name.clone(), ()).is_some() {
+                            // Reported once below as a duplicate id; skip the copy here.
+                        }
+                        let prefix = format!("{}.{}", g.id, name);
+                        for s in &g.body {
+                            let id = format!("{prefix}.{}", s.id);
+                            let bind = sibling_binder(&prefix, &g.body);
+                            out.push(flatten(c, s, &id, &scope, &bind));
+                        }
+                    }
+                }
+            },
+        }
+    }
+    let mut first: HashMap<String, String> = HashMap::new();
+    for s in &out {
+        if let Some(other) = first.get(&s.id) {
+            let line = c.src.spans.locate(other).line;
+            c.at_key(&s.path, Some(&s.id), format!("duplicate stage id `{}` after expansion (first defined at line {line})", s.id));
+        } else {
+            first.insert(s.id.clone(), s.path.clone());
+        }
+    }
+    out
+}
+
+/// Inside a body, a bare id that names a sibling means the sibling in the same round or copy.
+fn sibling_binder<'a>(prefix: &'a str, body: &'a [RawStage]) -> impl Fn(&str) -> String + 'a {
+    move |r: &str| {
+        if !r.contains('.') && body.iter().any(|s| s.id == r) {
+            format!("{prefix}.{r}")
+        } else {
+            r.to_string()
+        }
+    }
+}
+
+/// Every combination of the matrix axes, first axis outermost, in declaration order.
+fn combinations(axes: &[(String, Vec<Value>)]) -> Vec<BTreeMap<String, Value>> {
+    let mut combos = vec![BTreeMap::new()];
+    for (axis, values) in axes {
+        let mut next = Vec::new();
+        for combo in &combos {
+            for v in values {
+                let mut c = combo.clone();
+                c.insert(axis.clone(), v.clone());
+                next.push(c);
+            }
+        }
+        combos = next;
+    }
+    combos
+}
+
+/// A copy's name without a `name` template: its values joined by `-`, made id-safe.
+fn default_name(combo: &BTreeMap<String, Value>) -> String {
+    let parts: Vec<String> = combo.values().map(key_text).collect();
+    parts
+        .join("-")
+        .to_ascii_lowercase()
+        .chars()
+        .map(|ch| if ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-' { ch } else { '_' })
+        .collect()
+}
+
+fn flatten(c: &mut Collector, s: &RawStage, id: &str, scope: &Scope, bind: &dyn Fn(&str) -> String) -> FlatStage {
+    let mut errs = Vec::new();
+    let mut inputs = Vec::new();
+    for (slot, reference) in &s.inputs {
+        let path = join(&join(&s.path, "inputs"), slot);
+        let is_expr = reference.contains("${");
+        let v = interpolate(&Value::String(reference.clone()), scope, &path, false, &mut errs);
+        match v {
+            Value::String(up) => {
+                let stage = if is_expr { up } else { bind(&up) };
+                inputs.push(FlatInput { slot: slot.clone(), stage, path });
+            }
+            other => c.at(&path, Some(id), format!("input `{slot}` must name a stage, but `{reference}` is {}", key_text(&other))),
+        }
+    }
+    let with = match &s.with {
+        Some(w) => interpolate(w, scope, &join(&s.path, "with"), false, &mut errs),
+        None => Value::Mapping(Mapping::new()),
+    };
+    let resources = s.resources.as_ref().map(|r| interpolate(r, scope, &join(&s.path, "resources"), false, &mut errs));
+    let with = if s.kind == "command" {
+        let mut m = Mapping::new();
+        if let Some(cmd) = &s.cmd {
+            m.insert("cmd".into(), interpolate(cmd, scope, &join(&s.path, "cmd"), true, &mut errs));
+        }
+        if let Some(deps) = &s.deps {
+            m.insert("deps".into(), interpolate(deps, scope, &join(&s.path, "deps"), false, &mut errs));
+        }
+        if let Some(env) = &s.env {
+            let env = interpolate(env, scope, &join(&s.path, "env"), true, &mut errs);
+            m.insert("env".into(), stringify_env(c, id, &join(&s.path, "env"), env));
+        }
+        Value::Mapping(m)
+    } else {
+        with
+    };
+    for e in errs {
+        c.at(&e.path, Some(id), e.message);
+    }
+    FlatStage { id: id.to_string(), path: s.path.clone(), kind: s.kind.clone(), inputs, with, resources, cache: s.cache }
+}
+
+/// Environment values may be written as numbers or booleans; the process sees strings.
+fn stringify_env(c: &mut Collector, id: &str, path: &str, env: Value) -> Value {
+    let Value::Mapping(m) = env else { return env };
+    let mut out = Mapping::new();
+    for (k, v) in m {
+        let name = key_text(&k);
+        let text = match &v {
+            Value::String(s) => s.clone(),
+            Value::Number(_) | Value::Bool(_) => key_text(&v),
+            _ => {
+                c.at(&join(path, &name), Some(id), format!("env `{name}` must be a string, number or boolean"));
+                continue;
+            }
+        };
+        out.insert(Value::String(name), Value::String(text));
+    }
+    Value::Mapping(out)
+}

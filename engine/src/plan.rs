@@ -1,0 +1,346 @@
+//! Plan: per stage, its fingerprint (kind, kind version, typed params, input artifact ids, deps
+//! digests), the cache key hashed from it, and whether the cache already holds a run under that
+//! key. When it does not, the reasons say which part changed against the lock file, so `status`
+//! can answer "why does this rerun". Keys depend on upstream *artifacts*, not upstream keys:
+//! that gives early cutoff.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use pollard_cache::{ArtifactId, Cache, CacheKey, Health, RunRecord};
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use crate::canonical::canonical_json;
+use crate::error::EngineError;
+use crate::lockfile::{LockEntry, LockFile};
+use crate::spec::{PipelineSpec, StageSpec};
+
+/// Bumped when the fingerprint's layout changes: every key changes with it.
+pub const FINGERPRINT_FORMAT: u32 = 1;
+
+/// The parts a key is hashed from, stored in run records and the lock file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fingerprint {
+    pub kind: String,
+    pub kind_version: u32,
+    pub params: Json,
+    pub inputs: BTreeMap<String, ArtifactId>,
+    pub deps: BTreeMap<String, String>,
+}
+
+impl Fingerprint {
+    pub fn parts(&self) -> BTreeMap<String, Json> {
+        let inputs: serde_json::Map<String, Json> = self.inputs.iter().map(|(k, v)| (k.clone(), Json::String(v.to_string()))).collect();
+        let deps: serde_json::Map<String, Json> = self.deps.iter().map(|(k, v)| (k.clone(), Json::String(v.clone()))).collect();
+        BTreeMap::from([
+            ("format".to_string(), Json::from(FINGERPRINT_FORMAT)),
+            ("kind".to_string(), Json::String(self.kind.clone())),
+            ("kind_version".to_string(), Json::from(self.kind_version)),
+            ("params".to_string(), self.params.clone()),
+            ("inputs".to_string(), Json::Object(inputs)),
+            ("deps".to_string(), Json::Object(deps)),
+        ])
+    }
+
+    pub fn key(&self) -> CacheKey {
+        let obj: serde_json::Map<String, Json> = self.parts().into_iter().collect();
+        let text = canonical_json(&Json::Object(obj));
+        CacheKey::of(format!("pollard-stage-key\n{text}").as_bytes())
+    }
+
+    /// The lock entry for this fingerprint and its output.
+    pub fn lock_entry(&self, key: &CacheKey, output: &ArtifactId, metrics: Option<Json>, devices: Vec<String>) -> LockEntry {
+        LockEntry {
+            kind: self.kind.clone(),
+            kind_version: self.kind_version,
+            key: key.to_string(),
+            params: self.params.clone(),
+            inputs: self.inputs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+            deps: self.deps.clone(),
+            output: output.to_string(),
+            metrics,
+            devices,
+        }
+    }
+}
+
+/// Digests of a stage's deps (relative paths are relative to the manifest's folder), through
+/// the cache's stat memo, so unchanged files cost a `stat`.
+pub fn deps_digests(spec: &PipelineSpec, stage: &StageSpec, cache: &Cache) -> Result<BTreeMap<String, String>, EngineError> {
+    let mut out = BTreeMap::new();
+    for dep in &stage.deps {
+        let abs = if dep.is_absolute() { dep.clone() } else { spec.dir.join(dep) };
+        let digest = cache
+            .hash_tree(&abs)
+            .map_err(|source| EngineError::Deps { stage: stage.id.clone(), path: dep.display().to_string(), source })?;
+        out.insert(dep.display().to_string(), digest.to_string());
+    }
+    Ok(out)
+}
+
+pub fn fingerprint(stage: &StageSpec, inputs: BTreeMap<String, ArtifactId>, deps: BTreeMap<String, String>) -> Fingerprint {
+    Fingerprint { kind: stage.kind.clone(), kind_version: stage.stage.version(), params: stage.params.canonical.clone(), inputs, deps }
+}
+
+/// The run record under `key` when its artifact is intact in the cache.
+pub fn lookup(cache: &Cache, key: &CacheKey) -> Result<Lookup, EngineError> {
+    let Some(rec) = cache.record(key)? else { return Ok(Lookup::Missing) };
+    match cache.check_artifact(&rec.artifact)? {
+        Health::Ok => Ok(Lookup::Hit(Box::new(rec))),
+        Health::Missing => Ok(Lookup::Missing),
+        Health::Damaged(problems) => Ok(Lookup::Damaged(problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))),
+    }
+}
+
+pub enum Lookup {
+    Hit(Box<RunRecord>),
+    Missing,
+    Damaged(String),
+}
+
+/// Why a stage is stale.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Reason {
+    NeverRun,
+    NotInCache { pinned: Option<String> },
+    Damaged { detail: String },
+    Forced,
+    CacheDisabled,
+    Param { field: String, old: Option<Json>, new: Option<Json> },
+    Input { slot: String, stage: String, old: Option<String>, new: String },
+    UpstreamStale { slot: String, stage: String },
+    Dep { path: String, old: Option<String>, new: Option<String> },
+    KindVersion { old: String, new: String },
+    Fingerprint,
+    /// Said of a stage waiting on stale inputs whose own parts match the lock.
+    Pinned { output: String },
+}
+
+fn short(d: &str) -> String {
+    match d.split_once(':') {
+        Some((algo, hex)) if hex.len() > 12 => format!("{algo}:{}", &hex[..12]),
+        _ => d.to_string(),
+    }
+}
+
+fn show(v: &Option<Json>) -> String {
+    match v {
+        None => "(unset)".into(),
+        Some(v) => {
+            let text = canonical_json(v);
+            if text.chars().count() > 60 {
+                format!("{}...", text.chars().take(57).collect::<String>())
+            } else {
+                text
+            }
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::NeverRun => write!(f, "never run (not in the lock file)"),
+            Reason::NotInCache { pinned: Some(p) } => write!(f, "not in cache (the lock pins its output {})", short(p)),
+            Reason::NotInCache { pinned: None } => write!(f, "not in cache"),
+            Reason::Damaged { detail } => write!(f, "cached artifact is damaged: {detail}"),
+            Reason::Forced => write!(f, "forced"),
+            Reason::CacheDisabled => write!(f, "`cache: false`"),
+            Reason::Param { field, old, new } => write!(f, "param `{field}` changed: {} -> {}", show(old), show(new)),
+            Reason::Input { slot, stage, old: Some(old), new } => {
+                write!(f, "input `{slot}` (stage `{stage}`) changed: {} -> {}", short(old), short(new))
+            }
+            Reason::Input { slot, stage, old: None, new } => write!(f, "input `{slot}` (stage `{stage}`) is new: {}", short(new)),
+            Reason::UpstreamStale { slot, stage } => write!(f, "input `{slot}` will be rebuilt (stage `{stage}` is stale)"),
+            Reason::Dep { path, old: Some(_), new: Some(_) } => write!(f, "deps file `{path}` changed"),
+            Reason::Dep { path, old: None, .. } => write!(f, "deps `{path}` added"),
+            Reason::Dep { path, new: None, .. } => write!(f, "deps `{path}` removed"),
+            Reason::KindVersion { old, new } => write!(f, "stage kind changed: {old} -> {new}"),
+            Reason::Fingerprint => write!(f, "fingerprint changed"),
+            Reason::Pinned { output } => write!(f, "otherwise as locked (the lock pins its output {})", short(output)),
+        }
+    }
+}
+
+/// Leaf-level differences between two JSON values, as (dotted field, old, new).
+fn json_diff(prefix: &str, old: Option<&Json>, new: Option<&Json>, out: &mut Vec<Reason>) {
+    match (old, new) {
+        (Some(Json::Object(a)), Some(Json::Object(b))) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                json_diff(&p, a.get(k), b.get(k), out);
+            }
+        }
+        (Some(a), Some(b)) if a == b => {}
+        (None, None) => {}
+        (a, b) => out.push(Reason::Param { field: if prefix.is_empty() { "(all)".into() } else { prefix.to_string() }, old: a.cloned(), new: b.cloned() }),
+    }
+}
+
+/// Compares this stage's parts with what the lock says it last produced. `inputs` holds only
+/// the inputs whose artifact is known.
+pub fn diff_against_lock(entry: Option<&LockEntry>, stage: &StageSpec, params: &Json, inputs: &BTreeMap<String, ArtifactId>, deps: &BTreeMap<String, String>, key: Option<&CacheKey>) -> Vec<Reason> {
+    let Some(e) = entry else { return vec![Reason::NeverRun] };
+    if let Some(k) = key {
+        if e.key == k.to_string() {
+            return vec![Reason::NotInCache { pinned: Some(e.output.clone()) }];
+        }
+    }
+    let mut out = Vec::new();
+    let version = stage.stage.version();
+    if e.kind != stage.kind || e.kind_version != version {
+        out.push(Reason::KindVersion { old: format!("{} v{}", e.kind, e.kind_version), new: format!("{} v{version}", stage.kind) });
+    }
+    json_diff("", Some(&e.params), Some(params), &mut out);
+    for (slot, &up) in &stage.inputs {
+        let _ = up;
+        if let Some(new) = inputs.get(slot) {
+            let new = new.to_string();
+            match e.inputs.get(slot) {
+                Some(old) if *old == new => {}
+                old => out.push(Reason::Input { slot: slot.clone(), stage: String::new(), old: old.cloned(), new }),
+            }
+        }
+    }
+    for (path, new) in deps {
+        match e.deps.get(path) {
+            Some(old) if old == new => {}
+            old => out.push(Reason::Dep { path: path.clone(), old: old.cloned(), new: Some(new.clone()) }),
+        }
+    }
+    for (path, old) in &e.deps {
+        if !deps.contains_key(path) {
+            out.push(Reason::Dep { path: path.clone(), old: Some(old.clone()), new: None });
+        }
+    }
+    if out.is_empty() && key.is_some() {
+        out.push(Reason::Fingerprint);
+    }
+    out
+}
+
+/// One stage's status.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageStatus {
+    pub stage: String,
+    pub kind: String,
+    pub up_to_date: bool,
+    /// The key, when every input's artifact is known.
+    pub key: Option<String>,
+    /// The cached output, when up to date.
+    pub artifact: Option<String>,
+    pub reasons: Vec<Reason>,
+}
+
+/// Which stages a command is about.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub selected: Vec<bool>,
+    pub forced: Vec<bool>,
+}
+
+impl Selection {
+    pub fn all(spec: &PipelineSpec) -> Selection {
+        let n = spec.stages.len();
+        Selection { selected: vec![true; n], forced: vec![false; n] }
+    }
+
+    /// `targets` (empty: every stage) plus what they need; `force` ids or every stage.
+    pub fn new(spec: &PipelineSpec, targets: &[String], force: &[String], force_all: bool) -> Result<Selection, EngineError> {
+        let n = spec.stages.len();
+        let selected = if targets.is_empty() {
+            vec![true; n]
+        } else {
+            spec.graph.ancestors_of(&spec.resolve_ids(targets).map_err(EngineError::Usage)?)
+        };
+        let mut forced = vec![force_all; n];
+        for i in spec.resolve_ids(force).map_err(EngineError::Usage)? {
+            forced[i] = true;
+        }
+        Ok(Selection { selected, forced })
+    }
+}
+
+/// Fills each stage's slot bindings for messages (`Reason::Input` carries the upstream id).
+fn name_inputs(spec: &PipelineSpec, stage: &StageSpec, reasons: &mut [Reason]) {
+    for r in reasons.iter_mut() {
+        if let Reason::Input { slot, stage: up, .. } = r {
+            if let Some(&i) = stage.inputs.get(slot) {
+                *up = spec.stages[i].id.clone();
+            }
+        }
+    }
+}
+
+/// The status of every selected stage, in topological order: what a `run` would reuse and what
+/// it would run, and why.
+pub fn status(spec: &PipelineSpec, cache: &Cache, lock: Option<&LockFile>, sel: &Selection) -> Result<Vec<StageStatus>, EngineError> {
+    let mut known: Vec<Option<ArtifactId>> = vec![None; spec.stages.len()];
+    let mut out = Vec::new();
+    for &i in &spec.order {
+        if !sel.selected[i] {
+            continue;
+        }
+        let stage = &spec.stages[i];
+        let deps = deps_digests(spec, stage, cache)?;
+        let entry = lock.and_then(|l| l.stages.get(&stage.id));
+        let mut inputs = BTreeMap::new();
+        let mut upstream_stale = Vec::new();
+        for (slot, &up) in &stage.inputs {
+            match known[up] {
+                Some(a) => {
+                    inputs.insert(slot.clone(), a);
+                }
+                None => upstream_stale.push(Reason::UpstreamStale { slot: slot.clone(), stage: spec.stages[up].id.clone() }),
+            }
+        }
+        let mut st = StageStatus { stage: stage.id.clone(), kind: stage.kind.clone(), up_to_date: false, key: None, artifact: None, reasons: Vec::new() };
+        if upstream_stale.is_empty() {
+            let fp = fingerprint(stage, inputs.clone(), deps.clone());
+            let key = fp.key();
+            st.key = Some(key.to_string());
+            if sel.forced[i] {
+                st.reasons.push(Reason::Forced);
+            }
+            if !stage.cache {
+                st.reasons.push(Reason::CacheDisabled);
+            }
+            match lookup(cache, &key)? {
+                Lookup::Hit(rec) => {
+                    known[i] = Some(rec.artifact);
+                    if st.reasons.is_empty() {
+                        st.up_to_date = true;
+                        st.artifact = Some(rec.artifact.to_string());
+                    }
+                }
+                Lookup::Damaged(detail) if st.reasons.is_empty() => st.reasons.push(Reason::Damaged { detail }),
+                _ if st.reasons.is_empty() => {
+                    st.reasons = diff_against_lock(entry, stage, &stage.params.canonical, &inputs, &deps, Some(&key));
+                }
+                _ => {}
+            }
+            // A forced or uncached stage reruns; its output may still come out identical, but
+            // until it has run downstream stages cannot be known to be fresh.
+            if !st.up_to_date {
+                known[i] = None;
+            }
+        } else {
+            st.reasons = upstream_stale;
+            if let Some(e) = entry {
+                let own = diff_against_lock(entry, stage, &stage.params.canonical, &inputs, &deps, None);
+                if own.is_empty() {
+                    st.reasons.push(Reason::Pinned { output: e.output.clone() });
+                }
+                st.reasons.extend(own);
+            }
+        }
+        name_inputs(spec, stage, &mut st.reasons);
+        out.push(st);
+    }
+    Ok(out)
+}

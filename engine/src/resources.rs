@@ -1,0 +1,266 @@
+//! What the machine offers and who holds it: the GPU inventory (probed through cudarc with the
+//! `cuda` feature, or given as `--gpus 80GiB,80GiB` / `POLLARD_GPUS`), the CPU cores, and the
+//! [`Pool`] that grants disjoint devices and cores to running stages as RAII [`Lease`]s.
+
+use std::sync::{Arc, Mutex};
+
+use crate::quantity::Bytes;
+use crate::stage::Resources;
+
+/// One GPU of the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gpu {
+    pub ordinal: u32,
+    pub name: String,
+    /// Total memory in bytes.
+    pub memory: u64,
+}
+
+/// The devices stages may be granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inventory {
+    pub gpus: Vec<Gpu>,
+    pub cpus: usize,
+    /// Where the GPU list came from (shown by `run --dry-run`).
+    pub source: String,
+}
+
+/// The environment variable that replaces the probed GPU inventory.
+pub const GPUS_ENV: &str = "POLLARD_GPUS";
+
+/// Parses `none` or a comma-separated list of memory sizes, one per device.
+pub fn parse_gpu_spec(spec: &str) -> Result<Vec<Gpu>, String> {
+    let spec = spec.trim();
+    if spec.eq_ignore_ascii_case("none") || spec.is_empty() {
+        return Ok(Vec::new());
+    }
+    spec.split(',')
+        .enumerate()
+        .map(|(i, part)| {
+            let mem: Bytes = part.trim().parse().map_err(|e| format!("--gpus `{spec}`: device {i}: {e}"))?;
+            if mem.0 == 0 {
+                return Err(format!("--gpus `{spec}`: device {i} has no memory"));
+            }
+            Ok(Gpu { ordinal: i as u32, name: format!("gpu{i}"), memory: mem.0 })
+        })
+        .collect()
+}
+
+impl Inventory {
+    /// `--gpus` wins, then `POLLARD_GPUS`, then probing.
+    pub fn resolve(flag: Option<&str>) -> Result<Inventory, String> {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        if let Some(spec) = flag {
+            return Ok(Inventory { gpus: parse_gpu_spec(spec)?, cpus, source: "--gpus".into() });
+        }
+        if let Ok(spec) = std::env::var(GPUS_ENV) {
+            if !spec.trim().is_empty() {
+                return Ok(Inventory { gpus: parse_gpu_spec(&spec)?, cpus, source: GPUS_ENV.into() });
+            }
+        }
+        let (gpus, source) = probe();
+        Ok(Inventory { gpus, cpus, source })
+    }
+
+    /// Refuses, with the numbers, a request no device set could ever meet.
+    pub fn check(&self, r: &Resources) -> Result<(), String> {
+        if r.gpus == 0 {
+            return Ok(());
+        }
+        let want = r.gpus as usize;
+        let mem = Bytes(r.gpu_memory);
+        let need = if r.gpu_memory > 0 { format!("{} GPU{} with {mem}", want, plural(want)) } else { format!("{} GPU{}", want, plural(want)) };
+        if self.gpus.is_empty() {
+            return Err(format!("needs {need}, but there are no GPUs (set --gpus or {GPUS_ENV} to declare some)"));
+        }
+        if self.gpus.len() < want {
+            return Err(format!("needs {need}, but there {} only {}", if self.gpus.len() == 1 { "is" } else { "are" }, self.gpus.len()));
+        }
+        let big_enough = self.gpus.iter().filter(|g| g.memory >= r.gpu_memory).count();
+        if big_enough < want {
+            let largest = Bytes(self.gpus.iter().map(|g| g.memory).max().unwrap_or(0));
+            return Err(format!("needs {need}, largest has {largest}"));
+        }
+        Ok(())
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn probe() -> (Vec<Gpu>, String) {
+    use cudarc::driver::result;
+    let attempt = || -> Result<Vec<Gpu>, cudarc::driver::DriverError> {
+        result::init()?;
+        let n = result::device::get_count()?;
+        let mut gpus = Vec::new();
+        for i in 0..n {
+            let dev = result::device::get(i)?;
+            let memory = unsafe { result::device::total_mem(dev)? } as u64;
+            let name = result::device::get_name(dev).unwrap_or_else(|_| format!("cuda{i}"));
+            gpus.push(Gpu { ordinal: i as u32, name, memory });
+        }
+        Ok(gpus)
+    };
+    match std::panic::catch_unwind(attempt) {
+        Ok(Ok(gpus)) => (gpus, "cuda driver".into()),
+        _ => (Vec::new(), "cuda driver unavailable".into()),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn probe() -> (Vec<Gpu>, String) {
+    (Vec::new(), "built without the cuda feature".into())
+}
+
+struct PoolState {
+    gpu_busy: Vec<bool>,
+    cpus_free: usize,
+    running: usize,
+}
+
+/// Grants resources to stages; never oversubscribes devices, cores or `--jobs`.
+#[derive(Clone)]
+pub struct Pool {
+    inventory: Arc<Inventory>,
+    jobs: usize,
+    state: Arc<Mutex<PoolState>>,
+}
+
+/// What a running stage holds; released when dropped.
+pub struct Lease {
+    state: Arc<Mutex<PoolState>>,
+    pub gpus: Vec<u32>,
+    pub cpus: usize,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for g in &self.gpus {
+            s.gpu_busy[*g as usize] = false;
+        }
+        s.cpus_free += self.cpus;
+        s.running -= 1;
+    }
+}
+
+impl Pool {
+    /// `jobs`: at most this many stages at once (None: as many as resources allow).
+    pub fn new(inventory: Inventory, jobs: Option<usize>) -> Pool {
+        let state = PoolState { gpu_busy: vec![false; inventory.gpus.len()], cpus_free: inventory.cpus, running: 0 };
+        Pool { jobs: jobs.unwrap_or(usize::MAX).max(1), inventory: Arc::new(inventory), state: Arc::new(Mutex::new(state)) }
+    }
+
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// The cores a request gets: its `cpus` clamped to the machine, or all of them for 0.
+    pub fn cpus_for(&self, r: &Resources) -> usize {
+        let total = self.inventory.cpus.max(1);
+        if r.cpus == 0 {
+            total
+        } else {
+            (r.cpus as usize).min(total)
+        }
+    }
+
+    /// A lease when the request fits now; None when it must wait.
+    pub fn try_grant(&self, r: &Resources) -> Option<Lease> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.running >= self.jobs {
+            return None;
+        }
+        let cpus = self.cpus_for(r);
+        if cpus > s.cpus_free {
+            return None;
+        }
+        let mut gpus = Vec::new();
+        for (i, g) in self.inventory.gpus.iter().enumerate() {
+            if gpus.len() == r.gpus as usize {
+                break;
+            }
+            if !s.gpu_busy[i] && g.memory >= r.gpu_memory {
+                gpus.push(i);
+            }
+        }
+        if gpus.len() < r.gpus as usize {
+            return None;
+        }
+        for &g in &gpus {
+            s.gpu_busy[g] = true;
+        }
+        s.cpus_free -= cpus;
+        s.running += 1;
+        Some(Lease { state: self.state.clone(), gpus: gpus.into_iter().map(|g| self.inventory.gpus[g].ordinal).collect(), cpus })
+    }
+
+    pub fn running(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).running
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv(spec: &str, cpus: usize) -> Inventory {
+        Inventory { gpus: parse_gpu_spec(spec).unwrap(), cpus, source: "test".into() }
+    }
+
+    fn gpu(n: u32, mem: &str) -> Resources {
+        Resources { gpus: n, gpu_memory: mem.parse::<Bytes>().unwrap().0, cpus: 1, host_memory: 0 }
+    }
+
+    #[test]
+    fn spec_parsing() {
+        assert_eq!(parse_gpu_spec("none").unwrap(), vec![]);
+        let g = parse_gpu_spec("80GiB, 40GiB").unwrap();
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[1].memory, 40 << 30);
+        assert!(parse_gpu_spec("80GiB,lots").unwrap_err().contains("device 1"));
+    }
+
+    #[test]
+    fn impossible_requests_are_refused_with_numbers() {
+        let i = inv("80GiB,80GiB", 4);
+        assert_eq!(i.check(&gpu(2, "96GiB")).unwrap_err(), "needs 2 GPUs with 96.0 GiB, largest has 80.0 GiB");
+        assert_eq!(i.check(&gpu(3, "0")).unwrap_err(), "needs 3 GPUs, but there are only 2");
+        assert!(i.check(&gpu(2, "80GiB")).is_ok());
+        assert!(inv("none", 4).check(&gpu(1, "0")).unwrap_err().contains("no GPUs"));
+    }
+
+    #[test]
+    fn grants_are_disjoint_and_released_on_drop() {
+        let pool = Pool::new(inv("80GiB,80GiB", 8), None);
+        let a = pool.try_grant(&gpu(1, "10GiB")).unwrap();
+        let b = pool.try_grant(&gpu(1, "10GiB")).unwrap();
+        assert_ne!(a.gpus, b.gpus);
+        assert!(pool.try_grant(&gpu(1, "10GiB")).is_none(), "a third must wait");
+        drop(a);
+        let c = pool.try_grant(&gpu(1, "10GiB")).unwrap();
+        assert_eq!(c.gpus, vec![0]);
+        assert!(pool.try_grant(&gpu(0, "0")).is_some(), "CPU stages do not wait for GPUs");
+    }
+
+    #[test]
+    fn cores_and_jobs_limit_concurrency() {
+        let pool = Pool::new(inv("none", 2), None);
+        let cpu = |n| Resources { cpus: n, ..Resources::default() };
+        let a = pool.try_grant(&cpu(1)).unwrap();
+        let _b = pool.try_grant(&cpu(1)).unwrap();
+        assert!(pool.try_grant(&cpu(1)).is_none());
+        drop(a);
+        assert!(pool.try_grant(&cpu(0)).is_none(), "0 wants every core");
+        let pool = Pool::new(inv("none", 8), Some(1));
+        let _a = pool.try_grant(&cpu(1)).unwrap();
+        assert!(pool.try_grant(&cpu(1)).is_none(), "--jobs 1");
+    }
+}

@@ -1,0 +1,210 @@
+//! Validation and sealing: flat stages -> [`PipelineSpec`]. Each stage's kind is looked up in the
+//! registry, its `with` decoded into the kind's typed params and checked, its inputs bound to
+//! existing stages through slots the kind takes, its `resources` read, and the graph checked for
+//! cycles. Every problem is reported at once; a `PipelineSpec` is only built when there are none.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::diag::Diagnostics;
+use crate::expand::{expand, FlatStage};
+use crate::graph::Graph;
+use crate::manifest::{parse, Collector, Source};
+use crate::quantity::Bytes;
+use crate::registry::{closest, DecodedParams, ErasedStage, Registry};
+use crate::span::Pos;
+use crate::stage::Slots;
+
+/// Resource fields a manifest may set on a stage; each replaces the kind's estimate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceOverride {
+    pub gpus: Option<u32>,
+    pub gpu_memory: Option<Bytes>,
+    pub cpus: Option<u32>,
+    pub host_memory: Option<Bytes>,
+}
+
+/// One validated stage.
+pub struct StageSpec {
+    pub id: String,
+    pub kind: String,
+    pub stage: Arc<dyn ErasedStage>,
+    pub params: DecodedParams,
+    /// slot -> index of the upstream stage in [`PipelineSpec::stages`].
+    pub inputs: BTreeMap<String, usize>,
+    pub resources: ResourceOverride,
+    pub cache: bool,
+    /// Files or folders whose content enters the key, as the kind gave them.
+    pub deps: Vec<PathBuf>,
+    /// Where the stage is written.
+    pub pos: Pos,
+}
+
+/// A sealed pipeline: every stage valid, every input bound, acyclic.
+pub struct PipelineSpec {
+    pub name: String,
+    pub description: Option<String>,
+    /// The manifest path as given (messages) and its folder (absolute).
+    pub file: String,
+    pub dir: PathBuf,
+    pub stages: Vec<StageSpec>,
+    /// Topological order (indices into `stages`).
+    pub order: Vec<usize>,
+    pub graph: Graph,
+    index: HashMap<String, usize>,
+}
+
+impl PipelineSpec {
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.stages.iter().map(|s| s.id.as_str())
+    }
+
+    /// Resolves stage ids given on the command line; unknown ids are an error naming the
+    /// closest known one.
+    pub fn resolve_ids(&self, ids: &[String]) -> Result<Vec<usize>, String> {
+        ids.iter()
+            .map(|id| {
+                self.index_of(id).ok_or_else(|| {
+                    let hint = closest(id, self.ids()).map(|c| format!("; did you mean `{c}`?")).unwrap_or_default();
+                    format!("no stage `{id}` in {}{hint}", self.file)
+                })
+            })
+            .collect()
+    }
+}
+
+fn join(parent: &str, child: &str) -> String {
+    if parent.is_empty() {
+        child.to_string()
+    } else {
+        format!("{parent}.{child}")
+    }
+}
+
+/// Parses, expands and validates a manifest.
+pub fn load(src: &Source, registry: &Registry) -> Result<PipelineSpec, Diagnostics> {
+    let mut c = Collector::new(src);
+    let Some(raw) = parse(&mut c) else {
+        return Err(c.diags);
+    };
+    let flat = expand(&mut c, &raw);
+    let index: HashMap<String, usize> = flat.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+    let mut stages = Vec::new();
+    for s in &flat {
+        if let Some(spec) = check_stage(&mut c, registry, s, &flat, &index) {
+            stages.push(spec);
+        }
+    }
+    if !c.diags.is_empty() {
+        c.diags.sort();
+        return Err(c.diags);
+    }
+    // Every stage checked out, so `stages` lines up with `flat` and `index`.
+    let graph = Graph::new(stages.iter().map(|s: &StageSpec| s.inputs.values().copied().collect()).collect());
+    let order = match graph.topo_order() {
+        Ok(order) => order,
+        Err(cycle) => {
+            let names: Vec<&str> = cycle.iter().map(|&i| stages[i].id.as_str()).collect();
+            let first = &stages[cycle[0]];
+            c.at_pos(first.pos, Some(&first.id), format!("the inputs form a cycle: {}", names.join(" -> ")));
+            return Err(c.diags);
+        }
+    };
+    Ok(PipelineSpec {
+        name: raw.pipeline,
+        description: raw.description,
+        file: src.file.clone(),
+        dir: src.dir.clone(),
+        stages,
+        order,
+        graph,
+        index,
+    })
+}
+
+fn check_stage(c: &mut Collector, registry: &Registry, s: &FlatStage, flat: &[FlatStage], index: &HashMap<String, usize>) -> Option<StageSpec> {
+    let id = Some(s.id.as_str());
+    let pos = c.src.spans.locate_key(&s.path);
+    let mut inputs = BTreeMap::new();
+    for input in &s.inputs {
+        match index.get(&input.stage) {
+            Some(&i) => {
+                inputs.insert(input.slot.clone(), i);
+            }
+            None => {
+                let hint = closest(&input.stage, flat.iter().map(|f| f.id.as_str())).map(|h| format!("; did you mean `{h}`?")).unwrap_or_default();
+                c.at(&input.path, id, format!("input `{}` names unknown stage `{}`{hint}", input.slot, input.stage));
+            }
+        }
+    }
+    let resources = match &s.resources {
+        None => ResourceOverride::default(),
+        Some(v) => match serde_path_to_error::deserialize::<_, ResourceOverride>(v.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                let field = e.path().to_string();
+                let path = if field == "." { join(&s.path, "resources") } else { join(&join(&s.path, "resources"), &field) };
+                c.at(&path, id, format!("resources: {}", crate::registry::did_you_mean(&e.inner().to_string())));
+                ResourceOverride::default()
+            }
+        },
+    };
+    if s.kind.is_empty() {
+        return None; // already reported as missing
+    }
+    let Some(kind) = registry.get(&s.kind) else {
+        let known: Vec<&str> = registry.kinds().collect();
+        let hint = closest(&s.kind, known.iter().copied()).map(|h| format!("; did you mean `{h}`?")).unwrap_or_default();
+        c.at(&join(&s.path, "kind"), id, format!("unknown stage kind `{}` (known kinds: {}){hint}", s.kind, known.join(", ")));
+        return None;
+    };
+    if let Slots::Fixed { required, optional } = kind.slots() {
+        let takes: Vec<&str> = required.iter().chain(optional.iter()).copied().collect();
+        for input in &s.inputs {
+            if !takes.contains(&input.slot.as_str()) {
+                let hint = closest(&input.slot, takes.iter().copied()).map(|h| format!("; did you mean `{h}`?")).unwrap_or_default();
+                let list = if takes.is_empty() { "none".to_string() } else { takes.join(", ") };
+                c.at_key(&input.path, id, format!("kind `{}` takes no input `{}` (its inputs: {list}){hint}", s.kind, input.slot));
+            }
+        }
+        for req in required {
+            if !s.inputs.iter().any(|i| i.slot == *req) {
+                c.at_key(&s.path, id, format!("kind `{}` needs input `{req}`", s.kind));
+            }
+        }
+    }
+    // For commands the decoded fields sit beside `with`; elsewhere inside it.
+    let field_base = if s.kind == "command" { s.path.clone() } else { join(&s.path, "with") };
+    let params = match kind.decode(&s.with) {
+        Ok(p) => p,
+        Err(e) => {
+            let path = if e.field.is_empty() { field_base.clone() } else { join(&field_base, &e.field) };
+            let label = if e.field.is_empty() || s.kind == "command" { String::new() } else { format!("with.{}: ", e.field) };
+            if e.message.starts_with("unknown field") {
+                c.at_key(&path, id, format!("{label}{}", e.message));
+            } else {
+                c.at(&path, id, format!("{label}{}", e.message));
+            }
+            return None;
+        }
+    };
+    for e in kind.validate(&params) {
+        let path = if e.field.is_empty() { field_base.clone() } else { join(&field_base, &e.field) };
+        let label = if e.field.is_empty() { String::new() } else { format!("with.{}: ", e.field) };
+        c.at(&path, id, format!("{label}{}", e.message));
+    }
+    let deps = kind.deps(&params);
+    Some(StageSpec { id: s.id.clone(), kind: s.kind.clone(), stage: kind, params, inputs, resources, cache: s.cache, deps, pos })
+}
+
+#[cfg(test)]
+#[path = "spec_tests.rs"]
+mod tests;

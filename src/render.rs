@@ -1,0 +1,105 @@
+//! Text for `status`, `dag`, `dag --dot` and `run --dry-run`: plain, aligned, stable (insta
+//! snapshots pin it).
+
+use std::fmt::Write;
+
+use pollard_engine::resources::Inventory;
+use pollard_engine::{Bytes, PipelineSpec, StageStatus};
+
+fn width(spec: &PipelineSpec) -> usize {
+    spec.ids().map(str::len).max().unwrap_or(0)
+}
+
+pub fn short(d: &str) -> String {
+    match d.split_once(':') {
+        Some((a, h)) if h.len() > 12 => format!("{a}:{}", &h[..12]),
+        _ => d.to_string(),
+    }
+}
+
+pub fn status(spec: &PipelineSpec, rows: &[StageStatus]) -> String {
+    let w = width(spec);
+    let fresh = rows.iter().filter(|r| r.up_to_date).count();
+    let mut out = String::new();
+    let _ = writeln!(out, "pipeline {} ({}): {} stages, {} up to date, {} stale", spec.name, spec.file, rows.len(), fresh, rows.len() - fresh);
+    for r in rows {
+        if r.up_to_date {
+            let _ = writeln!(out, "  {:w$}  up to date  {}", r.stage, short(r.artifact.as_deref().unwrap_or("")));
+        } else {
+            for (i, reason) in r.reasons.iter().enumerate() {
+                if i == 0 {
+                    let _ = writeln!(out, "  {:w$}  stale       {reason}", r.stage);
+                } else {
+                    let _ = writeln!(out, "  {:w$}              {reason}", "");
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn dag(spec: &PipelineSpec) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "pipeline {} ({} stages)", spec.name, spec.stages.len());
+    for &i in &spec.order {
+        let s = &spec.stages[i];
+        let inputs: Vec<String> = s.inputs.iter().map(|(slot, &u)| if *slot == spec.stages[u].id { slot.clone() } else { format!("{slot}={}", spec.stages[u].id) }).collect();
+        if inputs.is_empty() {
+            let _ = writeln!(out, "  {} [{}]", s.id, s.kind);
+        } else {
+            let _ = writeln!(out, "  {} [{}] <- {}", s.id, s.kind, inputs.join(", "));
+        }
+    }
+    out
+}
+
+fn dot_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// Graphviz: one node per stage, edges labelled with the slot, groups as clusters.
+pub fn dot(spec: &PipelineSpec) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "digraph \"{}\" {{", dot_escape(&spec.name));
+    let _ = writeln!(out, "  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];");
+    let mut clusters: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    let mut loose = Vec::new();
+    for &i in &spec.order {
+        let id = &spec.stages[i].id;
+        match id.rsplit_once('.') {
+            Some((group, _)) => clusters.entry(group.to_string()).or_default().push(i),
+            None => loose.push(i),
+        }
+    }
+    let node = |out: &mut String, i: usize, indent: &str| {
+        let s = &spec.stages[i];
+        let _ = writeln!(out, "{indent}\"{}\" [label=\"{}\\n{}\"];", dot_escape(&s.id), dot_escape(&s.id), dot_escape(&s.kind));
+    };
+    for i in loose {
+        node(&mut out, i, "  ");
+    }
+    for (n, (group, members)) in clusters.iter().enumerate() {
+        let _ = writeln!(out, "  subgraph cluster_{n} {{\n    label=\"{}\";", dot_escape(group));
+        for &i in members {
+            node(&mut out, i, "    ");
+        }
+        let _ = writeln!(out, "  }}");
+    }
+    for &i in &spec.order {
+        let s = &spec.stages[i];
+        for (slot, &u) in &s.inputs {
+            let _ = writeln!(out, "  \"{}\" -> \"{}\" [label=\"{}\"];", dot_escape(&spec.stages[u].id), dot_escape(&s.id), dot_escape(slot));
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+pub fn inventory(inv: &Inventory) -> String {
+    if inv.gpus.is_empty() {
+        format!("no GPUs ({}); {} CPU cores", inv.source, inv.cpus)
+    } else {
+        let mems: Vec<String> = inv.gpus.iter().map(|g| Bytes(g.memory).to_string()).collect();
+        format!("{} GPU(s) from {}: {}; {} CPU cores", inv.gpus.len(), inv.source, mems.join(", "), inv.cpus)
+    }
+}

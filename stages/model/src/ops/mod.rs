@@ -1,0 +1,28 @@
+//! Differentiable building blocks of the Llama forward pass: RMSNorm, RoPE, causal softmax.
+//!
+//! candle-nn's fused versions of these have no backward and silently cut the gradient, so they
+//! are never used here. On CPU each op is a `CustomOp` with a hand-written f32 kernel and an
+//! analytic backward (itself a fused kernel); on other devices the same maths is composed from
+//! candle primitives, whose autograd is exact. Non-f32 inputs are computed in f32 and cast back,
+//! as transformers does for norms and softmax.
+
+mod cpu;
+mod reference;
+pub mod rms_norm;
+pub mod rope;
+pub mod softmax;
+pub mod swiglu;
+
+pub use rms_norm::rms_norm;
+pub use rope::{rope, RopeTables};
+pub use softmax::causal_softmax;
+pub use swiglu::swiglu;
+
+#[cfg(test)]
+pub(crate) mod gradcheck;
+
+/// Reference (primitive-op) versions of the ops, used on non-CPU devices and in tests to
+/// cross-check the fused kernels.
+pub mod primitive {
+    pub use super::reference::{causal_softmax, rms_norm, rope, swiglu};
+}

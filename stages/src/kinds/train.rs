@@ -1,0 +1,324 @@
+//! `train`: data (+ optionally a model) -> a trained model. From an `arch` it trains from
+//! scratch (a teacher, or the baseline a distilled model is compared with); from an input model
+//! it continues training (Minitron's teacher correction is this on the distillation data with a
+//! fifth of the original learning rate). Cross-entropy on next tokens, AdamW, cosine schedule.
+
+use candle_core::Device;
+use pollard_engine::{BoxError, Count, Inputs, ParamError, PlanInputs, Resources, Slots, Stage, StageCtx};
+use pollard_model::{Llama, LlamaConfig, Mode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::common::{check_optim, device, plan_shape, plan_vocab, tokens_seen, write_json, Dtype, PROVENANCE};
+use crate::error::{Result, StageError};
+use crate::runtime::{batch_tensors, evaluate, open_dataset};
+use crate::shape::{memory, ModelShape};
+use crate::trainer::{run_loop, LoopConfig, StepLoss};
+
+pub struct Train;
+
+/// A from-scratch architecture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arch {
+    pub hidden: usize,
+    pub ffn: usize,
+    pub heads: usize,
+    /// Defaults to `heads` (plain multi-head attention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_heads: Option<usize>,
+    pub layers: usize,
+    /// Defaults to hidden / heads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    /// Defaults to the dataset's vocabulary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab: Option<usize>,
+    #[serde(default)]
+    pub tied: bool,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+}
+
+fn default_rope_theta() -> f64 {
+    10000.0
+}
+
+impl Arch {
+    pub fn shape(&self, vocab: usize) -> ModelShape {
+        ModelShape {
+            vocab: self.vocab.unwrap_or(vocab),
+            hidden: self.hidden,
+            ffn: self.ffn,
+            heads: self.heads,
+            kv_heads: self.kv_heads.unwrap_or(self.heads),
+            head_dim: self.head_dim.unwrap_or(if self.heads > 0 { self.hidden / self.heads } else { 0 }),
+            layers: self.layers,
+            tied: self.tied,
+        }
+    }
+
+    pub fn check(&self, errs: &mut Vec<ParamError>) {
+        for (name, v) in [("hidden", self.hidden), ("ffn", self.ffn), ("heads", self.heads), ("layers", self.layers)] {
+            if v == 0 {
+                errs.push(ParamError::new(format!("arch.{name}"), "must be positive"));
+            }
+        }
+        let kv = self.kv_heads.unwrap_or(self.heads);
+        if kv == 0 || (self.heads > 0 && self.heads % kv != 0) {
+            errs.push(ParamError::new("arch.kv_heads", format!("heads {} is not divisible by kv_heads {kv}", self.heads)));
+        }
+        if self.head_dim.is_none() && self.heads > 0 && self.hidden % self.heads != 0 {
+            errs.push(ParamError::new("arch.head_dim", format!("needed: hidden {} is not divisible by heads {}", self.hidden, self.heads)));
+        }
+        if self.head_dim.is_some_and(|d| d == 0 || d % 2 != 0) {
+            errs.push(ParamError::new("arch.head_dim", "must be a positive even number (RoPE rotates pairs)"));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            errs.push(ParamError::new("arch.rope_theta", "must be positive"));
+        }
+    }
+
+    pub fn config(&self, vocab: usize, max_positions: usize) -> LlamaConfig {
+        let s = self.shape(vocab);
+        let mut cfg = LlamaConfig::new(s.vocab, s.hidden, s.ffn, s.layers, s.heads, s.kv_heads, s.head_dim);
+        cfg.tie_word_embeddings = s.tied;
+        cfg.rope_theta = self.rope_theta;
+        cfg.max_position_embeddings = cfg.max_position_embeddings.max(max_positions);
+        cfg
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainParams {
+    /// From scratch with this architecture; omit to continue training the `model` input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<Arch>,
+    /// Token budget (rounded down to whole steps of batch x seq_len).
+    pub tokens: Count,
+    /// Windows per optimizer step (the global batch).
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Windows per forward pass; the batch is accumulated over batch / micro_batch passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batch: Option<usize>,
+    #[serde(default = "default_seq_len")]
+    pub seq_len: usize,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Defaults to lr / 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_lr: Option<f64>,
+    /// Warm-up steps; defaults to 5% of the steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Count>,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "default_clip")]
+    pub grad_clip: f64,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub dtype: Dtype,
+    /// Validation every N steps (0: at the end only).
+    #[serde(default)]
+    pub eval_every: u64,
+    /// Validation windows.
+    #[serde(default = "default_val_samples")]
+    pub val_samples: Count,
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+    /// Checkpoint every N steps in the scratch folder, for resumption after a kill (0: never).
+    #[serde(default = "default_ckpt")]
+    pub checkpoint_every: u64,
+}
+
+pub(crate) fn default_batch() -> usize {
+    32
+}
+pub(crate) fn default_seq_len() -> usize {
+    256
+}
+fn default_lr() -> f64 {
+    3e-4
+}
+pub(crate) fn default_wd() -> f64 {
+    0.1
+}
+pub(crate) fn default_clip() -> f64 {
+    1.0
+}
+pub(crate) fn default_val_samples() -> Count {
+    Count(64)
+}
+pub(crate) fn default_log_every() -> u64 {
+    10
+}
+pub(crate) fn default_ckpt() -> u64 {
+    100
+}
+
+/// Steps, accumulation and warm-up from the budget (shared with `distill`).
+pub(crate) fn schedule(tokens: u64, batch: usize, micro: Option<usize>, seq_len: usize, warmup: Option<Count>) -> (u64, u64, u64, usize) {
+    let per_step = (batch * seq_len) as u64;
+    let steps = (tokens / per_step.max(1)).max(1);
+    let micro = micro.unwrap_or(batch).max(1);
+    let accumulation = (batch / micro).max(1) as u64;
+    let warmup = warmup.map_or(steps / 20, |w| w.get()).min(steps);
+    (steps, accumulation, warmup, micro)
+}
+
+impl Stage for Train {
+    const KIND: &'static str = "train";
+    const VERSION: u32 = 1;
+    type Params = TrainParams;
+
+    fn slots(&self) -> Slots {
+        Slots::Fixed { required: &["data"], optional: &["model"] }
+    }
+
+    fn validate(&self, p: &TrainParams) -> Result<(), Vec<ParamError>> {
+        let mut errs = Vec::new();
+        if let Some(a) = &p.arch {
+            a.check(&mut errs);
+        }
+        check_optim(&mut errs, p.lr, p.min_lr, p.batch, p.micro_batch, p.seq_len, p.tokens.get());
+        if !(p.weight_decay.is_finite() && p.weight_decay >= 0.0) {
+            errs.push(ParamError::new("weight_decay", "must be non-negative"));
+        }
+        if p.val_samples.get() == 0 {
+            errs.push(ParamError::new("val_samples", "must be positive"));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    fn describe(&self, p: &TrainParams, inputs: &PlanInputs) -> Result<Option<serde_json::Value>, BoxError> {
+        let bound = inputs.slots.contains_key("model");
+        match (&p.arch, bound) {
+            (Some(_), true) => Err(StageError::param("arch", "give either `arch` (from scratch) or a `model` input (continued training), not both").into()),
+            (None, false) => Err(StageError::param("arch", "needed: without a `model` input, train from scratch needs an architecture").into()),
+            (Some(a), false) => {
+                let vocab = a.vocab.or_else(|| plan_vocab(inputs, "data"));
+                Ok(vocab.map(|v| a.shape(v).describe()))
+            }
+            (None, true) => Ok(plan_shape(inputs, "model").map(|s| s.describe())),
+        }
+    }
+
+    fn resources(&self, p: &TrainParams, inputs: &PlanInputs) -> Result<Resources, BoxError> {
+        let Some(s) = self.describe(p, inputs)?.as_ref().and_then(ModelShape::from_description) else {
+            return Ok(Resources { gpus: 1, ..Default::default() });
+        };
+        let micro = p.micro_batch.unwrap_or(p.batch) as u64;
+        let need = memory::training(&s, micro, p.seq_len as u64, p.dtype.bytes());
+        Ok(Resources { gpus: 1, gpu_memory: need, cpus: 0, host_memory: need })
+    }
+
+    fn run(&self, ctx: &mut StageCtx, p: &TrainParams, inputs: &Inputs) -> Result<(), BoxError> {
+        Ok(train(ctx, p, inputs)?)
+    }
+}
+
+fn train(ctx: &mut StageCtx, p: &TrainParams, inputs: &Inputs) -> Result<()> {
+    let dev = device(ctx)?;
+    let data_dir = inputs.path("data").map_err(|e| StageError::input("data", e.to_string()))?;
+    let data = open_dataset(data_dir)?;
+    let (model, upstream_tokens) = match (&p.arch, inputs.optional("model")) {
+        (Some(a), None) => {
+            let cfg = a.config(data.vocab_size(), p.seq_len);
+            (Llama::init(&cfg, p.seed, &dev)?, 0)
+        }
+        (None, Some(dir)) => (Llama::load_hf(dir, p.dtype.candle(), &dev, Mode::Trainable)?, tokens_seen(dir)),
+        (Some(_), Some(_)) => return Err(StageError::param("arch", "give either `arch` or a `model` input, not both")),
+        (None, None) => return Err(StageError::param("arch", "needed: without a `model` input, train from scratch needs an architecture")),
+    };
+    if model.config().vocab_size < data.vocab_size() {
+        return Err(StageError::input(
+            "data",
+            format!("the dataset's vocabulary ({}) is larger than the model's ({})", data.vocab_size(), model.config().vocab_size),
+        ));
+    }
+    let (steps, accumulation, warmup, micro) = schedule(p.tokens.get(), p.batch, p.micro_batch, p.seq_len, p.warmup);
+    let cfg = LoopConfig {
+        steps,
+        accumulation,
+        tokens_per_step: (p.batch * p.seq_len) as u64,
+        lr: p.lr,
+        min_lr: p.min_lr.unwrap_or(p.lr / 10.0),
+        warmup,
+        weight_decay: p.weight_decay,
+        grad_clip: p.grad_clip,
+        log_every: p.log_every,
+        eval_every: p.eval_every,
+        checkpoint_every: p.checkpoint_every,
+    };
+    ctx.log(&format!("{steps} steps of {} tokens, {} parameters", cfg.tokens_per_step, crate::runtime::param_count(&model)));
+    let sampler = pollard_data::WindowSampler::new(data.train(), p.seq_len, micro, p.seed)?;
+    let val = pollard_data::validation_windows(data.val(), p.seq_len, Some(p.val_samples.get() as usize))?;
+    let outcome = run_loop(
+        ctx,
+        model.vars(),
+        &cfg,
+        |step, k| {
+            let b = sampler.batch_at(step * accumulation + k);
+            let (ids, targets) = batch_tensors(&b, &dev)?;
+            let logits = model.forward(&ids)?;
+            let loss = pollard_train::cross_entropy(&logits, &targets)?;
+            Ok(StepLoss { loss, parts: vec![] })
+        },
+        || Ok(evaluate(&model, &val, micro, &[])?.loss),
+    )?;
+    save_model(ctx, &model, data_dir)?;
+    let metrics = json!({
+        "train_loss": outcome.final_loss,
+        "val_loss": outcome.final_val_loss,
+        "tokens": outcome.tokens,
+        "steps": steps,
+        "params": crate::runtime::param_count(&model),
+    });
+    write_json(&ctx.out_dir().join("metrics.json"), &metrics)?;
+    write_json(
+        &ctx.out_dir().join(PROVENANCE),
+        &json!({ "kind": "train", "tokens": upstream_tokens + outcome.tokens, "own_tokens": outcome.tokens }),
+    )?;
+    Ok(())
+}
+
+/// Writes the trained model with the dataset's tokenizer.
+pub(crate) fn save_model(ctx: &StageCtx, model: &Llama, data_dir: &std::path::Path) -> Result<()> {
+    let weights = model.weights()?;
+    // Saved on the CPU: a GPU run writes the same file.
+    let weights = weights
+        .into_iter()
+        .map(|(n, t)| t.to_device(&Device::Cpu).map(|t| (n, t)))
+        .collect::<candle_core::Result<pollard_model::Weights>>()
+        .map_err(|source| StageError::Candle { context: "moving weights to the CPU".into(), source })?;
+    let tok = data_dir.join(pollard_data::TOKENIZER_FILE);
+    pollard_model::save_hf(ctx.out_dir(), model.config(), &weights, tok.is_file().then_some(tok.as_path()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_training_params_are_refused_with_their_field() {
+        let p: TrainParams =
+            serde_yaml::from_str("{ arch: { hidden: 64, ffn: 128, heads: 6, kv_heads: 4, layers: 2 }, tokens: 10, batch: 4, seq_len: 8, lr: -1 }").unwrap();
+        let f: Vec<String> = Train.validate(&p).unwrap_err().into_iter().map(|e| e.field).collect();
+        assert_eq!(f, vec!["arch.kv_heads", "arch.head_dim", "lr", "tokens"]);
+        assert!(serde_yaml::from_str::<TrainParams>("{ tokens: 1M, epochs: 3 }").is_err());
+    }
+
+    #[test]
+    fn the_budget_becomes_whole_steps() {
+        assert_eq!(schedule(1_000_000, 16, Some(4), 128, None), (488, 4, 24, 4));
+        assert_eq!(schedule(10, 16, None, 128, Some(Count(5))), (1, 1, 1, 16));
+    }
+}
