@@ -9,7 +9,8 @@
 //!
 //! Build with `cargo build --bench model_speed` (dev profile, optimised) and run the binary
 //! from target/debug/deps, or `cargo bench --bench model_speed` (release profile).
-//! Knobs: POLLARD_BENCH_REPS (timed repetitions, default 5), POLLARD_BENCH_BATCH (default 8).
+//! Knobs: POLLARD_BENCH_REPS (timed repetitions, default 5), POLLARD_BENCH_BATCH (default 8),
+//! POLLARD_BENCH_ONLY_STEPS (only run that many training steps, for profiling).
 
 use std::path::Path;
 use std::process::Command;
@@ -200,6 +201,17 @@ fn main() {
     let inp = ids.narrow(1, 0, SEQ).unwrap().contiguous().unwrap();
     let tgt = ids.narrow(1, 1, SEQ).unwrap().contiguous().unwrap();
 
+    // POLLARD_BENCH_ONLY_STEPS=N: run N training steps and nothing else (for `perf record`).
+    if let Some(n) = std::env::var("POLLARD_BENCH_ONLY_STEPS").ok().and_then(|v| v.parse::<usize>().ok()) {
+        let named = model.vars();
+        let vars: Vec<&Var> = named.iter().map(|(_, v)| v).collect();
+        let mut opt = AdamW::new(named.clone(), AdamWConfig::default()).unwrap();
+        for _ in 0..n {
+            let (f, b, o) = train_step(&model, &mut opt, &vars, &inp, &tgt);
+            println!("step: forward+loss {} backward {} grads+AdamW {}", ms(f), ms(b), ms(o));
+        }
+        return;
+    }
     let frozen = Llama::new(cfg.clone(), model.weights().unwrap(), pollard_model::Mode::Frozen).unwrap();
     let (fwd, fwd_best) = time(reps, || frozen.forward(&inp).unwrap());
     println!(

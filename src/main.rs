@@ -2,6 +2,7 @@
 //! engine, renders results, and maps failures to exit codes (0 ok, 1 a stage failed, 2 a usage
 //! or manifest error, 130 interrupted).
 
+mod model_cmd;
 mod progress;
 mod render;
 mod workspace;
@@ -84,6 +85,11 @@ enum Command {
         /// Print JSON
         #[arg(long)]
         json: bool,
+    },
+    /// Inspect a checkpoint, or run it on token ids
+    Model {
+        #[command(subcommand)]
+        command: model_cmd::ModelCommand,
     },
     /// Write a built-in recipe out as ./pollard.yaml to edit
     Init {
@@ -250,6 +256,10 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 }
             }
             Ok(if report.is_ok() { 0 } else { 1 })
+        }
+        Command::Model { command } => {
+            model_cmd::run(command)?;
+            Ok(0)
         }
         Command::Init { recipe, force } => {
             let text = workspace::recipe(&recipe).map_err(|e| EngineError::Usage(e.to_string()))?;

@@ -28,8 +28,8 @@ pub struct Workspace {
 }
 
 pub fn registry() -> Registry {
-    #[allow(unused_mut)]
     let mut reg = Registry::new();
+    pollard_stages::register(&mut reg);
     reg
 }
 

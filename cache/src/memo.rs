@@ -205,8 +205,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (memo(dir.path()), memo(dir.path()));
         let st = stat(1, 5, 1);
-        a.state(); // both loaded the (empty) file before either writes
-        b.state();
+        // Both load the (empty) file before either writes.
+        drop(a.state());
+        drop(b.state());
         a.insert("/from-a".into(), &st, Digest::of(b"a"));
         b.insert("/from-b".into(), &st, Digest::of(b"b"));
         a.flush(&Budget::default()).unwrap();

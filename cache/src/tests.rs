@@ -489,6 +489,8 @@ fn concurrent_commits_from_threads_store_once() {
                 id
             })
         })
+        .collect::<Vec<_>>()
+        .into_iter()
         .map(|h| h.join().unwrap())
         .collect();
     let distinct: std::collections::BTreeSet<_> = ids.iter().collect();

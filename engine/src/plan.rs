@@ -139,6 +139,27 @@ fn show(v: &Option<Json>) -> String {
     }
 }
 
+/// Both sides of a change; long texts are cut to a window around where they first differ.
+fn show_pair(old: &Option<Json>, new: &Option<Json>) -> (String, String) {
+    let (a, b) = match (old, new) {
+        (Some(a), Some(b)) => (canonical_json(a), canonical_json(b)),
+        _ => return (show(old), show(new)),
+    };
+    if a.chars().count() <= 60 && b.chars().count() <= 60 {
+        return (a, b);
+    }
+    let a_chars: Vec<char> = a.chars().collect();
+    let b_chars: Vec<char> = b.chars().collect();
+    let first = a_chars.iter().zip(&b_chars).take_while(|(x, y)| x == y).count();
+    let start = first.saturating_sub(20);
+    let cut = |v: &[char]| {
+        let end = (start + 50).min(v.len());
+        let body: String = v[start.min(v.len())..end].iter().collect();
+        format!("{}{body}{}", if start > 0 { "..." } else { "" }, if end < v.len() { "..." } else { "" })
+    };
+    (cut(&a_chars), cut(&b_chars))
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -148,7 +169,10 @@ impl fmt::Display for Reason {
             Reason::Damaged { detail } => write!(f, "cached artifact is damaged: {detail}"),
             Reason::Forced => write!(f, "forced"),
             Reason::CacheDisabled => write!(f, "`cache: false`"),
-            Reason::Param { field, old, new } => write!(f, "param `{field}` changed: {} -> {}", show(old), show(new)),
+            Reason::Param { field, old, new } => {
+                let (a, b) = show_pair(old, new);
+                write!(f, "param `{field}` changed: {a} -> {b}")
+            }
             Reason::Input { slot, stage, old: Some(old), new } => {
                 write!(f, "input `{slot}` (stage `{stage}`) changed: {} -> {}", short(old), short(new))
             }

@@ -125,3 +125,11 @@ pub fn check_optim(errs: &mut Vec<pollard_engine::ParamError>, lr: f64, min_lr: 
         errs.push(ParamError::new("tokens", format!("{tokens} is less than one step of batch x seq_len = {}", batch * seq_len)));
     }
 }
+
+/// A model stage's request: the memory a GPU would need (what `run --dry-run` shows), but no
+/// GPU demanded, so the stage also runs on a machine without one (on the CPU). A recipe that
+/// wants the stage on a GPU says `resources: { gpus: 1 }`, and the scheduler then checks the
+/// estimate against the devices.
+pub fn gpu_estimate(bytes: u64) -> pollard_engine::Resources {
+    pollard_engine::Resources { gpus: 0, gpu_memory: bytes, cpus: 0, host_memory: bytes }
+}

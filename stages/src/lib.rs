@@ -13,3 +13,18 @@ pub mod surgery;
 pub mod trainer;
 
 pub use error::StageError;
+
+#[cfg(test)]
+mod flow_tests;
+
+/// Registers every built-in kind with the engine (the binary calls this once).
+pub fn register(reg: &mut pollard_engine::Registry) {
+    reg.register(kinds::dataset::Dataset);
+    reg.register(kinds::load::Load);
+    reg.register(kinds::train::Train);
+    reg.register(kinds::score::Score);
+    reg.register(kinds::prune::Prune);
+    reg.register(kinds::distill::Distill);
+    reg.register(kinds::evaluate::Evaluate);
+    reg.register(kinds::report::Report);
+}

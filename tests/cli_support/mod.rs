@@ -103,6 +103,7 @@ pub fn filters(ws: &Ws) -> insta::Settings {
     s.add_filter(&regex_escape(&canon), "[WS]");
     s.add_filter(&regex_escape(&root), "[WS]");
     s.add_filter(r"blake3:[0-9a-f]{12,64}", "blake3:[HASH]");
+    s.add_filter(r"[0-9a-f]{64}", "[HEX]");
     s.add_filter(r"\d+\.\ds", "[T]s");
     s.add_filter(r"\d+ CPU cores", "[N] CPU cores");
     s.add_filter(r"\d+ threads?", "[N] threads");

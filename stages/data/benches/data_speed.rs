@@ -13,7 +13,10 @@ fn secs(t: Instant) -> f64 {
 }
 
 fn main() {
-    let words: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2_000_000);
+    let words: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(2_000_000);
     println!("available cores: {}", available_cores());
 
     let t = Instant::now();
@@ -36,7 +39,8 @@ fn main() {
     for &fraction in &[0.25f64, 0.5, 1.0] {
         let n = ((docs.len() as f64) * fraction) as usize;
         let t = Instant::now();
-        let tok = Tokenizer::train_bpe(&docs[..n], 1024).expect("training on generated text succeeds");
+        let tok =
+            Tokenizer::train_bpe(&docs[..n], 1024).expect("training on generated text succeeds");
         println!(
             "train BPE 1024 on {:.0}% of the text ({} docs, ~{:.2}M words): {:.2} s (vocab {})",
             fraction * 100.0,
@@ -50,10 +54,20 @@ fn main() {
     let bpe = Tokenizer::train_bpe(&docs, 1024).expect("training succeeds");
     let byte = Tokenizer::byte();
     let t = Instant::now();
-    let byte_ids: usize = byte.encode_batch(&docs).expect("byte encoding cannot fail").iter().map(Vec::len).sum();
+    let byte_ids: usize = byte
+        .encode_batch(&docs)
+        .expect("byte encoding cannot fail")
+        .iter()
+        .map(Vec::len)
+        .sum();
     let byte_s = secs(t);
     let t = Instant::now();
-    let bpe_ids: usize = bpe.encode_batch(&docs).expect("encoding succeeds").iter().map(Vec::len).sum();
+    let bpe_ids: usize = bpe
+        .encode_batch(&docs)
+        .expect("encoding succeeds")
+        .iter()
+        .map(Vec::len)
+        .sum();
     let bpe_s = secs(t);
     println!(
         "encode: byte {byte_ids} ids in {byte_s:.3} s; BPE {bpe_ids} ids in {bpe_s:.3} s ({:.2} M tokens/s, {:.2} bytes/token; BPE / byte time = {:.0}x)",
@@ -65,11 +79,20 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("pollard-data-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let t = Instant::now();
-    let meta = pollard_data::write_dataset(&dir, &docs, &bpe, 1024, 0.05, "bench".into(), Some(1234)).expect("write");
-    println!("write_dataset (encode + split + write): {:.2} s, train {} / val {} tokens", secs(t), meta.train_tokens, meta.val_tokens);
+    let meta =
+        pollard_data::write_dataset(&dir, &docs, &bpe, 1024, 0.05, "bench".into(), Some(1234))
+            .expect("write");
+    println!(
+        "write_dataset (encode + split + write): {:.2} s, train {} / val {} tokens",
+        secs(t),
+        meta.train_tokens,
+        meta.val_tokens
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn available_cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

@@ -73,7 +73,11 @@ pub fn write_dataset<S: AsRef<str> + Sync>(
     for (c, chunk) in documents.chunks(CHUNK).enumerate() {
         let texts: Vec<String> = chunk.iter().map(|d| format!("{}\n", d.as_ref())).collect();
         for (j, ids) in tokenizer.encode_batch(&texts)?.into_iter().enumerate() {
-            let (dest, count) = if is_val(c * CHUNK + j, val_fraction) { (&mut val, &mut val_docs) } else { (&mut train, &mut train_docs) };
+            let (dest, count) = if is_val(c * CHUNK + j, val_fraction) {
+                (&mut val, &mut val_docs)
+            } else {
+                (&mut train, &mut train_docs)
+            };
             dest.extend_from_slice(&ids);
             dest.extend(tokenizer.eos_id());
             *count += 1;
@@ -98,7 +102,8 @@ pub fn write_dataset<S: AsRef<str> + Sync>(
         val_fraction,
     };
     let path = out_dir.join(META_FILE);
-    let json = serde_json::to_string_pretty(&meta).expect("Meta has only plain fields and serializes");
+    let json =
+        serde_json::to_string_pretty(&meta).expect("Meta has only plain fields and serializes");
     std::fs::write(&path, json + "\n").map_err(Error::io("write", &path))?;
     Ok(meta)
 }
@@ -126,12 +131,26 @@ impl Dataset {
         let tokenizer = Tokenizer::load_as(&dir.join(TOKENIZER_FILE), meta.tokenizer)?;
         let train = TokenShard::open(&dir.join(TRAIN_FILE), meta.vocab_size)?;
         let val = TokenShard::open(&dir.join(VAL_FILE), meta.vocab_size)?;
-        for (shard, field, expected) in [(&train, "train_tokens", meta.train_tokens), (&val, "val_tokens", meta.val_tokens)] {
+        for (shard, field, expected) in [
+            (&train, "train_tokens", meta.train_tokens),
+            (&val, "val_tokens", meta.val_tokens),
+        ] {
             if shard.len() as u64 != expected {
-                return Err(Error::ShardMismatch { path: shard.path().to_owned(), field, expected, actual: shard.len() as u64 });
+                return Err(Error::ShardMismatch {
+                    path: shard.path().to_owned(),
+                    field,
+                    expected,
+                    actual: shard.len() as u64,
+                });
             }
         }
-        Ok(Self { dir: dir.to_owned(), meta, tokenizer, train, val })
+        Ok(Self {
+            dir: dir.to_owned(),
+            meta,
+            tokenizer,
+            train,
+            val,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -161,19 +180,42 @@ impl Dataset {
 pub fn read_meta(dir: &Path) -> Result<Meta> {
     let path = dir.join(META_FILE);
     let text = std::fs::read_to_string(&path).map_err(Error::io("read", &path))?;
-    let meta: Meta = serde_json::from_str(&text).map_err(|source| Error::Json { path: path.clone(), source })?;
+    let meta: Meta = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
     if meta.format != FORMAT {
-        return Err(Error::Format { path, found: meta.format, expected: FORMAT });
+        return Err(Error::Format {
+            path,
+            found: meta.format,
+            expected: FORMAT,
+        });
     }
-    let bad = |field: &'static str, message: String| Error::Meta { path: path.clone(), field, message };
+    let bad = |field: &'static str, message: String| Error::Meta {
+        path: path.clone(),
+        field,
+        message,
+    };
     if meta.dtype != "u32le" {
-        return Err(bad("dtype", format!("`{}` (only `u32le` is supported)", meta.dtype)));
+        return Err(bad(
+            "dtype",
+            format!("`{}` (only `u32le` is supported)", meta.dtype),
+        ));
     }
     if meta.vocab_size == 0 || meta.vocab_size < meta.tokenizer_vocab_size {
-        return Err(bad("vocab_size", format!("{} must be at least tokenizer_vocab_size {} and above 0", meta.vocab_size, meta.tokenizer_vocab_size)));
+        return Err(bad(
+            "vocab_size",
+            format!(
+                "{} must be at least tokenizer_vocab_size {} and above 0",
+                meta.vocab_size, meta.tokenizer_vocab_size
+            ),
+        ));
     }
     if !(0.0..1.0).contains(&meta.val_fraction) {
-        return Err(bad("val_fraction", format!("{} is not in [0, 1)", meta.val_fraction)));
+        return Err(bad(
+            "val_fraction",
+            format!("{} is not in [0, 1)", meta.val_fraction),
+        ));
     }
     Ok(meta)
 }
@@ -183,19 +225,25 @@ mod tests {
     use super::*;
 
     fn docs() -> Vec<String> {
-        (0..40).map(|i| format!("document number {i} says hello.")).collect()
+        (0..40)
+            .map(|i| format!("document number {i} says hello."))
+            .collect()
     }
 
     #[test]
     fn write_then_open_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let t = Tokenizer::byte();
-        let meta = write_dataset(dir.path(), &docs(), &t, 256, 0.1, "test".into(), Some(7)).unwrap();
+        let meta =
+            write_dataset(dir.path(), &docs(), &t, 256, 0.1, "test".into(), Some(7)).unwrap();
         assert_eq!((meta.train_documents, meta.val_documents), (36, 4));
         let ds = Dataset::open(dir.path()).unwrap();
         assert_eq!(ds.meta(), &meta);
         assert_eq!(ds.vocab_size(), 256);
-        assert_eq!(ds.train().len() as u64 + ds.val().len() as u64, docs().iter().map(|d| d.len() as u64 + 1).sum::<u64>());
+        assert_eq!(
+            ds.train().len() as u64 + ds.val().len() as u64,
+            docs().iter().map(|d| d.len() as u64 + 1).sum::<u64>()
+        );
         // Val holds documents 4, 14, 24, 34 (evenly spaced), each followed by a newline.
         let val_text = ds.tokenizer().decode(ds.val()).unwrap();
         assert_eq!(val_text, "document number 4 says hello.\ndocument number 14 says hello.\ndocument number 24 says hello.\ndocument number 34 says hello.\n");
@@ -220,18 +268,39 @@ mod tests {
     #[test]
     fn truncated_shard_is_caught_against_meta() {
         let dir = tempfile::tempdir().unwrap();
-        write_dataset(dir.path(), &docs(), &Tokenizer::byte(), 256, 0.1, "test".into(), None).unwrap();
+        write_dataset(
+            dir.path(),
+            &docs(),
+            &Tokenizer::byte(),
+            256,
+            0.1,
+            "test".into(),
+            None,
+        )
+        .unwrap();
         let train = dir.path().join(TRAIN_FILE);
         let bytes = std::fs::read(&train).unwrap();
         std::fs::write(&train, &bytes[..bytes.len() - 8]).unwrap();
         let err = Dataset::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("train.bin") && err.contains("train_tokens"), "{err}");
+        assert!(
+            err.contains("train.bin") && err.contains("train_tokens"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_meta_fields_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = write_dataset(dir.path(), &docs(), &Tokenizer::byte(), 256, 0.1, "test".into(), None).unwrap();
+        let meta = write_dataset(
+            dir.path(),
+            &docs(),
+            &Tokenizer::byte(),
+            256,
+            0.1,
+            "test".into(),
+            None,
+        )
+        .unwrap();
         let path = dir.path().join(META_FILE);
         let mut bad = meta.clone();
         bad.vocab_size = 100;
@@ -241,16 +310,44 @@ mod tests {
         let mut bad = meta.clone();
         bad.format = "other".into();
         std::fs::write(&path, serde_json::to_string(&bad).unwrap()).unwrap();
-        assert!(Dataset::open(dir.path()).unwrap_err().to_string().contains("unsupported dataset format `other`"));
+        assert!(Dataset::open(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("unsupported dataset format `other`"));
         std::fs::write(&path, "{}").unwrap();
-        assert!(Dataset::open(dir.path()).unwrap_err().to_string().contains("meta.json"));
+        assert!(Dataset::open(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("meta.json"));
     }
 
     #[test]
     fn bad_val_fraction_and_empty_text_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(write_dataset(dir.path(), &docs(), &Tokenizer::byte(), 256, 1.0, String::new(), None), Err(Error::ValFraction(_))));
+        assert!(matches!(
+            write_dataset(
+                dir.path(),
+                &docs(),
+                &Tokenizer::byte(),
+                256,
+                1.0,
+                String::new(),
+                None
+            ),
+            Err(Error::ValFraction(_))
+        ));
         let none: Vec<String> = Vec::new();
-        assert!(matches!(write_dataset(dir.path(), &none, &Tokenizer::byte(), 256, 0.1, String::new(), None), Err(Error::NoDocuments)));
+        assert!(matches!(
+            write_dataset(
+                dir.path(),
+                &none,
+                &Tokenizer::byte(),
+                256,
+                0.1,
+                String::new(),
+                None
+            ),
+            Err(Error::NoDocuments)
+        ));
     }
 }

@@ -21,7 +21,9 @@ pub mod split;
 pub mod synthetic;
 pub mod tokenizer;
 
-pub use artifact::{read_meta, write_dataset, Dataset, Meta, META_FILE, TOKENIZER_FILE, TRAIN_FILE, VAL_FILE};
+pub use artifact::{
+    read_meta, write_dataset, Dataset, Meta, META_FILE, TOKENIZER_FILE, TRAIN_FILE, VAL_FILE,
+};
 pub use error::{Error, Result};
 pub use sampler::{validation_windows, Batch, WindowSampler};
 pub use shard::{write_tokens, TokenShard};

@@ -27,12 +27,16 @@ impl Batch {
 
     /// Model inputs, `batch * seq_len` ids row-major: each window without its last token.
     pub fn inputs(&self) -> Vec<u32> {
-        (0..self.batch).flat_map(|i| self.window(i)[..self.seq_len].iter().copied()).collect()
+        (0..self.batch)
+            .flat_map(|i| self.window(i)[..self.seq_len].iter().copied())
+            .collect()
     }
 
     /// Next-token targets, `batch * seq_len` ids row-major: each window without its first token.
     pub fn targets(&self) -> Vec<u32> {
-        (0..self.batch).flat_map(|i| self.window(i)[1..].iter().copied()).collect()
+        (0..self.batch)
+            .flat_map(|i| self.window(i)[1..].iter().copied())
+            .collect()
     }
 }
 
@@ -57,9 +61,19 @@ impl<'a> WindowSampler<'a> {
             return Err(Error::Zero { field: "batch" });
         }
         if tokens.len() < seq_len + 1 {
-            return Err(Error::TooFewTokens { what: "train.bin", tokens: tokens.len(), needed: seq_len + 1 });
+            return Err(Error::TooFewTokens {
+                what: "train.bin",
+                tokens: tokens.len(),
+                needed: seq_len + 1,
+            });
         }
-        Ok(Self { tokens, seq_len, batch, seed, step: 0 })
+        Ok(Self {
+            tokens,
+            seq_len,
+            batch,
+            seed,
+            step: 0,
+        })
     }
 
     /// The step the next [`Self::next_batch`] draws: save it to resume exactly.
@@ -85,7 +99,12 @@ impl<'a> WindowSampler<'a> {
             offsets.push(start);
             tokens.extend_from_slice(&self.tokens[start..start + w]);
         }
-        Batch { tokens, batch: self.batch, seq_len: self.seq_len, offsets }
+        Batch {
+            tokens,
+            batch: self.batch,
+            seq_len: self.seq_len,
+            offsets,
+        }
     }
 
     /// The batch at the current position; advances it by one step.
@@ -99,18 +118,29 @@ impl<'a> WindowSampler<'a> {
 /// The fixed validation set: disjoint windows of `seq_len + 1` tokens from the start of
 /// `tokens`, at most `max_windows` of them (all when `None`), spread evenly over the shard when
 /// there are more than asked. Deterministic: no seed.
-pub fn validation_windows(tokens: &[u32], seq_len: usize, max_windows: Option<usize>) -> Result<Vec<&[u32]>> {
+pub fn validation_windows(
+    tokens: &[u32],
+    seq_len: usize,
+    max_windows: Option<usize>,
+) -> Result<Vec<&[u32]>> {
     if seq_len == 0 {
         return Err(Error::Zero { field: "seq_len" });
     }
     let w = seq_len + 1;
     let total = tokens.len() / w;
     if total == 0 {
-        return Err(Error::TooFewTokens { what: "val.bin", tokens: tokens.len(), needed: w });
+        return Err(Error::TooFewTokens {
+            what: "val.bin",
+            tokens: tokens.len(),
+            needed: w,
+        });
     }
     let n = max_windows.map_or(total, |m| m.min(total));
     // Window k of n is the floor(k * total / n)-th disjoint window: evenly spaced, distinct.
-    Ok((0..n).map(|k| k * total / n).map(|j| &tokens[j * w..(j + 1) * w]).collect())
+    Ok((0..n)
+        .map(|k| k * total / n)
+        .map(|j| &tokens[j * w..(j + 1) * w])
+        .collect())
 }
 
 #[cfg(test)]
@@ -130,12 +160,18 @@ mod tests {
         for i in 0..4 {
             let win = b.window(i);
             assert_eq!(win[0] as usize, b.offsets[i]);
-            assert!(win.windows(2).all(|p| p[1] == p[0] + 1), "window is a contiguous slice");
+            assert!(
+                win.windows(2).all(|p| p[1] == p[0] + 1),
+                "window is a contiguous slice"
+            );
         }
         let (inp, tgt) = (b.inputs(), b.targets());
         assert_eq!(inp.len(), 64);
         for i in 0..4 {
-            assert_eq!(&inp[i * 16 + 1..(i + 1) * 16], &tgt[i * 16..(i + 1) * 16 - 1]);
+            assert_eq!(
+                &inp[i * 16 + 1..(i + 1) * 16],
+                &tgt[i * 16..(i + 1) * 16 - 1]
+            );
         }
     }
 
@@ -185,11 +221,19 @@ mod tests {
     #[test]
     fn too_short_a_shard_is_refused() {
         let tokens = data(16);
-        let err = WindowSampler::new(&tokens, 16, 1, 0).unwrap_err().to_string();
+        let err = WindowSampler::new(&tokens, 16, 1, 0)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("16 tokens") && err.contains("17"), "{err}");
         assert!(WindowSampler::new(&tokens, 15, 1, 0).is_ok());
-        assert!(WindowSampler::new(&tokens, 0, 1, 0).unwrap_err().to_string().contains("seq_len"));
-        assert!(WindowSampler::new(&tokens, 4, 0, 0).unwrap_err().to_string().contains("batch"));
+        assert!(WindowSampler::new(&tokens, 0, 1, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("seq_len"));
+        assert!(WindowSampler::new(&tokens, 4, 0, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("batch"));
     }
 
     #[test]
@@ -199,9 +243,14 @@ mod tests {
         assert_eq!(all.len(), 10);
         assert_eq!(all[3], &tokens[30..40]);
         let some = validation_windows(&tokens, 9, Some(3)).unwrap();
-        assert_eq!(some.iter().map(|w| w[0]).collect::<Vec<_>>(), vec![0, 30, 60]);
+        assert_eq!(
+            some.iter().map(|w| w[0]).collect::<Vec<_>>(),
+            vec![0, 30, 60]
+        );
         assert_eq!(validation_windows(&tokens, 9, Some(50)).unwrap().len(), 10);
-        let err = validation_windows(&tokens[..5], 9, None).unwrap_err().to_string();
+        let err = validation_windows(&tokens[..5], 9, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("val.bin") && err.contains("5 tokens"), "{err}");
     }
 }

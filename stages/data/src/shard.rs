@@ -13,14 +13,22 @@ use crate::error::{Error, Result};
 // The mapped bytes are viewed in place as native u32s: that is the file's format only on a
 // little-endian machine. Every platform pollard targets (x86-64, aarch64) is.
 #[cfg(target_endian = "big")]
-compile_error!("pollard-data maps little-endian token shards in place and needs a little-endian target");
+compile_error!(
+    "pollard-data maps little-endian token shards in place and needs a little-endian target"
+);
 
 /// Writes `tokens` as little-endian u32 to `path` (created or truncated).
 pub fn write_tokens(path: &Path, tokens: &[u32]) -> Result<()> {
     let file = File::create(path).map_err(Error::io("create", path))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
-    out.write_all(bytemuck::cast_slice(tokens)).map_err(Error::io("write", path))?;
-    out.into_inner().map_err(|e| Error::Io { op: "write", path: path.to_owned(), source: e.into_error() })?
+    out.write_all(bytemuck::cast_slice(tokens))
+        .map_err(Error::io("write", path))?;
+    out.into_inner()
+        .map_err(|e| Error::Io {
+            op: "write",
+            path: path.to_owned(),
+            source: e.into_error(),
+        })?
         .sync_all()
         .map_err(Error::io("sync", path))
 }
@@ -40,7 +48,10 @@ impl TokenShard {
         let file = File::open(path).map_err(Error::io("open", path))?;
         let len = file.metadata().map_err(Error::io("stat", path))?.len();
         if len % 4 != 0 {
-            return Err(Error::ShardLength { path: path.to_owned(), len });
+            return Err(Error::ShardLength {
+                path: path.to_owned(),
+                len,
+            });
         }
         let map = if len == 0 {
             None
@@ -49,9 +60,22 @@ impl TokenShard {
             // cache makes objects read-only); a concurrent writer would break that contract.
             Some(unsafe { Mmap::map(&file) }.map_err(Error::io("mmap", path))?)
         };
-        let shard = Self { path: path.to_owned(), map };
-        if let Some((position, &id)) = shard.tokens().iter().enumerate().find(|(_, &id)| id >= vocab) {
-            return Err(Error::TokenOutOfRange { path: path.to_owned(), id, position, vocab });
+        let shard = Self {
+            path: path.to_owned(),
+            map,
+        };
+        if let Some((position, &id)) = shard
+            .tokens()
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id >= vocab)
+        {
+            return Err(Error::TokenOutOfRange {
+                path: path.to_owned(),
+                id,
+                position,
+                vocab,
+            });
         }
         Ok(shard)
     }
@@ -60,7 +84,8 @@ impl TokenShard {
     pub fn tokens(&self) -> &[u32] {
         match &self.map {
             // A page-aligned mapping of a multiple of 4 bytes always casts.
-            Some(map) => bytemuck::try_cast_slice(&map[..]).expect("mmap is page-aligned and its length a multiple of 4"),
+            Some(map) => bytemuck::try_cast_slice(&map[..])
+                .expect("mmap is page-aligned and its length a multiple of 4"),
             None => &[],
         }
     }
@@ -108,7 +133,10 @@ mod tests {
         let path = dir.path().join("train.bin");
         write_tokens(&path, &[3, 4, 256, 5]).unwrap();
         let err = TokenShard::open(&path, 256).unwrap_err().to_string();
-        assert!(err.contains("train.bin") && err.contains("256") && err.contains("position 2"), "{err}");
+        assert!(
+            err.contains("train.bin") && err.contains("256") && err.contains("position 2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -121,7 +149,9 @@ mod tests {
 
     #[test]
     fn missing_file_is_named() {
-        let err = TokenShard::open(Path::new("/nonexistent/train.bin"), 1).unwrap_err().to_string();
+        let err = TokenShard::open(Path::new("/nonexistent/train.bin"), 1)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/train.bin"), "{err}");
     }
 }

@@ -46,16 +46,29 @@ mod tests {
     #[test]
     fn documents_split_at_blank_lines() {
         let text = "\n\nfirst line\nsecond line  \r\n\n \t\nthird\r\n\n\n\nfourth";
-        assert_eq!(documents(text), vec!["first line\nsecond line", "third", "fourth"]);
+        assert_eq!(
+            documents(text),
+            vec!["first line\nsecond line", "third", "fourth"]
+        );
         assert!(documents("\n \n").is_empty());
         assert_eq!(documents("one"), vec!["one"]);
     }
 
     #[test]
     fn val_share_is_exact_and_evenly_spaced() {
-        for &(n, f) in &[(1000usize, 0.05f64), (20, 0.05), (7, 0.5), (100, 0.0), (333, 0.1)] {
+        for &(n, f) in &[
+            (1000usize, 0.05f64),
+            (20, 0.05),
+            (7, 0.5),
+            (100, 0.0),
+            (333, 0.1),
+        ] {
             let val: Vec<usize> = (0..n).filter(|&i| is_val(i, f)).collect();
-            assert_eq!(val.len(), (n as f64 * f + 0.5).floor() as usize, "n={n} f={f}");
+            assert_eq!(
+                val.len(),
+                (n as f64 * f + 0.5).floor() as usize,
+                "n={n} f={f}"
+            );
             if val.len() > 2 {
                 let gaps: Vec<usize> = val.windows(2).map(|w| w[1] - w[0]).collect();
                 let (lo, hi) = (gaps.iter().min().unwrap(), gaps.iter().max().unwrap());

@@ -18,10 +18,12 @@
 use crate::rng::Rng;
 
 const JOBS: &[&str] = &[
-    "baker", "farmer", "sailor", "teacher", "doctor", "painter", "miner", "weaver", "singer", "hunter", "tailor",
-    "potter", "fisher", "guard", "cook", "builder",
+    "baker", "farmer", "sailor", "teacher", "doctor", "painter", "miner", "weaver", "singer",
+    "hunter", "tailor", "potter", "fisher", "guard", "cook", "builder",
 ];
-const COLORS: &[&str] = &["red", "blue", "green", "yellow", "white", "black", "brown", "grey", "purple", "orange"];
+const COLORS: &[&str] = &[
+    "red", "blue", "green", "yellow", "white", "black", "brown", "grey", "purple", "orange",
+];
 const PETS: &[(&str, &str)] = &[
     ("cat", "cats"),
     ("dog", "dogs"),
@@ -74,7 +76,9 @@ const IVERBS: &[(&str, &str)] = &[
     ("dances", "dance"),
     ("rests", "rest"),
 ];
-const ADJS: &[&str] = &["old", "young", "small", "tall", "happy", "quiet", "brave", "clever", "tired", "kind"];
+const ADJS: &[&str] = &[
+    "old", "young", "small", "tall", "happy", "quiet", "brave", "clever", "tired", "kind",
+];
 const ADVERBIALS: &[&str] = &[
     "near the river",
     "in the morning",
@@ -101,12 +105,18 @@ const OBJECTS: &[(&str, &str)] = &[
     ("apple", "apples"),
     ("shell", "shells"),
 ];
-const PLACES: &[&str] =
-    &["garden", "kitchen", "forest", "market", "river", "library", "tower", "field", "cellar", "harbor"];
-const NUMBERS: &[&str] = &[
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+const PLACES: &[&str] = &[
+    "garden", "kitchen", "forest", "market", "river", "library", "tower", "field", "cellar",
+    "harbor",
 ];
-const ONSETS: &[&str] = &["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "st", "th", "w"];
+const NUMBERS: &[&str] = &[
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve",
+];
+const ONSETS: &[&str] = &[
+    "b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "st",
+    "th", "w",
+];
 const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "ai", "ea", "or"];
 const CODAS: &[&str] = &["", "", "", "n", "l", "r", "s", "m"];
 const TOWN_ENDS: &[&str] = &["ford", "ton", "dale", "wick", "moor", "by", "field", "port"];
@@ -157,7 +167,12 @@ fn syllable(rng: &mut Rng, coda: bool) -> String {
 }
 
 /// Draws distinct capitalised names from `make`.
-fn distinct(rng: &mut Rng, n: usize, taken: &mut std::collections::HashSet<String>, make: fn(&mut Rng) -> String) -> Vec<String> {
+fn distinct(
+    rng: &mut Rng,
+    n: usize,
+    taken: &mut std::collections::HashSet<String>,
+    make: fn(&mut Rng) -> String,
+) -> Vec<String> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let name = capitalize(&make(rng));
@@ -173,9 +188,13 @@ impl World {
         // A separate stream for the world, so a story's draws never shift the facts.
         let mut rng = Rng::new(seed ^ 0x5EED_0F_3011D);
         let mut taken = std::collections::HashSet::new();
-        let names = distinct(&mut rng, PEOPLE, &mut taken, |r| syllable(r, true) + &syllable(r, false));
+        let names = distinct(&mut rng, PEOPLE, &mut taken, |r| {
+            syllable(r, true) + &syllable(r, false)
+        });
         let pet_names = distinct(&mut rng, PEOPLE, &mut taken, |r| syllable(r, false) + "y");
-        let cities = distinct(&mut rng, CITIES, &mut taken, |r| syllable(r, true) + r.pick(TOWN_ENDS));
+        let cities = distinct(&mut rng, CITIES, &mut taken, |r| {
+            syllable(r, true) + r.pick(TOWN_ENDS)
+        });
         let people = names
             .into_iter()
             .zip(pet_names)
@@ -404,7 +423,11 @@ impl Generator {
 
     /// "Mira counted the apples: one, two, three. Mira had three apples."
     fn counting(&mut self, s: &mut Story, i: usize) {
-        let n = if self.rng.chance(60) { self.world.people[i].number } else { self.rng.range(2, 9) };
+        let n = if self.rng.chance(60) {
+            self.world.people[i].number
+        } else {
+            self.rng.range(2, 9)
+        };
         let object = self.rng.pick(OBJECTS);
         self.subject(s, i, false);
         s.ws("counted the");
@@ -427,12 +450,20 @@ impl Generator {
         let step = self.rng.range(1, 3);
         let len = self.rng.range(4, 7);
         let up = self.rng.chance(50);
-        let start = if up { self.rng.range(1, 20) } else { self.rng.range(step * (len - 1) + 1, step * (len - 1) + 20) };
+        let start = if up {
+            self.rng.range(1, 20)
+        } else {
+            self.rng.range(step * (len - 1) + 1, step * (len - 1) + 20)
+        };
         s.ws("the numbers went");
         s.w(if up { "up" } else { "down" });
         s.p(":");
         for k in 0..len {
-            let v = if up { start + k * step } else { start - k * step };
+            let v = if up {
+                start + k * step
+            } else {
+                start - k * step
+            };
             s.w(&v.to_string());
             s.p(if k + 1 == len { "." } else { "," });
         }
@@ -522,14 +553,21 @@ impl Generator {
 /// followed by a blank line. Same (words, seed), same text; a longer corpus of the same seed
 /// starts with the shorter one's complete stories.
 pub fn generate(words: u64, seed: u64) -> String {
-    let mut g = Generator { world: World::new(seed), rng: Rng::new(seed) };
+    let mut g = Generator {
+        world: World::new(seed),
+        rng: Rng::new(seed),
+    };
     // ~6.2 bytes per word with spaces and punctuation.
     let mut text = String::with_capacity((words as usize).saturating_mul(13) / 2 + 64);
     let mut story = String::with_capacity(2048);
     let mut total = 0u64;
     while total < words {
         story.clear();
-        let mut s = Story { out: &mut story, words: 0, cap: true };
+        let mut s = Story {
+            out: &mut story,
+            words: 0,
+            cap: true,
+        };
         g.story(&mut s);
         let n = s.words;
         let keep = n.min(words - total);
@@ -537,7 +575,12 @@ pub fn generate(words: u64, seed: u64) -> String {
             text.push_str(&story);
         } else {
             // Cut the last story after `keep` words (words are separated by single spaces).
-            let end = story.split(' ').take(keep as usize).map(|w| w.len() + 1).sum::<usize>() - 1;
+            let end = story
+                .split(' ')
+                .take(keep as usize)
+                .map(|w| w.len() + 1)
+                .sum::<usize>()
+                - 1;
             text.push_str(&story[..end]);
         }
         text.push_str("\n\n");
@@ -578,8 +621,13 @@ mod tests {
         assert!(docs.iter().all(|d| !d.contains('\n')));
         let lens: Vec<usize> = docs.iter().map(|d| d.split(' ').count()).collect();
         let mean = lens.iter().sum::<usize>() as f64 / lens.len() as f64;
-        assert!((40.0..200.0).contains(&mean), "mean story length {mean} words");
-        assert!(docs.iter().all(|d| d.chars().next().is_some_and(|c| c.is_ascii_uppercase())));
+        assert!(
+            (40.0..200.0).contains(&mean),
+            "mean story length {mean} words"
+        );
+        assert!(docs
+            .iter()
+            .all(|d| d.chars().next().is_some_and(|c| c.is_ascii_uppercase())));
     }
 
     #[test]
@@ -591,15 +639,31 @@ mod tests {
             let words: Vec<&str> = sentence.split(' ').collect();
             // "<Name> lives in <City>" with a name, not a pronoun or a question.
             for i in 0..words.len().saturating_sub(3) {
-                if words[i + 1] == "lives" && words[i + 2] == "in" && words[i].chars().next().is_some_and(|c| c.is_ascii_uppercase()) && !matches!(words[i], "She" | "He") {
+                if words[i + 1] == "lives"
+                    && words[i + 2] == "in"
+                    && words[i]
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_uppercase())
+                    && !matches!(words[i], "She" | "He")
+                {
                     let city = words[i + 3].trim_end_matches(['.', '\n']);
                     let prev = home.insert(words[i], city);
-                    assert!(prev.is_none() || prev == Some(city), "{} lives in {:?} and {city}", words[i], prev);
+                    assert!(
+                        prev.is_none() || prev == Some(city),
+                        "{} lives in {:?} and {city}",
+                        words[i],
+                        prev
+                    );
                     checked += 1;
                 }
             }
         }
-        assert!(checked > 100 && home.len() > 30, "checked {checked} facts about {} people", home.len());
+        assert!(
+            checked > 100 && home.len() > 30,
+            "checked {checked} facts about {} people",
+            home.len()
+        );
     }
 
     #[test]
@@ -608,8 +672,12 @@ mod tests {
         let mut checked = 0;
         for part in text.split(" counted the ").skip(1) {
             // "<objects>: one, two, three. She had three <objects>."
-            let Some((objects, rest)) = part.split_once(": ") else { continue };
-            let Some((list, after)) = rest.split_once(". ") else { continue };
+            let Some((objects, rest)) = part.split_once(": ") else {
+                continue;
+            };
+            let Some((list, after)) = rest.split_once(". ") else {
+                continue;
+            };
             let items: Vec<&str> = list.split(", ").collect();
             for (k, item) in items.iter().enumerate() {
                 assert_eq!(*item, NUMBERS[k + 1]);
@@ -631,8 +699,18 @@ mod tests {
     fn simple_subjects_agree_with_their_verbs() {
         let singular: HashSet<&str> = NOUNS.iter().map(|n| n.0).collect();
         let plural: HashSet<&str> = NOUNS.iter().map(|n| n.1).collect();
-        let verbs_sg: HashSet<&str> = IVERBS.iter().chain(TVERBS).map(|v| v.0).chain(["is"]).collect();
-        let verbs_pl: HashSet<&str> = IVERBS.iter().chain(TVERBS).map(|v| v.1).chain(["are"]).collect();
+        let verbs_sg: HashSet<&str> = IVERBS
+            .iter()
+            .chain(TVERBS)
+            .map(|v| v.0)
+            .chain(["is"])
+            .collect();
+        let verbs_pl: HashSet<&str> = IVERBS
+            .iter()
+            .chain(TVERBS)
+            .map(|v| v.1)
+            .chain(["are"])
+            .collect();
         let text = generate(100_000, 11);
         let (mut agree, mut checked) = (0, 0);
         for sentence in text.split(". ") {
@@ -641,13 +719,19 @@ mod tests {
             if w.first() != Some(&"The") || w.len() < 4 {
                 continue;
             }
-            let k = if singular.contains(w[1]) || plural.contains(w[1]) { 1 } else { 2 };
+            let k = if singular.contains(w[1]) || plural.contains(w[1]) {
+                1
+            } else {
+                2
+            };
             let (noun, verb) = (w[k], w[k + 1]);
             if verb == "that" || !(singular.contains(noun) || plural.contains(noun)) {
                 continue;
             }
             checked += 1;
-            if (singular.contains(noun) && verbs_sg.contains(verb)) || (plural.contains(noun) && verbs_pl.contains(verb)) {
+            if (singular.contains(noun) && verbs_sg.contains(verb))
+                || (plural.contains(noun) && verbs_pl.contains(verb))
+            {
                 agree += 1;
             }
         }

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{
-    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerBuilder,
+    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+    TokenizerBuilder,
 };
 
 use crate::error::{Error, Result};
@@ -61,7 +62,11 @@ impl Tokenizer {
     pub fn byte() -> Self {
         let hf = tokenizers::Tokenizer::from_str(&byte_tokenizer_json())
             .expect("the byte tokenizer's JSON is built from constants and always parses");
-        Self { kind: TokenizerKind::Byte, hf, eos: None }
+        Self {
+            kind: TokenizerKind::Byte,
+            hf,
+            eos: None,
+        }
     }
 
     /// Trains a byte-level BPE (GPT-2 pre-tokenization, no prefix space) with `vocab_size`
@@ -72,9 +77,15 @@ impl Tokenizer {
     /// fewer merges than asked, the vocabulary is smaller than `vocab_size`.
     pub fn train_bpe<S: AsRef<str> + Sync>(documents: &[S], vocab_size: usize) -> Result<Self> {
         if vocab_size < MIN_BPE_VOCAB {
-            return Err(Error::VocabTooSmall { vocab: vocab_size, min: MIN_BPE_VOCAB });
+            return Err(Error::VocabTooSmall {
+                vocab: vocab_size,
+                min: MIN_BPE_VOCAB,
+            });
         }
-        let train_err = |e: tokenizers::Error| Error::Train { documents: documents.len(), message: e.to_string() };
+        let train_err = |e: tokenizers::Error| Error::Train {
+            documents: documents.len(),
+            message: e.to_string(),
+        };
         let byte_level = ByteLevel::new(false, true, true);
         let mut trainer = BpeTrainerBuilder::new()
             .vocab_size(vocab_size)
@@ -95,21 +106,33 @@ impl Tokenizer {
         .with_decoder(Some(DecoderWrapper::ByteLevel(byte_level)))
         .build()
         .map_err(train_err)?;
-        builder.train(&mut trainer, documents.iter().map(|d| d.as_ref())).map_err(train_err)?;
+        builder
+            .train(&mut trainer, documents.iter().map(|d| d.as_ref()))
+            .map_err(train_err)?;
         // Round-trip through JSON into the generic `tokenizers::Tokenizer` (model wrapper types).
         let json = builder.to_string(false).map_err(train_err)?;
         let hf = tokenizers::Tokenizer::from_str(&json).map_err(train_err)?;
         let eos = hf.token_to_id(END_OF_TEXT);
-        Ok(Self { kind: TokenizerKind::Bpe, hf, eos })
+        Ok(Self {
+            kind: TokenizerKind::Bpe,
+            hf,
+            eos,
+        })
     }
 
     /// Loads a Hugging Face `tokenizer.json`. The end-of-text token is found by its usual names.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(Error::io("read", path))?;
-        let hf = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| Error::TokenizerLoad { path: path.to_owned(), message: e.to_string() })?;
+        let hf = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::TokenizerLoad {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         let eos = EOS_NAMES.iter().find_map(|name| hf.token_to_id(name));
-        Ok(Self { kind: TokenizerKind::File, hf, eos })
+        Ok(Self {
+            kind: TokenizerKind::File,
+            hf,
+            eos,
+        })
     }
 
     /// Loads a `tokenizer.json` that pollard wrote, keeping its kind (a dataset's tokenizer).
@@ -147,7 +170,10 @@ impl Tokenizer {
                 let enc = self
                     .hf
                     .encode_fast(text, false)
-                    .map_err(|e| Error::Tokenize { op: "encode", message: e.to_string() })?;
+                    .map_err(|e| Error::Tokenize {
+                        op: "encode",
+                        message: e.to_string(),
+                    })?;
                 Ok(enc.get_ids().to_vec())
             }
         }
@@ -156,13 +182,19 @@ impl Tokenizer {
     /// Token ids of many texts, in parallel on the current rayon pool.
     pub fn encode_batch<S: AsRef<str> + Send + Sync>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
         match self.kind {
-            TokenizerKind::Byte => Ok(texts.iter().map(|t| t.as_ref().bytes().map(u32::from).collect()).collect()),
+            TokenizerKind::Byte => Ok(texts
+                .iter()
+                .map(|t| t.as_ref().bytes().map(u32::from).collect())
+                .collect()),
             _ => {
                 let inputs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
-                let encs = self
-                    .hf
-                    .encode_batch_fast(inputs, false)
-                    .map_err(|e| Error::Tokenize { op: "encode", message: e.to_string() })?;
+                let encs =
+                    self.hf
+                        .encode_batch_fast(inputs, false)
+                        .map_err(|e| Error::Tokenize {
+                            op: "encode",
+                            message: e.to_string(),
+                        })?;
                 Ok(encs.iter().map(|e| e.get_ids().to_vec()).collect())
             }
         }
@@ -174,17 +206,28 @@ impl Tokenizer {
             TokenizerKind::Byte => {
                 let bytes = ids
                     .iter()
-                    .map(|&id| u8::try_from(id).map_err(|_| Error::Tokenize { op: "decode", message: format!("id {id} is not a byte (vocabulary 256)") }))
+                    .map(|&id| {
+                        u8::try_from(id).map_err(|_| Error::Tokenize {
+                            op: "decode",
+                            message: format!("id {id} is not a byte (vocabulary 256)"),
+                        })
+                    })
                     .collect::<Result<Vec<u8>>>()?;
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
             }
-            _ => self.hf.decode(ids, false).map_err(|e| Error::Tokenize { op: "decode", message: e.to_string() }),
+            _ => self.hf.decode(ids, false).map_err(|e| Error::Tokenize {
+                op: "decode",
+                message: e.to_string(),
+            }),
         }
     }
 
     /// The `tokenizer.json` text (compact; deterministic for a given tokenizer).
     pub fn to_json(&self) -> Result<String> {
-        self.hf.to_string(false).map_err(|e| Error::Tokenize { op: "serialize", message: e.to_string() })
+        self.hf.to_string(false).map_err(|e| Error::Tokenize {
+            op: "serialize",
+            message: e.to_string(),
+        })
     }
 
     /// Writes `tokenizer.json` to `path`.
@@ -202,7 +245,9 @@ impl Tokenizer {
 /// before the model sees a byte: printable Latin-1 bytes map to themselves, the other 68 to
 /// U+0100 onwards in byte order. (The crate keeps its copy private; a test checks they agree.)
 fn byte_to_char(b: u8) -> char {
-    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let printable = |b: u8| {
+        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
     if printable(b) {
         char::from(b)
     } else {
@@ -214,8 +259,9 @@ fn byte_to_char(b: u8) -> char {
 /// A `tokenizer.json` whose BPE has one entry per byte symbol, id = byte value, and no merges:
 /// Hugging Face's encoder then gives exactly the raw bytes as ids.
 fn byte_tokenizer_json() -> String {
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        (0u8..=255).map(|b| (byte_to_char(b).to_string(), serde_json::Value::from(b))).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = (0u8..=255)
+        .map(|b| (byte_to_char(b).to_string(), serde_json::Value::from(b)))
+        .collect();
     let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false});
     serde_json::json!({
         "version": "1.0",
@@ -237,7 +283,8 @@ fn byte_tokenizer_json() -> String {
 mod tests {
     use super::*;
 
-    const TEXT: &str = "The farmers that the baker sees walk to the river. Mira's cat is named Pip.\n\
+    const TEXT: &str =
+        "The farmers that the baker sees walk to the river. Mira's cat is named Pip.\n\
                         Ünïcödé and emoji 🦀 survive a round trip.\n";
 
     #[test]
@@ -256,7 +303,10 @@ mod tests {
         assert_eq!(loaded.vocab_size(), 256);
         assert_eq!(loaded.encode(TEXT).unwrap(), ids);
         let all: String = String::from_utf8_lossy(&(0u8..128).collect::<Vec<u8>>()).into_owned();
-        assert_eq!(loaded.encode(&all).unwrap(), (0u32..128).collect::<Vec<_>>());
+        assert_eq!(
+            loaded.encode(&all).unwrap(),
+            (0u32..128).collect::<Vec<_>>()
+        );
         assert_eq!(loaded.decode(&ids).unwrap(), TEXT);
     }
 
@@ -281,7 +331,12 @@ mod tests {
         assert_eq!(a.vocab_size(), 300);
         assert_eq!(a.eos_id(), Some(0));
         let ids = a.encode(&docs[3]).unwrap();
-        assert!(ids.len() < docs[3].len() / 2, "merges should compress: {} ids for {} bytes", ids.len(), docs[3].len());
+        assert!(
+            ids.len() < docs[3].len() / 2,
+            "merges should compress: {} ids for {} bytes",
+            ids.len(),
+            docs[3].len()
+        );
         assert!(ids.iter().all(|&i| (i as usize) < a.vocab_size()));
         assert_eq!(a.decode(&ids).unwrap(), docs[3]);
         // Text the training never saw still encodes (byte fallback through the 256 symbols).
@@ -304,20 +359,39 @@ mod tests {
         let loaded = Tokenizer::load(&path).unwrap();
         assert_eq!(loaded.eos_id(), Some(0));
         assert_eq!(loaded.vocab_size(), 280);
-        assert_eq!(loaded.encode(&docs[9]).unwrap(), t.encode(&docs[9]).unwrap());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), t.to_json().unwrap());
+        assert_eq!(
+            loaded.encode(&docs[9]).unwrap(),
+            t.encode(&docs[9]).unwrap()
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            t.to_json().unwrap()
+        );
     }
 
     #[test]
     fn bpe_vocab_below_minimum_is_refused() {
         let err = Tokenizer::train_bpe(&corpus(), 256).unwrap_err();
-        assert!(matches!(err, Error::VocabTooSmall { vocab: 256, min: 257 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::VocabTooSmall {
+                    vocab: 256,
+                    min: 257
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn bpe_vocab_is_capped_by_what_the_text_allows() {
         let t = Tokenizer::train_bpe(&["ab ab ab"], 1000).unwrap();
-        assert!(t.vocab_size() < 1000 && t.vocab_size() >= MIN_BPE_VOCAB, "{}", t.vocab_size());
+        assert!(
+            t.vocab_size() < 1000 && t.vocab_size() >= MIN_BPE_VOCAB,
+            "{}",
+            t.vocab_size()
+        );
     }
 
     #[test]
@@ -326,8 +400,13 @@ mod tests {
         let path = dir.path().join("tokenizer.json");
         std::fs::write(&path, "{not json").unwrap();
         let err = Tokenizer::load(&path).unwrap_err().to_string();
-        assert!(err.contains("tokenizer.json") && err.contains("cannot load"), "{err}");
-        let missing = Tokenizer::load(&dir.path().join("nope.json")).unwrap_err().to_string();
+        assert!(
+            err.contains("tokenizer.json") && err.contains("cannot load"),
+            "{err}"
+        );
+        let missing = Tokenizer::load(&dir.path().join("nope.json"))
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("nope.json"), "{missing}");
     }
 }

@@ -349,7 +349,7 @@ impl LlamaConfig {
                 ))
             }
         };
-        if !(rope_theta > 0.0) {
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
             return Err(ModelError::config(
                 "rope_theta",
                 format!("must be positive, got {rope_theta}"),
@@ -357,7 +357,7 @@ impl LlamaConfig {
         }
 
         let rms_norm_eps = get_f64(m, "rms_norm_eps")?.unwrap_or(1e-6);
-        if !(rms_norm_eps >= 0.0) {
+        if !(rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {
             return Err(ModelError::config(
                 "rms_norm_eps",
                 format!("must be >= 0, got {rms_norm_eps}"),

@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use pollard_data::{sources, split, synthetic, Tokenizer, MIN_BPE_VOCAB};
-use pollard_engine::{BoxError, Count, Inputs, ParamError, PlanInputs, Progress, Resources, Slots, Stage, StageCtx};
+use pollard_engine::{
+    BoxError, Count, Inputs, ParamError, PlanInputs, Progress, Resources, Slots, Stage, StageCtx,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::common::resolve;
@@ -41,14 +43,19 @@ pub struct DatasetParams {
     pub val_fraction: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum TextSource {
+/// `{ files: [globs] }` or `{ synthetic: { words, seed } }`: exactly one of the two. (A struct
+/// of options rather than an enum because the engine decodes `with` from YAML values, where
+/// serde_yaml reads enums only as `!tags`.)
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextSource {
     /// Glob patterns relative to the manifest's folder (or absolute); documents are separated
-    /// by blank lines.
-    Files(Vec<String>),
+    /// by blank lines, and every file ends a document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<String>>,
     /// The deterministic synthetic corpus of pollard-data.
-    Synthetic(SyntheticText),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<SyntheticText>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,27 +68,64 @@ pub struct SyntheticText {
     pub seed: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum TokenizerSpec {
+/// `{ bpe: VOCAB }`, `{ byte: true }` or `{ file: PATH }`: exactly one of the three.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerSpec {
     /// Train a byte-level BPE of this vocabulary size (at least 257) on the training documents.
-    Bpe(Count),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpe: Option<Count>,
     /// One id per byte (256 ids); must be `true`.
-    Byte(bool),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byte: Option<bool>,
     /// A Hugging Face `tokenizer.json`, relative to the manifest's folder or absolute.
-    File(PathBuf),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+/// The text source once validation has checked that exactly one is given.
+enum Text<'a> {
+    Files(&'a [String]),
+    Synthetic(&'a SyntheticText),
+}
+
+/// The tokenizer choice once validation has checked that exactly one is given.
+enum Tok<'a> {
+    Bpe(u64),
+    Byte,
+    File(&'a Path),
+}
+
+impl TextSource {
+    fn get(&self) -> Option<Text<'_>> {
+        match (&self.files, &self.synthetic) {
+            (Some(f), None) => Some(Text::Files(f)),
+            (None, Some(s)) => Some(Text::Synthetic(s)),
+            _ => None,
+        }
+    }
+}
+
+impl TokenizerSpec {
+    fn get(&self) -> Option<Tok<'_>> {
+        match (&self.bpe, &self.byte, &self.file) {
+            (Some(n), None, None) => Some(Tok::Bpe(n.get())),
+            (None, Some(_), None) => Some(Tok::Byte),
+            (None, None, Some(p)) => Some(Tok::File(p)),
+            _ => None,
+        }
+    }
 }
 
 impl DatasetParams {
     /// The vocabulary the output will have, when it is known without running.
     fn planned_vocab(&self, base: &Path) -> Option<u64> {
-        match &self.tokenizer {
-            TokenizerSpec::Bpe(n) => Some(n.get()),
-            TokenizerSpec::Byte(_) => Some(256),
-            TokenizerSpec::File(path) => {
-                let path = if path.is_absolute() { path.clone() } else { base.join(path) };
-                Tokenizer::load(&path).ok().map(|t| t.vocab_size() as u64)
-            }
+        match self.tokenizer.get()? {
+            Tok::Bpe(n) => Some(n),
+            Tok::Byte => Some(256),
+            Tok::File(path) => Tokenizer::load(&base.join(path))
+                .ok()
+                .map(|t| t.vocab_size() as u64),
         }
     }
 }
@@ -92,13 +136,20 @@ impl Stage for Dataset {
     type Params = DatasetParams;
 
     fn slots(&self) -> Slots {
-        Slots::Fixed { required: &[], optional: &[] }
+        Slots::Fixed {
+            required: &[],
+            optional: &[],
+        }
     }
 
     fn validate(&self, p: &DatasetParams) -> Result<(), Vec<ParamError>> {
         let mut errs = Vec::new();
-        match &p.text {
-            TextSource::Files(patterns) => {
+        match p.text.get() {
+            None => errs.push(ParamError::new(
+                "text",
+                "give exactly one of `files: [globs]` or `synthetic: { words, seed }`",
+            )),
+            Some(Text::Files(patterns)) => {
                 if patterns.is_empty() {
                     errs.push(ParamError::new("text.files", "lists no file or glob"));
                 }
@@ -106,34 +157,52 @@ impl Stage for Dataset {
                     if pat.trim().is_empty() {
                         errs.push(ParamError::new(format!("text.files[{i}]"), "is empty"));
                     } else if let Err(e) = sources::check_glob(pat) {
-                        errs.push(ParamError::new(format!("text.files[{i}]"), format!("`{pat}` is not a valid glob: {e}")));
+                        errs.push(ParamError::new(
+                            format!("text.files[{i}]"),
+                            format!("`{pat}` is not a valid glob: {e}"),
+                        ));
                     }
                 }
             }
-            TextSource::Synthetic(s) => {
+            Some(Text::Synthetic(s)) => {
                 if s.words.get() == 0 {
-                    errs.push(ParamError::new("text.synthetic.words", "must be at least 1"));
+                    errs.push(ParamError::new(
+                        "text.synthetic.words",
+                        "must be at least 1",
+                    ));
                 }
             }
         }
-        match &p.tokenizer {
-            TokenizerSpec::Bpe(n) if n.get() < MIN_BPE_VOCAB as u64 => errs.push(ParamError::new(
-                "tokenizer.bpe",
-                format!("{} is below {MIN_BPE_VOCAB}, the 256 byte symbols plus the end-of-text token", n.get()),
+        match p.tokenizer.get() {
+            None => errs.push(ParamError::new(
+                "tokenizer",
+                "give exactly one of `bpe: VOCAB`, `byte: true` or `file: PATH`",
             )),
-            TokenizerSpec::Bpe(n) if n.get() > MAX_VOCAB => {
-                errs.push(ParamError::new("tokenizer.bpe", format!("{} does not fit u32 token ids", n.get())))
-            }
-            TokenizerSpec::Byte(false) => {
-                errs.push(ParamError::new("tokenizer.byte", "must be true (or use `bpe: VOCAB` or `file: PATH`)"))
-            }
-            TokenizerSpec::File(path) if path.as_os_str().is_empty() => {
-                errs.push(ParamError::new("tokenizer.file", "must name a tokenizer.json"))
-            }
+            Some(Tok::Bpe(n)) if n < MIN_BPE_VOCAB as u64 => errs.push(ParamError::new(
+                "tokenizer.bpe",
+                format!(
+                    "{n} is below {MIN_BPE_VOCAB}, the 256 byte symbols plus the end-of-text token"
+                ),
+            )),
+            Some(Tok::Bpe(n)) if n > MAX_VOCAB => errs.push(ParamError::new(
+                "tokenizer.bpe",
+                format!("{n} does not fit u32 token ids"),
+            )),
+            Some(Tok::Byte) if p.tokenizer.byte == Some(false) => errs.push(ParamError::new(
+                "tokenizer.byte",
+                "must be true (or use `bpe: VOCAB` or `file: PATH`)",
+            )),
+            Some(Tok::File(path)) if path.as_os_str().is_empty() => errs.push(ParamError::new(
+                "tokenizer.file",
+                "must name a tokenizer.json",
+            )),
             _ => {}
         }
         if !(0.0..1.0).contains(&p.val_fraction) {
-            errs.push(ParamError::new("val_fraction", format!("{} is not in [0, 1)", p.val_fraction)));
+            errs.push(ParamError::new(
+                "val_fraction",
+                format!("{} is not in [0, 1)", p.val_fraction),
+            ));
         }
         if errs.is_empty() {
             Ok(())
@@ -145,40 +214,54 @@ impl Stage for Dataset {
     fn deps(&self, p: &DatasetParams) -> Vec<PathBuf> {
         // Planning cannot expand the globs (it has no manifest folder), so the key covers each
         // pattern's fixed leading folder: every file a pattern can match lies inside it.
-        let mut deps: Vec<PathBuf> = match &p.text {
-            TextSource::Files(patterns) => patterns.iter().map(|pat| sources::glob_root(pat)).collect(),
-            TextSource::Synthetic(_) => Vec::new(),
+        let mut deps: Vec<PathBuf> = match p.text.get() {
+            Some(Text::Files(patterns)) => {
+                patterns.iter().map(|pat| sources::glob_root(pat)).collect()
+            }
+            _ => Vec::new(),
         };
-        if let TokenizerSpec::File(path) = &p.tokenizer {
-            deps.push(path.clone());
+        if let Some(Tok::File(path)) = p.tokenizer.get() {
+            deps.push(path.to_path_buf());
         }
         deps.sort();
         deps.dedup();
         deps
     }
 
-    fn describe(&self, p: &DatasetParams, _inputs: &PlanInputs) -> Result<Option<serde_json::Value>, BoxError> {
+    fn describe(
+        &self,
+        p: &DatasetParams,
+        _inputs: &PlanInputs,
+    ) -> Result<Option<serde_json::Value>, BoxError> {
         // A relative `tokenizer.file` is looked up from the current folder here (planning has
         // no ctx); when it cannot be read the vocabulary is simply unknown until the run.
-        Ok(p.planned_vocab(Path::new(".")).map(|vocab| serde_json::json!({ "dataset": { "vocab": vocab } })))
+        Ok(p.planned_vocab(Path::new("."))
+            .map(|vocab| serde_json::json!({ "dataset": { "vocab": vocab } })))
     }
 
     fn resources(&self, p: &DatasetParams, _inputs: &PlanInputs) -> Result<Resources, BoxError> {
         // Peak host memory: the text (~5.4 bytes per synthetic word), the per-document
         // encodings of one chunk and the two shards (4 bytes per token, at most one token per
         // byte): about 9 bytes per byte of text. Files are unknown until they are expanded.
-        let host_memory = match &p.text {
-            TextSource::Synthetic(s) => s.words.get().saturating_mul(6).saturating_mul(9),
-            TextSource::Files(_) => 0,
+        let host_memory = match p.text.get() {
+            Some(Text::Synthetic(s)) => s.words.get().saturating_mul(6).saturating_mul(9),
+            _ => 0,
         };
-        Ok(Resources { gpus: 0, gpu_memory: 0, cpus: 0, host_memory })
+        Ok(Resources {
+            gpus: 0,
+            gpu_memory: 0,
+            cpus: 0,
+            host_memory,
+        })
     }
 
     fn run(&self, ctx: &mut StageCtx, p: &DatasetParams, _inputs: &Inputs) -> Result<(), BoxError> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(ctx.threads())
             .build()
-            .map_err(|e| StageError::Device(format!("cannot start {} CPU threads: {e}", ctx.threads())))?;
+            .map_err(|e| {
+                StageError::Device(format!("cannot start {} CPU threads: {e}", ctx.threads()))
+            })?;
         // The tokenizers crate parallelises on the current rayon pool: this one is the grant.
         pool.install(|| build(ctx, p)).map_err(BoxError::from)
     }
@@ -189,52 +272,83 @@ fn phase(ctx: &StageCtx, step: u64, message: String) -> Result<(), StageError> {
     if ctx.cancelled() {
         return Err(StageError::Cancelled);
     }
-    ctx.progress(Progress { step, total: Some(4), message: Some(message), ..Progress::default() });
+    ctx.progress(Progress {
+        step,
+        total: Some(4),
+        message: Some(message),
+        ..Progress::default()
+    });
     Ok(())
 }
 
 fn build(ctx: &StageCtx, p: &DatasetParams) -> Result<(), StageError> {
     let base = ctx.workdir().to_path_buf();
     // 1. Text.
-    let (text, source, seed) = match &p.text {
-        TextSource::Synthetic(s) => {
-            phase(ctx, 0, format!("generating {} synthetic words", s.words.get()))?;
-            let text = synthetic::generate(s.words.get(), s.seed);
-            (text, format!("synthetic: {} words, seed {}", s.words.get(), s.seed), Some(s.seed))
-        }
-        TextSource::Files(patterns) => {
-            phase(ctx, 0, "reading text files".into())?;
-            let files = sources::expand_globs(&base, patterns)?;
-            let mut text = String::new();
-            let mut names = Vec::with_capacity(files.len());
-            for f in &files {
-                text.push_str(&sources::read_text(f)?);
-                // A file always ends a document, even without a trailing blank line.
-                text.push_str("\n\n");
-                // Record paths relative to the manifest's folder: the artifact must not depend
-                // on where the checkout lives.
-                names.push(f.strip_prefix(&base).unwrap_or(f).display().to_string());
+    let (text, source, seed) =
+        match p.text.get().ok_or_else(|| {
+            StageError::param("text", "give exactly one of `files` or `synthetic`")
+        })? {
+            Text::Synthetic(s) => {
+                phase(
+                    ctx,
+                    0,
+                    format!("generating {} synthetic words", s.words.get()),
+                )?;
+                let text = synthetic::generate(s.words.get(), s.seed);
+                (
+                    text,
+                    format!("synthetic: {} words, seed {}", s.words.get(), s.seed),
+                    Some(s.seed),
+                )
             }
-            (text, format!("files: {}", names.join(", ")), None)
-        }
-    };
+            Text::Files(patterns) => {
+                phase(ctx, 0, "reading text files".into())?;
+                let files = sources::expand_globs(&base, patterns)?;
+                let mut text = String::new();
+                let mut names = Vec::with_capacity(files.len());
+                for f in &files {
+                    text.push_str(&sources::read_text(f)?);
+                    // A file always ends a document, even without a trailing blank line.
+                    text.push_str("\n\n");
+                    // Record paths relative to the manifest's folder: the artifact must not depend
+                    // on where the checkout lives.
+                    names.push(f.strip_prefix(&base).unwrap_or(f).display().to_string());
+                }
+                (text, format!("files: {}", names.join(", ")), None)
+            }
+        };
     let docs = split::documents(&text);
-    ctx.log(&format!("{} documents, {} bytes of text", docs.len(), text.len()));
+    ctx.log(&format!(
+        "{} documents, {} bytes of text",
+        docs.len(),
+        text.len()
+    ));
 
     // 2. Tokenizer.
-    let (tokenizer, vocab) = match &p.tokenizer {
-        TokenizerSpec::Bpe(n) => {
-            phase(ctx, 1, format!("training a {}-token BPE", n.get()))?;
+    let spec = p.tokenizer.get().ok_or_else(|| {
+        StageError::param("tokenizer", "give exactly one of `bpe`, `byte` or `file`")
+    })?;
+    let (tokenizer, vocab) = match spec {
+        Tok::Bpe(n) => {
+            phase(ctx, 1, format!("training a {n}-token BPE"))?;
             // Train on the training documents only, so validation text stays unseen.
-            let train_docs: Vec<&str> = docs.iter().enumerate().filter(|(i, _)| !split::is_val(*i, p.val_fraction)).map(|(_, d)| *d).collect();
-            let t = Tokenizer::train_bpe(&train_docs, n.get() as usize)?;
-            if t.vocab_size() < n.get() as usize {
-                ctx.log(&format!("the text allowed only {} BPE tokens; ids stay below the requested {}", t.vocab_size(), n.get()));
+            let train_docs: Vec<&str> = docs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !split::is_val(*i, p.val_fraction))
+                .map(|(_, d)| *d)
+                .collect();
+            let t = Tokenizer::train_bpe(&train_docs, n as usize)?;
+            if t.vocab_size() < n as usize {
+                ctx.log(&format!(
+                    "the text allowed only {} BPE tokens; ids stay below the requested {n}",
+                    t.vocab_size()
+                ));
             }
-            (t, n.get() as usize)
+            (t, n as usize)
         }
-        TokenizerSpec::Byte(_) => (Tokenizer::byte(), 256),
-        TokenizerSpec::File(path) => {
+        Tok::Byte => (Tokenizer::byte(), 256),
+        Tok::File(path) => {
             let t = Tokenizer::load(&resolve(ctx, path))?;
             let v = t.vocab_size();
             (t, v)
@@ -243,11 +357,30 @@ fn build(ctx: &StageCtx, p: &DatasetParams) -> Result<(), StageError> {
 
     // 3 and 4. Encode, split, write.
     phase(ctx, 2, format!("encoding {} documents", docs.len()))?;
-    let meta = pollard_data::write_dataset(ctx.out_dir(), &docs, &tokenizer, vocab, p.val_fraction, source, seed)?;
-    phase(ctx, 4, format!("{} train / {} val tokens, vocab {}", meta.train_tokens, meta.val_tokens, meta.vocab_size))?;
+    let meta = pollard_data::write_dataset(
+        ctx.out_dir(),
+        &docs,
+        &tokenizer,
+        vocab,
+        p.val_fraction,
+        source,
+        seed,
+    )?;
+    phase(
+        ctx,
+        4,
+        format!(
+            "{} train / {} val tokens, vocab {}",
+            meta.train_tokens, meta.val_tokens, meta.vocab_size
+        ),
+    )?;
     ctx.log(&format!(
         "train {} tokens ({} documents), val {} tokens ({} documents), vocab {}",
-        meta.train_tokens, meta.train_documents, meta.val_tokens, meta.val_documents, meta.vocab_size
+        meta.train_tokens,
+        meta.train_documents,
+        meta.val_tokens,
+        meta.val_documents,
+        meta.vocab_size
     ));
     Ok(())
 }
@@ -263,59 +396,132 @@ mod tests {
     fn run_in(dir: &Path, p: &DatasetParams) -> Result<PathBuf, BoxError> {
         // A fresh output folder per run, as the engine gives.
         static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let out = dir.join(format!("out-{}", RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        let out = dir.join(format!(
+            "out-{}",
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&out).unwrap();
-        let mut ctx = StageCtx::detached("data", out.clone(), dir.join("scratch")).with_workdir(dir.to_path_buf());
+        let mut ctx = StageCtx::detached("data", out.clone(), dir.join("scratch"))
+            .with_workdir(dir.to_path_buf());
         Dataset.run(&mut ctx, p, &Inputs::default())?;
         Ok(out)
     }
 
     #[test]
     fn manifest_spellings_decode() {
-        let p = params("{ text: { synthetic: { words: 2M, seed: 1234 } }, tokenizer: { bpe: 1024 } }");
-        assert_eq!(p.text, TextSource::Synthetic(SyntheticText { words: Count(2_000_000), seed: 1234 }));
-        assert_eq!(p.tokenizer, TokenizerSpec::Bpe(Count(1024)));
+        let p =
+            params("{ text: { synthetic: { words: 2M, seed: 1234 } }, tokenizer: { bpe: 1024 } }");
+        assert_eq!(
+            p.text.synthetic,
+            Some(SyntheticText {
+                words: Count(2_000_000),
+                seed: 1234
+            })
+        );
+        assert_eq!(p.tokenizer.bpe, Some(Count(1024)));
         assert_eq!(p.val_fraction, DEFAULT_VAL_FRACTION);
         let p = params("{ text: { files: ['data/*.txt'] }, tokenizer: { file: tok/tokenizer.json }, val_fraction: 0.1 }");
-        assert_eq!(p.text, TextSource::Files(vec!["data/*.txt".into()]));
-        assert_eq!(p.tokenizer, TokenizerSpec::File("tok/tokenizer.json".into()));
-        assert_eq!(params("{ text: { synthetic: { words: 10 } }, tokenizer: { byte: true } }").tokenizer, TokenizerSpec::Byte(true));
-        // Unknown fields and two sources at once are refused while decoding.
-        assert!(serde_yaml::from_str::<DatasetParams>("{ text: { synthetic: { words: 10, sed: 1 } }, tokenizer: { byte: true } }").is_err());
-        assert!(serde_yaml::from_str::<DatasetParams>("{ text: { files: [a], synthetic: { words: 1 } }, tokenizer: { byte: true } }").is_err());
-        assert!(serde_yaml::from_str::<DatasetParams>("{ text: { synthetic: { words: 10 } }, tokenizer: { bpe: 300 }, extra: 1 }").is_err());
+        assert_eq!(p.text.files, Some(vec!["data/*.txt".into()]));
+        assert_eq!(p.tokenizer.file, Some("tok/tokenizer.json".into()));
+        assert_eq!(
+            params("{ text: { synthetic: { words: 10 } }, tokenizer: { byte: true } }")
+                .tokenizer
+                .byte,
+            Some(true)
+        );
+        // The canonical form (what the cache key hashes) keeps only what was given.
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({"text": {"files": ["data/*.txt"]}, "tokenizer": {"file": "tok/tokenizer.json"}, "val_fraction": 0.1})
+        );
+        // Unknown fields are refused while decoding.
+        assert!(serde_yaml::from_str::<DatasetParams>(
+            "{ text: { synthetic: { words: 10, sed: 1 } }, tokenizer: { byte: true } }"
+        )
+        .is_err());
+        assert!(serde_yaml::from_str::<DatasetParams>(
+            "{ text: { synthetic: { words: 10 } }, tokenizer: { bpe: 300 }, extra: 1 }"
+        )
+        .is_err());
     }
 
     #[test]
     fn bad_params_are_refused_naming_the_field() {
         let fields = |yaml: &str| -> Vec<String> {
-            Dataset.validate(&params(yaml)).unwrap_err().into_iter().map(|e| e.field).collect()
+            Dataset
+                .validate(&params(yaml))
+                .unwrap_err()
+                .into_iter()
+                .map(|e| e.field)
+                .collect()
         };
-        assert_eq!(fields("{ text: { synthetic: { words: 0 } }, tokenizer: { bpe: 256 }, val_fraction: 1.0 }"), vec![
-            "text.synthetic.words",
-            "tokenizer.bpe",
-            "val_fraction"
-        ]);
-        assert_eq!(fields("{ text: { files: [] }, tokenizer: { byte: false } }"), vec!["text.files", "tokenizer.byte"]);
-        assert_eq!(fields("{ text: { files: ['ok/*.txt', 'bad/['] }, tokenizer: { file: '' } }"), vec!["text.files[1]", "tokenizer.file"]);
-        let errs = Dataset.validate(&params("{ text: { synthetic: { words: 5 } }, tokenizer: { bpe: 100 } }")).unwrap_err();
-        assert!(errs[0].message.contains("100") && errs[0].message.contains("257"), "{}", errs[0].message);
-        assert!(Dataset.validate(&params("{ text: { synthetic: { words: 5 } }, tokenizer: { bpe: 257 } }")).is_ok());
+        assert_eq!(
+            fields(
+                "{ text: { synthetic: { words: 0 } }, tokenizer: { bpe: 256 }, val_fraction: 1.0 }"
+            ),
+            vec!["text.synthetic.words", "tokenizer.bpe", "val_fraction"]
+        );
+        assert_eq!(
+            fields("{ text: { files: [] }, tokenizer: { byte: false } }"),
+            vec!["text.files", "tokenizer.byte"]
+        );
+        assert_eq!(
+            fields("{ text: { files: ['ok/*.txt', 'bad/['] }, tokenizer: { file: '' } }"),
+            vec!["text.files[1]", "tokenizer.file"]
+        );
+        // Two choices at once, or none.
+        assert_eq!(fields("{ text: { files: [a], synthetic: { words: 1 } }, tokenizer: { bpe: 300, byte: true } }"), vec!["text", "tokenizer"]);
+        assert_eq!(
+            fields("{ text: {}, tokenizer: {} }"),
+            vec!["text", "tokenizer"]
+        );
+        let errs = Dataset
+            .validate(&params(
+                "{ text: { synthetic: { words: 5 } }, tokenizer: { bpe: 100 } }",
+            ))
+            .unwrap_err();
+        assert!(
+            errs[0].message.contains("100") && errs[0].message.contains("257"),
+            "{}",
+            errs[0].message
+        );
+        assert!(Dataset
+            .validate(&params(
+                "{ text: { synthetic: { words: 5 } }, tokenizer: { bpe: 257 } }"
+            ))
+            .is_ok());
     }
 
     #[test]
     fn describe_deps_and_resources() {
         let p = params("{ text: { files: ['corpus/**/*.txt', 'extra/a.txt', 'corpus/*.md'] }, tokenizer: { file: tok.json } }");
-        assert_eq!(Dataset.deps(&p), vec![PathBuf::from("corpus"), PathBuf::from("extra/a.txt"), PathBuf::from("tok.json")]);
-        assert_eq!(Dataset.describe(&p, &PlanInputs::default()).unwrap(), None, "tok.json does not exist here");
+        assert_eq!(
+            Dataset.deps(&p),
+            vec![
+                PathBuf::from("corpus"),
+                PathBuf::from("extra/a.txt"),
+                PathBuf::from("tok.json")
+            ]
+        );
+        assert_eq!(
+            Dataset.describe(&p, &PlanInputs::default()).unwrap(),
+            None,
+            "tok.json does not exist here"
+        );
         let p = params("{ text: { synthetic: { words: 2M, seed: 1 } }, tokenizer: { bpe: 1024 } }");
         assert!(Dataset.deps(&p).is_empty());
-        assert_eq!(Dataset.describe(&p, &PlanInputs::default()).unwrap(), Some(serde_json::json!({"dataset": {"vocab": 1024}})));
+        assert_eq!(
+            Dataset.describe(&p, &PlanInputs::default()).unwrap(),
+            Some(serde_json::json!({"dataset": {"vocab": 1024}}))
+        );
         let r = Dataset.resources(&p, &PlanInputs::default()).unwrap();
         assert_eq!((r.gpus, r.gpu_memory), (0, 0));
         assert!(r.host_memory > 2_000_000 * 5);
         let p = params("{ text: { synthetic: { words: 10 } }, tokenizer: { byte: true } }");
-        assert_eq!(Dataset.describe(&p, &PlanInputs::default()).unwrap(), Some(serde_json::json!({"dataset": {"vocab": 256}})));
+        assert_eq!(
+            Dataset.describe(&p, &PlanInputs::default()).unwrap(),
+            Some(serde_json::json!({"dataset": {"vocab": 256}}))
+        );
     }
 
     #[test]
@@ -325,15 +531,28 @@ mod tests {
         let a = run_in(dir.path(), &p).unwrap();
         let b = run_in(dir.path(), &p).unwrap();
         for f in ["tokenizer.json", "train.bin", "val.bin", "meta.json"] {
-            assert_eq!(std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{f} differs between runs");
+            assert_eq!(
+                std::fs::read(a.join(f)).unwrap(),
+                std::fs::read(b.join(f)).unwrap(),
+                "{f} differs between runs"
+            );
         }
         let ds = pollard_data::Dataset::open(&a).unwrap();
         let meta = ds.meta();
-        assert_eq!((meta.vocab_size, meta.eos_id, meta.seed), (400, Some(0), Some(7)));
+        assert_eq!(
+            (meta.vocab_size, meta.eos_id, meta.seed),
+            (400, Some(0), Some(7))
+        );
         assert_eq!(meta.source, "synthetic: 30000 words, seed 7");
-        assert!(meta.val_tokens > 0 && meta.train_tokens > 8 * meta.val_tokens, "{meta:?}");
+        assert!(
+            meta.val_tokens > 0 && meta.train_tokens > 8 * meta.val_tokens,
+            "{meta:?}"
+        );
         let text = ds.tokenizer().decode(&ds.val()[..200]).unwrap();
-        assert!(text.chars().any(|c| c.is_ascii_uppercase()), "val decodes to text: {text}");
+        assert!(
+            text.chars().any(|c| c.is_ascii_uppercase()),
+            "val decodes to text: {text}"
+        );
     }
 
     #[test]
@@ -341,13 +560,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("corpus")).unwrap();
         std::fs::write(dir.path().join("corpus/b.txt"), "second file.\n").unwrap();
-        std::fs::write(dir.path().join("corpus/a.txt"), "first doc.\n\nsecond doc\nstill second.").unwrap();
-        let p = params("{ text: { files: ['corpus/*.txt'] }, tokenizer: { byte: true }, val_fraction: 0 }");
+        std::fs::write(
+            dir.path().join("corpus/a.txt"),
+            "first doc.\n\nsecond doc\nstill second.",
+        )
+        .unwrap();
+        let p = params(
+            "{ text: { files: ['corpus/*.txt'] }, tokenizer: { byte: true }, val_fraction: 0 }",
+        );
         let out = run_in(dir.path(), &p).unwrap();
         let ds = pollard_data::Dataset::open(&out).unwrap();
         assert_eq!(ds.meta().source, "files: corpus/a.txt, corpus/b.txt");
         assert_eq!(ds.meta().train_documents, 3);
-        assert_eq!(ds.tokenizer().decode(ds.train()).unwrap(), "first doc.\nsecond doc\nstill second.\nsecond file.\n");
+        assert_eq!(
+            ds.tokenizer().decode(ds.train()).unwrap(),
+            "first doc.\nsecond doc\nstill second.\nsecond file.\n"
+        );
     }
 
     #[test]
@@ -355,14 +583,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = params("{ text: { files: ['missing/*.txt'] }, tokenizer: { byte: true } }");
         let err = run_in(dir.path(), &p).unwrap_err().to_string();
-        assert!(err.contains("text.files[0]") && err.contains("missing/*.txt") && err.contains("matches no file"), "{err}");
+        assert!(
+            err.contains("text.files[0]")
+                && err.contains("missing/*.txt")
+                && err.contains("matches no file"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_tokenizer_file_is_used_and_its_vocab_recorded() {
         let dir = tempfile::tempdir().unwrap();
-        Tokenizer::byte().save(&dir.path().join("tok.json")).unwrap();
-        let p = params("{ text: { synthetic: { words: 500, seed: 1 } }, tokenizer: { file: tok.json } }");
+        Tokenizer::byte()
+            .save(&dir.path().join("tok.json"))
+            .unwrap();
+        let p = params(
+            "{ text: { synthetic: { words: 500, seed: 1 } }, tokenizer: { file: tok.json } }",
+        );
         let out = run_in(dir.path(), &p).unwrap();
         let ds = pollard_data::Dataset::open(&out).unwrap();
         assert_eq!(ds.meta().vocab_size, 256);

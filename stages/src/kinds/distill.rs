@@ -11,7 +11,7 @@ use pollard_model::{Llama, Mode, TapSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::common::{check_optim, device, plan_shape, tokens_seen, write_json, Dtype, PROVENANCE};
+use crate::common::{gpu_estimate, check_optim, device, plan_shape, tokens_seen, write_json, Dtype, PROVENANCE};
 use crate::error::{CandleContext, Result, StageError};
 use crate::kinds::train::{default_batch, default_ckpt, default_clip, default_log_every, default_seq_len, default_val_samples, default_wd, save_model, schedule};
 use crate::runtime::{batch_tensors, evaluate, open_dataset};
@@ -195,7 +195,7 @@ impl Stage for Distill {
     }
 
     fn resources(&self, p: &DistillParams, inputs: &PlanInputs) -> Result<Resources, BoxError> {
-        let Some(s) = plan_shape(inputs, "student") else { return Ok(Resources { gpus: 1, ..Default::default() }) };
+        let Some(s) = plan_shape(inputs, "student") else { return Ok(Resources::default()) };
         let micro = p.micro_batch.unwrap_or(p.batch) as u64;
         let seq = p.seq_len as u64;
         let mut need = memory::training(&s, micro, seq, p.dtype.bytes());
@@ -203,7 +203,7 @@ impl Stage for Distill {
             // The teacher runs forward only, next to the student, plus its logits for the loss.
             need += memory::inference(&t, micro, seq, p.dtype.bytes());
         }
-        Ok(Resources { gpus: 1, gpu_memory: need, cpus: 0, host_memory: need })
+        Ok(gpu_estimate(need))
     }
 
     fn run(&self, ctx: &mut StageCtx, p: &DistillParams, inputs: &Inputs) -> Result<(), BoxError> {

@@ -8,7 +8,7 @@ use pollard_model::{Llama, Mode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::common::{device, plan_shape, tokens_seen, write_json, Dtype};
+use crate::common::{gpu_estimate, device, plan_shape, tokens_seen, write_json, Dtype};
 use crate::error::StageError;
 use crate::runtime::{evaluate, open_dataset, param_count};
 use crate::shape::{memory, ModelShape};
@@ -94,9 +94,9 @@ impl Stage for Evaluate {
         Ok(match plan_shape(inputs, "model") {
             Some(s) => {
                 let need = memory::inference(&s, p.batch as u64, p.seq_len as u64, p.dtype.bytes());
-                Resources { gpus: 1, gpu_memory: need, cpus: 0, host_memory: need }
+                gpu_estimate(need)
             }
-            None => Resources { gpus: 1, ..Default::default() },
+            None => Resources::default(),
         })
     }
 

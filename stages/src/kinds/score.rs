@@ -10,7 +10,7 @@ use pollard_engine::{BoxError, Count, Inputs, ParamError, PlanInputs, Resources,
 use pollard_model::{Llama, Mode, TapSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{device, plan_shape, Dtype};
+use crate::common::{gpu_estimate, device, plan_shape, Dtype};
 use crate::error::{CandleContext, Result, StageError};
 use crate::runtime::{batch_tensors, evaluate, open_dataset};
 use crate::scores::Scores;
@@ -212,9 +212,9 @@ impl Stage for Score {
             Some(s) => {
                 let acts = memory::activations(&s, p.batch as u64, p.seq_len as u64, p.dtype.bytes());
                 let need = memory::weights(&s, p.dtype.bytes()) + acts;
-                Resources { gpus: 1, gpu_memory: need, cpus: 0, host_memory: need }
+                gpu_estimate(need)
             }
-            None => Resources { gpus: 1, ..Default::default() },
+            None => Resources::default(),
         })
     }
 

@@ -9,7 +9,7 @@ use pollard_model::{Llama, LlamaConfig, Mode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::common::{check_optim, device, plan_shape, plan_vocab, tokens_seen, write_json, Dtype, PROVENANCE};
+use crate::common::{gpu_estimate, check_optim, device, plan_shape, plan_vocab, tokens_seen, write_json, Dtype, PROVENANCE};
 use crate::error::{Result, StageError};
 use crate::runtime::{batch_tensors, evaluate, open_dataset};
 use crate::shape::{memory, ModelShape};
@@ -212,11 +212,11 @@ impl Stage for Train {
 
     fn resources(&self, p: &TrainParams, inputs: &PlanInputs) -> Result<Resources, BoxError> {
         let Some(s) = self.describe(p, inputs)?.as_ref().and_then(ModelShape::from_description) else {
-            return Ok(Resources { gpus: 1, ..Default::default() });
+            return Ok(Resources::default());
         };
         let micro = p.micro_batch.unwrap_or(p.batch) as u64;
         let need = memory::training(&s, micro, p.seq_len as u64, p.dtype.bytes());
-        Ok(Resources { gpus: 1, gpu_memory: need, cpus: 0, host_memory: need })
+        Ok(gpu_estimate(need))
     }
 
     fn run(&self, ctx: &mut StageCtx, p: &TrainParams, inputs: &Inputs) -> Result<(), BoxError> {
