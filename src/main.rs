@@ -149,9 +149,15 @@ fn main() -> ExitCode {
                     eprintln!("{n} error{} in the manifest", if n == 1 { "" } else { "s" });
                 }
                 _ => {
-                    eprintln!("error: {e}");
+                    let mut said = e.to_string();
+                    eprintln!("error: {said}");
                     for cause in e.chain().skip(1) {
-                        eprintln!("  caused by: {cause}");
+                        let text = cause.to_string();
+                        // thiserror messages often embed their source already.
+                        if !said.contains(&text) {
+                            eprintln!("  caused by: {text}");
+                        }
+                        said = text;
                     }
                 }
             }

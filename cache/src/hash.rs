@@ -1,22 +1,28 @@
 //! Hashing file contents with blake3. Small files stream through one core; large files are
-//! read in big chunks by one thread while blake3's rayon tree mode hashes the previous chunk
-//! on all cores, so a multi-gigabyte checkpoint hashes at memory speed. We read rather than
-//! mmap on purpose: a file truncated under an mmap kills the process with SIGBUS, while a
-//! read sees the change and we report it.
+//! cut into blake3 subtrees that rayon workers read and hash in parallel, so a multi-gigabyte
+//! checkpoint hashes at memory speed. We read rather than mmap on purpose: a file truncated
+//! under an mmap kills the process with SIGBUS, while a read sees the change and we report it.
 
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-use std::sync::mpsc::sync_channel;
+
+use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode};
 
 use crate::digest::Digest;
 use crate::error::{io_err, Error, Result};
 
 /// Files at least this large are hashed with the multi-threaded pipeline.
 pub(crate) const PARALLEL_MIN: u64 = 4 << 20;
-/// Chunk size of the pipeline: large enough for blake3's rayon split to pay off.
-const CHUNK: usize = 16 << 20;
+/// The largest subtree one rayon task reads and hashes (a power of two, so that subtrees
+/// split from a larger one are valid blake3 subtrees).
+const LEAF: u64 = 4 << 20;
+
+thread_local! {
+    /// Each rayon worker reuses one leaf buffer (no allocation or page faults per leaf).
+    static LEAF_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// The parts of a file's stat that the memo keys on, plus what commit needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +60,7 @@ pub(crate) fn hash_path(path: &Path) -> Result<(Digest, FileStat)> {
     }
     let before = FileStat::of(&md);
     let (hash, read) = if before.size >= PARALLEL_MIN {
-        hash_large(&file)
+        hash_large(&file, before.size)
     } else {
         hash_small(&file)
     }
@@ -103,49 +109,40 @@ fn read_at_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(done)
 }
 
-/// Two buffers circulate: a reader thread fills one while rayon hashes the other.
-fn hash_large(file: &File) -> io::Result<(blake3::Hash, u64)> {
-    let (full_tx, full_rx) = sync_channel::<io::Result<Vec<u8>>>(1);
-    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(2);
-    for _ in 0..2 {
-        empty_tx.send(vec![0u8; CHUNK]).expect("the receiver is alive in this scope");
-    }
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            let mut offset = 0u64;
-            while let Ok(mut buf) = empty_rx.recv() {
-                buf.resize(CHUNK, 0);
-                let msg = read_at_full(file, &mut buf, offset).map(|n| {
-                    buf.truncate(n);
-                    buf
-                });
-                let end = match &msg {
-                    Ok(b) => b.len() < CHUNK,
-                    Err(_) => true,
-                };
-                if let Ok(b) = &msg {
-                    offset += b.len() as u64;
-                }
-                if full_tx.send(msg).is_err() || end {
-                    return;
-                }
+/// Hashes `size` bytes of `file` as blake3 subtrees in parallel: the tree is split the way
+/// blake3 splits it (left subtree = largest power of two below the length), each leaf of at
+/// most [`LEAF`] bytes is read with `pread` into a per-thread buffer and hashed on a rayon
+/// worker, and the chaining values are merged back up (`blake3::hazmat`). So reading and
+/// hashing both scale with cores, without mmap. Returns the root hash and the bytes read.
+fn hash_large(file: &File, size: u64) -> io::Result<(blake3::Hash, u64)> {
+    debug_assert!(size > blake3::CHUNK_LEN as u64, "the root merge needs two subtrees");
+    let left = left_subtree_len(size);
+    let (l, r) = rayon::join(|| subtree(file, 0, left), || subtree(file, left, size - left));
+    let ((lcv, lread), (rcv, rread)) = (l?, r?);
+    Ok((merge_subtrees_root(&lcv, &rcv, Mode::Hash), lread + rread))
+}
+
+fn subtree(file: &File, offset: u64, len: u64) -> io::Result<(ChainingValue, u64)> {
+    if len <= LEAF {
+        return LEAF_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.resize(len as usize, 0);
+            let n = read_at_full(file, &mut buf[..len as usize], offset)?;
+            if (n as u64) < len {
+                // The file shrank under us: hash_path sees the short count and reports it
+                // (an empty subtree cannot even be hashed, so do not try).
+                return Ok(([0; 32], n as u64));
             }
+            let mut h = blake3::Hasher::new();
+            h.set_input_offset(offset);
+            h.update(&buf[..n]);
+            Ok((h.finalize_non_root(), n as u64))
         });
-        // Own both channel ends here so that leaving early (an error) unblocks the reader.
-        let (full_rx, empty_tx) = (full_rx, empty_tx);
-        let mut hasher = blake3::Hasher::new();
-        let mut total = 0u64;
-        for msg in full_rx.iter() {
-            let buf = msg?;
-            let end = buf.len() < CHUNK;
-            hasher.update_rayon(&buf);
-            total += buf.len() as u64;
-            if end || empty_tx.send(buf).is_err() {
-                break;
-            }
-        }
-        Ok((hasher.finalize(), total))
-    })
+    }
+    let left = left_subtree_len(len);
+    let (l, r) = rayon::join(|| subtree(file, offset, left), || subtree(file, offset + left, len - left));
+    let ((lcv, lread), (rcv, rread)) = (l?, r?);
+    Ok((merge_subtrees_non_root(&lcv, &rcv, Mode::Hash), lread + rread))
 }
 
 #[cfg(test)]
@@ -156,7 +153,8 @@ mod tests {
     fn large_and_small_paths_agree_with_one_shot_blake3() {
         let dir = tempfile::tempdir().unwrap();
         // Sizes around the chunk and threshold edges.
-        for size in [0usize, 1, 65_536, PARALLEL_MIN as usize, CHUNK, CHUNK + 1, 2 * CHUNK + 12_345] {
+        let leaf = LEAF as usize;
+        for size in [0usize, 1, 1025, 65_536, PARALLEL_MIN as usize, PARALLEL_MIN as usize + 1, 3 * leaf + 1, 4 * leaf, 4 * leaf + 1025, 5 * leaf - 7, 9 * leaf + 12_345] {
             let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
             let p = dir.path().join(format!("f{size}"));
             std::fs::write(&p, &data).unwrap();

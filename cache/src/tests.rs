@@ -509,12 +509,13 @@ fn spawn_child(action: &str) -> std::process::Child {
         .args(["tests::child_process_helper", "--exact", "--include-ignored", "--nocapture", "--test-threads=1"])
         .env("POLLARD_CACHE_TEST_CHILD", action)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .spawn()
         .unwrap()
 }
 
-fn wait_for_line(child: &mut std::process::Child, prefix: &str) -> String {
+fn wait_for_line(child: &mut std::process::Child, marker: &str) -> String {
+    let prefix = marker;
     let out = child.stdout.as_mut().unwrap();
     let mut reader = BufReader::new(out);
     let mut line = String::new();
@@ -523,8 +524,9 @@ fn wait_for_line(child: &mut std::process::Child, prefix: &str) -> String {
         if reader.read_line(&mut line).unwrap() == 0 {
             panic!("child ended before printing {prefix}");
         }
-        if let Some(rest) = line.strip_prefix(prefix) {
-            return rest.trim().to_string();
+        // The harness prints `test name ... ` without a newline before our first line.
+        if let Some(i) = line.find(prefix) {
+            return line[i + prefix.len()..].trim().to_string();
         }
     }
 }
@@ -542,7 +544,7 @@ fn child_process_helper() {
             let _guard = cache.lock_key(&key).unwrap();
             println!("LOCKED");
             std::io::stdout().flush().unwrap();
-            std::thread::sleep(Duration::from_secs(120));
+            std::thread::sleep(Duration::from_secs(30));
         }
         "commit" => {
             for _ in 0..5 {

@@ -88,7 +88,6 @@ pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
                         c.at(&e.path, Some(&g.id), e.message);
                     }
                     let axes = &axes;
-                    let mut seen: HashMap<String, ()> = HashMap::new();
                     for combo in combinations(axes) {
                         let scope = Scope { params: &m.params, prev: None, round: None, matrix: Some(&combo) };
                         let name = match &g.name {
@@ -109,9 +108,6 @@ pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
                             }
                             None => default_name(&combo),
                         };
-                        if seen.insert(name.clone(), ()).is_some() {
-                            // Reported once below as a duplicate id; skip the copy here.
-                        }
                         let prefix = format!("{}.{}", g.id, name);
                         for s in &g.body {
                             let id = format!("{prefix}.{}", s.id);
@@ -190,10 +186,16 @@ fn flatten(c: &mut Collector, s: &RawStage, id: &str, scope: &Scope, bind: &dyn 
         }
     }
     let with = match &s.with {
-        Some(w) => interpolate(w, scope, &join(&s.path, "with"), false, &mut errs),
+        Some(w) => {
+            let v = interpolate(w, scope, &join(&s.path, "with"), false, &mut errs);
+            expect_map(c, id, &join(&s.path, "with"), "with", v, w)
+        }
         None => Value::Mapping(Mapping::new()),
     };
-    let resources = s.resources.as_ref().map(|r| interpolate(r, scope, &join(&s.path, "resources"), false, &mut errs));
+    let resources = s.resources.as_ref().map(|r| {
+        let v = interpolate(r, scope, &join(&s.path, "resources"), false, &mut errs);
+        expect_map(c, id, &join(&s.path, "resources"), "resources", v, r)
+    });
     let with = if s.kind == "command" {
         let mut m = Mapping::new();
         if let Some(cmd) = &s.cmd {
@@ -203,7 +205,9 @@ fn flatten(c: &mut Collector, s: &RawStage, id: &str, scope: &Scope, bind: &dyn 
             m.insert("deps".into(), interpolate(deps, scope, &join(&s.path, "deps"), false, &mut errs));
         }
         if let Some(env) = &s.env {
-            let env = interpolate(env, scope, &join(&s.path, "env"), true, &mut errs);
+            let raw = env;
+            let env = interpolate(raw, scope, &join(&s.path, "env"), true, &mut errs);
+            let env = expect_map(c, id, &join(&s.path, "env"), "env", env, raw);
             m.insert("env".into(), stringify_env(c, id, &join(&s.path, "env"), env));
         }
         Value::Mapping(m)
@@ -214,6 +218,27 @@ fn flatten(c: &mut Collector, s: &RawStage, id: &str, scope: &Scope, bind: &dyn 
         c.at(&e.path, Some(id), e.message);
     }
     FlatStage { id: id.to_string(), path: s.path.clone(), kind: s.kind.clone(), inputs, with, resources, cache: s.cache }
+}
+
+/// A field that must be a map once references are resolved (`with: ${params.distill}`). An
+/// unresolved reference was already reported, so it is not reported twice.
+fn expect_map(c: &mut Collector, id: &str, path: &str, name: &str, v: Value, raw: &Value) -> Value {
+    match v {
+        Value::Mapping(_) => v,
+        Value::Null => Value::Mapping(Mapping::new()),
+        ref other if other == raw => Value::Mapping(Mapping::new()),
+        other => {
+            let what = match other {
+                Value::String(_) => "a string",
+                Value::Sequence(_) => "a list",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "not a map",
+            };
+            c.at(path, Some(id), format!("`{name}` must be a map, but its reference gives {what}"));
+            Value::Mapping(Mapping::new())
+        }
+    }
 }
 
 /// Environment values may be written as numbers or booleans; the process sees strings.

@@ -283,6 +283,8 @@ fn parse_stage(c: &mut Collector, id: &str, display: &str, path: &str, m: &Mappi
         match m.get(name) {
             None | Some(Value::Null) => None,
             Some(v @ Value::Mapping(_)) => Some(v.clone()),
+            // A whole-value reference (`with: ${params.distill}`) becomes a map when expanded.
+            Some(v @ Value::String(s)) if s.contains("${") => Some(v.clone()),
             Some(other) => {
                 c.at(&join(path, name), stage, format!("`{name}` must be a map, found {}", type_name(other)));
                 None

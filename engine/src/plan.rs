@@ -114,6 +114,7 @@ pub enum Reason {
     Dep { path: String, old: Option<String>, new: Option<String> },
     KindVersion { old: String, new: String },
     Fingerprint,
+    DepUnreadable { path: String, error: String },
     /// Said of a stage waiting on stale inputs whose own parts match the lock.
     Pinned { output: String },
 }
@@ -183,6 +184,7 @@ impl fmt::Display for Reason {
             Reason::Dep { path, new: None, .. } => write!(f, "deps `{path}` removed"),
             Reason::KindVersion { old, new } => write!(f, "stage kind changed: {old} -> {new}"),
             Reason::Fingerprint => write!(f, "fingerprint changed"),
+            Reason::DepUnreadable { path, error } => write!(f, "deps `{path}` cannot be read, so the stage cannot run: {error}"),
             Reason::Pinned { output } => write!(f, "otherwise as locked (the lock pins its output {})", short(output)),
         }
     }
@@ -311,7 +313,16 @@ pub fn status(spec: &PipelineSpec, cache: &Cache, lock: Option<&LockFile>, sel: 
             continue;
         }
         let stage = &spec.stages[i];
-        let deps = deps_digests(spec, stage, cache)?;
+        let deps = match deps_digests(spec, stage, cache) {
+            Ok(d) => d,
+            Err(EngineError::Deps { path, source, .. }) => {
+                // Not fatal for a status or a dry run: the stage cannot run until the file exists.
+                let reasons = vec![Reason::DepUnreadable { path, error: source.to_string() }];
+                out.push(StageStatus { stage: stage.id.clone(), kind: stage.kind.clone(), up_to_date: false, key: None, artifact: None, reasons });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let entry = lock.and_then(|l| l.stages.get(&stage.id));
         let mut inputs = BTreeMap::new();
         let mut upstream_stale = Vec::new();

@@ -88,7 +88,19 @@ fn main() {
         meta.train_tokens,
         meta.val_tokens
     );
+    // Fingerprints to compare across processes and thread counts (RAYON_NUM_THREADS=1 vs 2):
+    // the tokenizer and the shards must not depend on either.
+    for f in [pollard_data::TOKENIZER_FILE, pollard_data::TRAIN_FILE, pollard_data::VAL_FILE] {
+        let bytes = std::fs::read(dir.join(f)).expect("written above");
+        println!("fnv1a64({f}) = {:016x}", fnv1a64(&bytes));
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn available_cores() -> usize {

@@ -186,7 +186,7 @@ fn distinct(
 impl World {
     fn new(seed: u64) -> Self {
         // A separate stream for the world, so a story's draws never shift the facts.
-        let mut rng = Rng::new(seed ^ 0x5EED_0F_3011D);
+        let mut rng = Rng::new(seed ^ 0x5EED_0F30_11D0);
         let mut taken = std::collections::HashSet::new();
         let names = distinct(&mut rng, PEOPLE, &mut taken, |r| {
             syllable(r, true) + &syllable(r, false)
@@ -433,8 +433,8 @@ impl Generator {
         s.ws("counted the");
         s.w(object.1);
         s.p(":");
-        for k in 1..=n {
-            s.w(NUMBERS[k]);
+        for (k, word) in NUMBERS.iter().enumerate().take(n + 1).skip(1) {
+            s.w(word);
             s.p(if k == n { "." } else { "," });
         }
         s.cap = true;

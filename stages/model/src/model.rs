@@ -3,8 +3,8 @@
 //!
 //! Layout per layer: `h += o_proj(attn(rope(q), rope(k), v))` over `input_layernorm(h)`, then
 //! `h += down_proj(silu(gate_proj(x)) * up_proj(x))` over `post_attention_layernorm(h)`.
-//! Grouped-query attention never copies K/V: the `g = heads / kv_heads` query heads that share a
-//! key/value head are stacked along rows (`[b, kv, g*t, d]`) and hit K/V in one batched matmul.
+//! Grouped-query attention never copies K/V: each query head reads its shared key/value head
+//! in place (see [`crate::ops::attention`]).
 
 use std::collections::BTreeMap;
 
@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::io::{validate_weights, Weights};
-use crate::ops::{causal_softmax, rms_norm, rope, softmax::CausalMask, swiglu, RopeTables};
+use crate::ops::{causal_attention, rms_norm, rope, softmax::CausalMask, swiglu, RopeTables};
 use crate::rng::SeededRng;
 use crate::taps::{LayerTaps, TapSpec, Taps};
 
@@ -321,20 +321,10 @@ impl Llama {
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
-        let g = nh / nkv;
         let q = rope(&linear(x, &l.q)?.reshape((b, t, nh, d))?, tables)?; // [b, nh, t, d]
         let k = rope(&linear(x, &l.k)?.reshape((b, t, nkv, d))?, tables)?; // [b, nkv, t, d]
-        let v = linear(x, &l.v)?
-            .reshape((b, t, nkv, d))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        // Query heads i*g..(i+1)*g share kv head i (transformers' repeat_kv order), so stacking
-        // them along rows lines each up with its kv head.
-        let q = q.reshape((b, nkv, g * t, d))?;
-        let scores = q.matmul(&k.t()?)?; // [b, nkv, g*t, t]
-        let p = causal_softmax(&scores, mask)?;
-        let o = p.matmul(&v)?; // [b, nkv, g*t, d]
-        Ok(o.reshape((b, nh, t, d))?.transpose(1, 2)?.contiguous()?)
+        let v = linear(x, &l.v)?.reshape((b, t, nkv, d))?; // [b, t, nkv, d], no copy
+        Ok(causal_attention(&q, &k, &v, mask.scale, mask.window)?)
     }
 }
 

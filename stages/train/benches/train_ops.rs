@@ -44,7 +44,12 @@ fn noise(n: usize, seed: u64) -> Vec<f32> {
 fn llama_shapes() -> Vec<Vec<usize>> {
     let mut s = vec![vec![4096, 384], vec![384]];
     for _ in 0..5 {
-        s.extend([vec![384, 384], vec![128, 384], vec![128, 384], vec![384, 384]]);
+        s.extend([
+            vec![384, 384],
+            vec![128, 384],
+            vec![128, 384],
+            vec![384, 384],
+        ]);
         s.extend([vec![1024, 384], vec![1024, 384], vec![384, 1024]]);
         s.extend([vec![384], vec![384]]);
     }
@@ -55,13 +60,26 @@ fn vars(shapes: &[Vec<usize>]) -> Vec<Var> {
     shapes
         .iter()
         .enumerate()
-        .map(|(i, s)| Var::from_vec(noise(s.iter().product(), i as u64 + 1), s.as_slice(), &Device::Cpu).unwrap())
+        .map(|(i, s)| {
+            Var::from_vec(
+                noise(s.iter().product(), i as u64 + 1),
+                s.as_slice(),
+                &Device::Cpu,
+            )
+            .unwrap()
+        })
         .collect()
 }
 
 fn main() {
-    let reps: usize = std::env::var("POLLARD_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
-    println!("pollard-train step pieces, CPU, {} rayon threads, median of {reps}", rayon::current_num_threads());
+    let reps: usize = std::env::var("POLLARD_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    println!(
+        "pollard-train step pieces, CPU, {} rayon threads, median of {reps}",
+        rayon::current_num_threads()
+    );
 
     // --- AdamW ------------------------------------------------------------------------------
     let shapes = llama_shapes();
@@ -72,7 +90,12 @@ fn main() {
     let loss_of = |vs: &[Var]| -> Tensor {
         let mut loss = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();
         for (i, v) in vs.iter().enumerate() {
-            let r = Tensor::from_vec(noise(v.elem_count(), 100 + i as u64), v.shape(), &Device::Cpu).unwrap();
+            let r = Tensor::from_vec(
+                noise(v.elem_count(), 100 + i as u64),
+                v.shape(),
+                &Device::Cpu,
+            )
+            .unwrap();
             loss = (loss + (v.as_tensor() * r).unwrap().sum_all().unwrap()).unwrap();
         }
         loss
@@ -81,12 +104,22 @@ fn main() {
     let refs: Vec<&Var> = ours_vars.iter().collect();
     let mut grads = Grads::new(refs.len());
     grads.accumulate(&refs, &store).unwrap();
-    let named: Vec<(String, Var)> = ours_vars.iter().enumerate().map(|(i, v)| (format!("p{i}"), v.clone())).collect();
+    let named: Vec<(String, Var)> = ours_vars
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (format!("p{i}"), v.clone()))
+        .collect();
     let mut ours = AdamW::new(named, AdamWConfig::default()).unwrap();
     let t_ours = median(reps, || ours.step(&grads, 1e-3, 0.5).unwrap());
 
     let their_store = loss_of(&theirs_vars).backward().unwrap();
-    let params = candle_nn::ParamsAdamW { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+    let params = candle_nn::ParamsAdamW {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
     let mut theirs = candle_nn::AdamW::new(theirs_vars.clone(), params).unwrap();
     let t_theirs = median(reps, || theirs.step(&their_store).unwrap());
     println!(
@@ -102,18 +135,44 @@ fn main() {
     // --- Losses -----------------------------------------------------------------------------
     // [batch 8 x seq 256, vocab 4096] logits, as in the model benchmark.
     let (n, v) = (8 * 256, 4096);
-    let logits = Var::from_vec(noise(n * v, 7).iter().map(|x| x * 4.0).collect(), (n, v), &Device::Cpu).unwrap();
-    let teacher = Tensor::from_vec(noise(n * v, 8).iter().map(|x| x * 4.0).collect(), (n, v), &Device::Cpu).unwrap();
-    let ids: Vec<u32> = noise(n, 9).iter().map(|x| ((x.abs() * 1e6) as usize % v) as u32).collect();
+    let logits = Var::from_vec(
+        noise(n * v, 7).iter().map(|x| x * 4.0).collect(),
+        (n, v),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let teacher = Tensor::from_vec(
+        noise(n * v, 8).iter().map(|x| x * 4.0).collect(),
+        (n, v),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ids: Vec<u32> = noise(n, 9)
+        .iter()
+        .map(|x| ((x.abs() * 1e6) as usize % v) as u32)
+        .collect();
     let targets = Tensor::from_vec(ids, n, &Device::Cpu).unwrap();
 
-    let fused_ce = median(reps, || cross_entropy(logits.as_tensor(), &targets).unwrap().backward().unwrap());
-    let fused_ce_fwd = median(reps, || cross_entropy(logits.as_tensor(), &targets).unwrap());
+    let fused_ce = median(reps, || {
+        cross_entropy(logits.as_tensor(), &targets)
+            .unwrap()
+            .backward()
+            .unwrap()
+    });
+    let fused_ce_fwd = median(reps, || {
+        cross_entropy(logits.as_tensor(), &targets).unwrap()
+    });
     println!("cross_entropy forward only: {:.1} ms", fused_ce_fwd * 1e3);
     let prim_ce = median(reps, || {
         let lp = candle_nn::ops::log_softmax(logits.as_tensor(), 1).unwrap();
         let picked = lp.gather(&targets.unsqueeze(1).unwrap(), 1).unwrap();
-        picked.neg().unwrap().mean_all().unwrap().backward().unwrap()
+        picked
+            .neg()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .backward()
+            .unwrap()
     });
     println!(
         "cross_entropy fwd+bwd [{n}, {v}]: fused {:.1} ms, primitives {:.1} ms  -> fused is {:.1}x faster",
@@ -122,11 +181,21 @@ fn main() {
         prim_ce / fused_ce
     );
 
-    let fused_kl = median(reps, || forward_kl(logits.as_tensor(), &teacher, 2.0).unwrap().backward().unwrap());
+    let fused_kl = median(reps, || {
+        forward_kl(logits.as_tensor(), &teacher, 2.0)
+            .unwrap()
+            .backward()
+            .unwrap()
+    });
     let prim_kl = median(reps, || {
         let ls = candle_nn::ops::log_softmax(&(logits.as_tensor() / 2.0).unwrap(), 1).unwrap();
         let lt = candle_nn::ops::log_softmax(&(&teacher / 2.0).unwrap(), 1).unwrap();
-        let kl = (lt.exp().unwrap() * (&lt - &ls).unwrap()).unwrap().sum(1).unwrap().mean_all().unwrap();
+        let kl = (lt.exp().unwrap() * (&lt - &ls).unwrap())
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .mean_all()
+            .unwrap();
         kl.backward().unwrap()
     });
     println!(

@@ -32,7 +32,13 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, decay_1d: false }
+        Self {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            decay_1d: false,
+        }
     }
 }
 
@@ -49,7 +55,10 @@ impl AdamWConfig {
             return bad("eps", format!("must be positive, got {}", self.eps));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return bad("weight_decay", format!("must be non-negative, got {}", self.weight_decay));
+            return bad(
+                "weight_decay",
+                format!("must be non-negative, got {}", self.weight_decay),
+            );
         }
         Ok(())
     }
@@ -104,22 +113,43 @@ impl AdamW {
         let mut out = Vec::with_capacity(params.len());
         for (name, var) in params {
             if !seen.insert(name.clone()) {
-                return Err(TrainError::Param { name, reason: "appears twice in the parameter list".into() });
+                return Err(TrainError::Param {
+                    name,
+                    reason: "appears twice in the parameter list".into(),
+                });
             }
             if !var.dtype().is_float() {
-                return Err(TrainError::Param { name, reason: format!("has dtype {:?}, which cannot be trained", var.dtype()) });
+                return Err(TrainError::Param {
+                    name,
+                    reason: format!("has dtype {:?}, which cannot be trained", var.dtype()),
+                });
             }
             let decay = cfg.decay_1d || var.rank() > 1;
             let moments = if cpu::is_cpu_f32_contiguous(var.as_tensor()) {
                 let n = var.elem_count();
-                Moments::Host { m: vec![0.0; n], v: vec![0.0; n] }
+                Moments::Host {
+                    m: vec![0.0; n],
+                    v: vec![0.0; n],
+                }
             } else {
                 let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
-                Moments::Device { m: zeros.clone(), v: zeros }
+                Moments::Device {
+                    m: zeros.clone(),
+                    v: zeros,
+                }
             };
-            out.push(Param { name, var, decay, moments });
+            out.push(Param {
+                name,
+                var,
+                decay,
+                moments,
+            });
         }
-        Ok(Self { cfg, params: out, step: 0 })
+        Ok(Self {
+            cfg,
+            params: out,
+            step: 0,
+        })
     }
 
     pub fn config(&self) -> &AdamWConfig {
@@ -147,7 +177,11 @@ impl AdamW {
         if grads.len() != self.params.len() {
             return Err(TrainError::Config {
                 field: "grads",
-                reason: format!("{} gradients for {} parameters", grads.len(), self.params.len()),
+                reason: format!(
+                    "{} gradients for {} parameters",
+                    grads.len(),
+                    self.params.len()
+                ),
             });
         }
         self.step += 1;
@@ -167,19 +201,36 @@ impl AdamW {
             if g.dims() != p.var.dims() {
                 return Err(TrainError::Param {
                     name: p.name.clone(),
-                    reason: format!("gradient shape {:?} differs from parameter shape {:?}", g.dims(), p.var.dims()),
+                    reason: format!(
+                        "gradient shape {:?} differs from parameter shape {:?}",
+                        g.dims(),
+                        p.var.dims()
+                    ),
                 });
             }
-            let s = StepScalars { keep: if p.decay { (1.0 - lr * self.cfg.weight_decay) as f32 } else { 1.0 }, ..base };
+            let s = StepScalars {
+                keep: if p.decay {
+                    (1.0 - lr * self.cfg.weight_decay) as f32
+                } else {
+                    1.0
+                },
+                ..base
+            };
             match &mut p.moments {
                 Moments::Host { m, v } if cpu::is_cpu_f32_contiguous(g) => {
-                    let op = HostStep { s, mv: RefCell::new((m.as_mut_slice(), v.as_mut_slice())) };
+                    let op = HostStep {
+                        s,
+                        mv: RefCell::new((m.as_mut_slice(), v.as_mut_slice())),
+                    };
                     p.var.as_tensor().inplace_op2(g, &op)?;
                 }
                 Moments::Host { m, v } => {
                     // A non-f32 or strided gradient for a CPU f32 parameter: make it contiguous f32.
                     let g = g.to_dtype(DType::F32)?.contiguous()?;
-                    let op = HostStep { s, mv: RefCell::new((m.as_mut_slice(), v.as_mut_slice())) };
+                    let op = HostStep {
+                        s,
+                        mv: RefCell::new((m.as_mut_slice(), v.as_mut_slice())),
+                    };
                     p.var.as_tensor().inplace_op2(&g, &op)?;
                 }
                 Moments::Device { m, v } => device_step(&p.var, g, m, v, s)?,
@@ -193,10 +244,13 @@ impl AdamW {
         let mut out = HashMap::with_capacity(2 * self.params.len());
         for p in &self.params {
             let (m, v) = match &p.moments {
-                Moments::Host { m, v } => {
-                    (Tensor::from_slice(m, p.var.shape(), &Device::Cpu)?, Tensor::from_slice(v, p.var.shape(), &Device::Cpu)?)
+                Moments::Host { m, v } => (
+                    Tensor::from_slice(m, p.var.shape(), &Device::Cpu)?,
+                    Tensor::from_slice(v, p.var.shape(), &Device::Cpu)?,
+                ),
+                Moments::Device { m, v } => {
+                    (m.to_device(&Device::Cpu)?, v.to_device(&Device::Cpu)?)
                 }
-                Moments::Device { m, v } => (m.to_device(&Device::Cpu)?, v.to_device(&Device::Cpu)?),
             };
             out.insert(format!("m.{}", p.name), m);
             out.insert(format!("v.{}", p.name), v);
@@ -226,10 +280,19 @@ impl AdamW {
                 }
                 Ok(t.clone())
             };
-            let (m, v) = (fetch(format!("m.{}", p.name))?, fetch(format!("v.{}", p.name))?);
+            let (m, v) = (
+                fetch(format!("m.{}", p.name))?,
+                fetch(format!("v.{}", p.name))?,
+            );
             p.moments = match p.moments {
-                Moments::Host { .. } => Moments::Host { m: m.flatten_all()?.to_vec1()?, v: v.flatten_all()?.to_vec1()? },
-                Moments::Device { .. } => Moments::Device { m: m.to_device(p.var.device())?, v: v.to_device(p.var.device())? },
+                Moments::Host { .. } => Moments::Host {
+                    m: m.flatten_all()?.to_vec1()?,
+                    v: v.flatten_all()?.to_vec1()?,
+                },
+                Moments::Device { .. } => Moments::Device {
+                    m: m.to_device(p.var.device())?,
+                    v: v.to_device(p.var.device())?,
+                },
             };
         }
         self.step = step;
@@ -249,7 +312,13 @@ impl InplaceOp2 for HostStep<'_> {
         "pollard-adamw"
     }
 
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
         let msg = |m: &str| candle_core::Error::Msg(format!("adamw: {m}"));
         let p = cpu::f32_slice_mut(s1, l1).ok_or_else(|| msg("parameter is not contiguous f32"))?;
         let g = cpu::f32_slice(s2, l2).ok_or_else(|| msg("gradient is not contiguous f32"))?;
@@ -259,7 +328,8 @@ impl InplaceOp2 for HostStep<'_> {
             return Err(msg("parameter, gradient and moments differ in length"));
         }
         let s = self.s;
-        let run = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| adamw_kernel(p, g, m, v, &s);
+        let run =
+            |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| adamw_kernel(p, g, m, v, &s);
         if p.len() <= cpu::CHUNK {
             run(p, g, m, v);
         } else {
@@ -289,7 +359,13 @@ fn adamw_kernel(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &Step
 }
 
 /// The same update with tensor ops, for parameters off the CPU or not f32.
-fn device_step(var: &Var, g: &Tensor, m: &mut Tensor, v: &mut Tensor, s: StepScalars) -> Result<()> {
+fn device_step(
+    var: &Var,
+    g: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    s: StepScalars,
+) -> Result<()> {
     let g = (g.to_dtype(DType::F32)? * s.grad_scale as f64)?;
     *m = ((&*m * s.beta1 as f64)? + (&g * (1.0 - s.beta1) as f64)?)?;
     *v = ((&*v * s.beta2 as f64)? + (g.sqr()? * (1.0 - s.beta2) as f64)?)?;
@@ -324,9 +400,19 @@ mod tests {
         let mut g = Grads::new(vars.len());
         let mut loss = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();
         for (k, var) in vars.iter().enumerate() {
-            let r = Tensor::from_vec(noise(var.elem_count(), seed + k as u64), var.shape(), &Device::Cpu).unwrap();
+            let r = Tensor::from_vec(
+                noise(var.elem_count(), seed + k as u64),
+                var.shape(),
+                &Device::Cpu,
+            )
+            .unwrap();
             let r = r.to_dtype(var.dtype()).unwrap();
-            let term = (var.as_tensor() * r).unwrap().sum_all().unwrap().to_dtype(DType::F32).unwrap();
+            let term = (var.as_tensor() * r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
             loss = (loss + term).unwrap();
         }
         g.accumulate(vars, &loss.backward().unwrap()).unwrap();
@@ -342,25 +428,50 @@ mod tests {
     #[test]
     fn matches_candle_nn_adamw_when_both_decay_everything() {
         use candle_nn::optim::Optimizer;
-        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1, decay_1d: true };
+        let cfg = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            decay_1d: true,
+        };
         let ours = vars(1);
         let theirs = vars(1);
         let mut opt = AdamW::new(ours.clone(), cfg).unwrap();
-        let params = candle_nn::ParamsAdamW { lr: 1e-2, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
-        let mut reference = candle_nn::AdamW::new(theirs.iter().map(|(_, v)| v.clone()).collect(), params).unwrap();
+        let params = candle_nn::ParamsAdamW {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let mut reference =
+            candle_nn::AdamW::new(theirs.iter().map(|(_, v)| v.clone()).collect(), params).unwrap();
         for step in 0..5 {
             let g = grads_for(&opt.vars(), 100 + step);
             opt.step(&g, 1e-2, 1.0).unwrap();
             let tv: Vec<&Var> = theirs.iter().map(|(_, v)| v).collect();
             let mut loss = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();
             for (k, var) in tv.iter().enumerate() {
-                let r = Tensor::from_vec(noise(var.elem_count(), 100 + step + k as u64), var.shape(), &Device::Cpu).unwrap();
+                let r = Tensor::from_vec(
+                    noise(var.elem_count(), 100 + step + k as u64),
+                    var.shape(),
+                    &Device::Cpu,
+                )
+                .unwrap();
                 loss = (loss + (var.as_tensor() * r).unwrap().sum_all().unwrap()).unwrap();
             }
             reference.backward_step(&loss).unwrap();
         }
         for ((_, a), (_, b)) in ours.iter().zip(&theirs) {
-            let d = (a.as_tensor() - b.as_tensor()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = (a.as_tensor() - b.as_tensor())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(d < 1e-6, "max |ours - candle_nn| = {d}");
         }
     }
@@ -368,11 +479,19 @@ mod tests {
     #[test]
     fn host_and_device_paths_agree_and_1d_params_skip_decay() {
         // The f64 parameters take the tensor-op path; the f32 ones the in-place path.
-        let cfg = AdamWConfig { weight_decay: 0.5, ..AdamWConfig::default() };
+        let cfg = AdamWConfig {
+            weight_decay: 0.5,
+            ..AdamWConfig::default()
+        };
         let f32s = vars(3);
         let f64s: Vec<(String, Var)> = f32s
             .iter()
-            .map(|(n, v)| (n.clone(), Var::from_tensor(&v.as_tensor().to_dtype(DType::F64).unwrap()).unwrap()))
+            .map(|(n, v)| {
+                (
+                    n.clone(),
+                    Var::from_tensor(&v.as_tensor().to_dtype(DType::F64).unwrap()).unwrap(),
+                )
+            })
             .collect();
         let mut a = AdamW::new(f32s.clone(), cfg).unwrap();
         let mut b = AdamW::new(f64s.clone(), cfg).unwrap();
@@ -383,20 +502,43 @@ mod tests {
             b.step(&g, 1e-2, 0.5).unwrap();
         }
         for ((_, x), (_, y)) in f32s.iter().zip(&f64s) {
-            let d = (x.as_tensor().to_dtype(DType::F64).unwrap() - y.as_tensor()).unwrap().abs().unwrap().max_all().unwrap();
+            let d = (x.as_tensor().to_dtype(DType::F64).unwrap() - y.as_tensor())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
             assert!(d.to_scalar::<f64>().unwrap() < 1e-6);
         }
         // With a zero gradient, a decayed param shrinks by (1 - lr*wd) and a 1-D one stays.
         let w = Var::new(&[[2f32, 4.0]], &Device::Cpu).unwrap();
         let bias = Var::new(&[2f32, 4.0], &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(vec![("w".into(), w.clone()), ("bias".into(), bias.clone())], cfg).unwrap();
+        let mut opt = AdamW::new(
+            vec![("w".into(), w.clone()), ("bias".into(), bias.clone())],
+            cfg,
+        )
+        .unwrap();
         // Multiply by zero tensors (candle prunes `x * 0.0` from the graph entirely).
-        let zw = (w.as_tensor() * w.as_tensor().zeros_like().unwrap()).unwrap().sum_all().unwrap();
-        let zb = (bias.as_tensor() * bias.as_tensor().zeros_like().unwrap()).unwrap().sum_all().unwrap();
+        let zw = (w.as_tensor() * w.as_tensor().zeros_like().unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let zb = (bias.as_tensor() * bias.as_tensor().zeros_like().unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
         let mut g = Grads::new(2);
-        g.accumulate(&opt.vars(), &(zw + zb).unwrap().backward().unwrap()).unwrap();
+        g.accumulate(&opt.vars(), &(zw + zb).unwrap().backward().unwrap())
+            .unwrap();
         opt.step(&g, 0.1, 1.0).unwrap();
-        assert_eq!(w.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![2.0 * 0.95, 4.0 * 0.95]);
+        assert_eq!(
+            w.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            vec![2.0 * 0.95, 4.0 * 0.95]
+        );
         assert_eq!(bias.as_tensor().to_vec1::<f32>().unwrap(), vec![2.0, 4.0]);
     }
 
@@ -416,26 +558,59 @@ mod tests {
         restored.load_state(ob.step_count(), &state).unwrap();
         for step in 3..6 {
             oa.step(&grads_for(&oa.vars(), step), 1e-3, 1.0).unwrap();
-            restored.step(&grads_for(&restored.vars(), step), 1e-3, 1.0).unwrap();
+            restored
+                .step(&grads_for(&restored.vars(), step), 1e-3, 1.0)
+                .unwrap();
         }
         for ((_, x), (_, y)) in a.iter().zip(&b) {
-            let xs: Vec<u32> = x.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|f| f.to_bits()).collect();
-            let ys: Vec<u32> = y.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|f| f.to_bits()).collect();
+            let xs: Vec<u32> = x
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|f| f.to_bits())
+                .collect();
+            let ys: Vec<u32> = y
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|f| f.to_bits())
+                .collect();
             assert_eq!(xs, ys);
         }
         // Missing or misshapen state names the parameter.
         let mut partial = state.clone();
         partial.remove("v.b");
-        let e = AdamW::new(b.clone(), cfg).unwrap().load_state(1, &partial).unwrap_err().to_string();
+        let e = AdamW::new(b.clone(), cfg)
+            .unwrap()
+            .load_state(1, &partial)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`b`") && e.contains("v.b"), "{e}");
     }
 
     #[test]
     fn duplicate_names_and_bad_hyperparameters_are_rejected() {
         let v = Var::new(&[1f32], &Device::Cpu).unwrap();
-        let e = AdamW::new(vec![("x".into(), v.clone()), ("x".into(), v.clone())], AdamWConfig::default()).unwrap_err();
+        let e = AdamW::new(
+            vec![("x".into(), v.clone()), ("x".into(), v.clone())],
+            AdamWConfig::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("`x`"), "{e}");
-        let e = AdamW::new(vec![], AdamWConfig { beta2: 1.0, ..Default::default() }).unwrap_err();
+        let e = AdamW::new(
+            vec![],
+            AdamWConfig {
+                beta2: 1.0,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("beta2"), "{e}");
     }
 }

@@ -62,8 +62,10 @@ impl Checkpoint {
 }
 
 fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| TrainError::Checkpoint { path: path.to_path_buf(), reason: format!("cannot read tensors: {e}") })
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: format!("cannot read tensors: {e}"),
+    })
 }
 
 /// Writes a checkpoint for `state.step` into `dir` and publishes it atomically; then keeps only
@@ -77,7 +79,11 @@ pub fn write(
 ) -> Result<PathBuf> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let final_dir = dir.join(format!("{PREFIX}{:010}", state.step));
-    let tmp = dir.join(format!("{TMP_PREFIX}{:010}-{}", state.step, std::process::id()));
+    let tmp = dir.join(format!(
+        "{TMP_PREFIX}{:010}-{}",
+        state.step,
+        std::process::id()
+    ));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
@@ -85,15 +91,18 @@ pub fn write(
 
     for (name, tensors) in [(WEIGHTS, weights), (OPTIMIZER, optimizer)] {
         let path = tmp.join(name);
-        candle_core::safetensors::save(tensors, &path)
-            .map_err(|e| TrainError::Checkpoint { path: path.clone(), reason: format!("cannot write tensors: {e}") })?;
+        candle_core::safetensors::save(tensors, &path).map_err(|e| TrainError::Checkpoint {
+            path: path.clone(),
+            reason: format!("cannot write tensors: {e}"),
+        })?;
         sync_file(&path)?;
         let size = fs::metadata(&path).map_err(io_err(&path))?.len();
         state.files.insert(name.to_string(), size);
     }
     state.format = CHECKPOINT_FORMAT;
     let state_path = tmp.join(STATE);
-    let json = serde_json::to_vec_pretty(&state).expect("checkpoint state is plain data and always serialises");
+    let json = serde_json::to_vec_pretty(&state)
+        .expect("checkpoint state is plain data and always serialises");
     let mut f = fs::File::create(&state_path).map_err(io_err(&state_path))?;
     f.write_all(&json).map_err(io_err(&state_path))?;
     f.sync_all().map_err(io_err(&state_path))?;
@@ -111,7 +120,9 @@ pub fn write(
 }
 
 fn sync_file(path: &Path) -> Result<()> {
-    fs::File::open(path).and_then(|f| f.sync_all()).map_err(io_err(path))
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(path))
 }
 
 /// Makes a rename durable; directories cannot be fsynced on every platform, so failure is ignored
@@ -129,17 +140,26 @@ fn steps_on_disk(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(TrainError::Io { path: dir.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(TrainError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })
+        }
     };
     for entry in entries {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name();
-        let Some(step) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)).and_then(|s| s.parse::<u64>().ok()) else {
+        let Some(step) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
             continue;
         };
         out.push((step, entry.path()));
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
     Ok(out)
 }
 
@@ -149,7 +169,10 @@ fn prune(dir: &Path, keep: usize) -> Result<()> {
         fs::remove_dir_all(&path).map_err(io_err(&path))?;
     }
     for entry in fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
-        let is_tmp = entry.file_name().to_str().is_some_and(|n| n.starts_with(TMP_PREFIX));
+        let is_tmp = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(TMP_PREFIX));
         if is_tmp {
             let path = entry.path();
             fs::remove_dir_all(&path).map_err(io_err(&path))?;
@@ -160,21 +183,38 @@ fn prune(dir: &Path, keep: usize) -> Result<()> {
 
 /// Reads and checks one checkpoint folder: state parses, format matches, files have their sizes.
 pub fn validate(path: &Path) -> Result<Checkpoint> {
-    let bad = |reason: String| TrainError::Checkpoint { path: path.to_path_buf(), reason };
+    let bad = |reason: String| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
     let state_path = path.join(STATE);
     let text = fs::read(&state_path).map_err(|e| bad(format!("cannot read {STATE}: {e}")))?;
-    let state: CheckpointState = serde_json::from_slice(&text).map_err(|e| bad(format!("{STATE} is not valid: {e}")))?;
+    let state: CheckpointState =
+        serde_json::from_slice(&text).map_err(|e| bad(format!("{STATE} is not valid: {e}")))?;
     if state.format != CHECKPOINT_FORMAT {
-        return Err(bad(format!("format {} is not the supported {CHECKPOINT_FORMAT}", state.format)));
+        return Err(bad(format!(
+            "format {} is not the supported {CHECKPOINT_FORMAT}",
+            state.format
+        )));
     }
     for name in [WEIGHTS, OPTIMIZER] {
-        let expected = state.files.get(name).ok_or_else(|| bad(format!("{STATE} does not list {name}")))?;
-        let actual = fs::metadata(path.join(name)).map_err(|e| bad(format!("{name}: {e}")))?.len();
+        let expected = state
+            .files
+            .get(name)
+            .ok_or_else(|| bad(format!("{STATE} does not list {name}")))?;
+        let actual = fs::metadata(path.join(name))
+            .map_err(|e| bad(format!("{name}: {e}")))?
+            .len();
         if actual != *expected {
-            return Err(bad(format!("{name} is {actual} bytes, {STATE} says {expected}")));
+            return Err(bad(format!(
+                "{name} is {actual} bytes, {STATE} says {expected}"
+            )));
         }
     }
-    Ok(Checkpoint { path: path.to_path_buf(), state })
+    Ok(Checkpoint {
+        path: path.to_path_buf(),
+        state,
+    })
 }
 
 /// All checkpoints in `dir` that validate, newest first, with the reasons the others did not.
@@ -206,24 +246,47 @@ mod tests {
     }
 
     fn tensors(x: f32) -> HashMap<String, Tensor> {
-        HashMap::from([("w".to_string(), Tensor::new(&[x, x + 1.0], &Device::Cpu).unwrap())])
+        HashMap::from([(
+            "w".to_string(),
+            Tensor::new(&[x, x + 1.0], &Device::Cpu).unwrap(),
+        )])
     }
 
     #[test]
     fn write_publishes_atomically_keeps_newest_and_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         for step in [10, 20, 30] {
-            write(dir.path(), state(step), &tensors(step as f32), &tensors(-1.0), 2).unwrap();
+            write(
+                dir.path(),
+                state(step),
+                &tensors(step as f32),
+                &tensors(-1.0),
+                2,
+            )
+            .unwrap();
         }
         let (good, bad) = list(dir.path()).unwrap();
         assert!(bad.is_empty());
-        assert_eq!(good.iter().map(|c| c.state.step).collect::<Vec<_>>(), vec![30, 20], "keeps the newest two");
+        assert_eq!(
+            good.iter().map(|c| c.state.step).collect::<Vec<_>>(),
+            vec![30, 20],
+            "keeps the newest two"
+        );
         let w = good[0].weights().unwrap();
         assert_eq!(w["w"].to_vec1::<f32>().unwrap(), vec![30.0, 31.0]);
         assert_eq!(good[0].state.data_position, 90);
-        assert_eq!(good[0].optimizer().unwrap()["w"].to_vec1::<f32>().unwrap(), vec![-1.0, 0.0]);
-        let names: Vec<String> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        assert!(names.iter().all(|n| n.starts_with(PREFIX)), "no temporary folders left: {names:?}");
+        assert_eq!(
+            good[0].optimizer().unwrap()["w"].to_vec1::<f32>().unwrap(),
+            vec![-1.0, 0.0]
+        );
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            names.iter().all(|n| n.starts_with(PREFIX)),
+            "no temporary folders left: {names:?}"
+        );
     }
 
     #[test]
@@ -234,16 +297,32 @@ mod tests {
         // Truncate the newest weights: resume must fall back to step 1.
         let w = newest.join(WEIGHTS);
         let len = fs::metadata(&w).unwrap().len();
-        fs::OpenOptions::new().write(true).open(&w).unwrap().set_len(len - 4).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&w)
+            .unwrap()
+            .set_len(len - 4)
+            .unwrap();
         // A killed write leaves a temp folder without state.json; a stray step folder has none either.
         fs::create_dir(dir.path().join(format!("{TMP_PREFIX}0000000003-1"))).unwrap();
         fs::create_dir(dir.path().join(format!("{PREFIX}0000000004"))).unwrap();
         let (good, bad) = list(dir.path()).unwrap();
-        assert_eq!(good.iter().map(|c| c.state.step).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            good.iter().map(|c| c.state.step).collect::<Vec<_>>(),
+            vec![1]
+        );
         let reasons: Vec<String> = bad.iter().map(|e| e.to_string()).collect();
         assert_eq!(reasons.len(), 2, "{reasons:?}");
-        assert!(reasons.iter().any(|r| r.contains("state.json")), "{reasons:?}");
-        assert!(reasons.iter().any(|r| r.contains("weights.safetensors is") && r.contains("step-0000000002")), "{reasons:?}");
+        assert!(
+            reasons.iter().any(|r| r.contains("state.json")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("weights.safetensors is") && r.contains("step-0000000002")),
+            "{reasons:?}"
+        );
     }
 
     #[test]

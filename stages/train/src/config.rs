@@ -160,10 +160,16 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.schedule()?;
         if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
-            return Err(TrainError::Config { field: "grad_clip", reason: format!("must be >= 0, got {}", self.grad_clip) });
+            return Err(TrainError::Config {
+                field: "grad_clip",
+                reason: format!("must be >= 0, got {}", self.grad_clip),
+            });
         }
         if self.log_every == 0 {
-            return Err(TrainError::Config { field: "log_every", reason: "must be at least 1".into() });
+            return Err(TrainError::Config {
+                field: "log_every",
+                reason: "must be at least 1".into(),
+            });
         }
         // AdamW checks its own fields.
         crate::AdamW::new(Vec::new(), self.adamw())?;
@@ -173,9 +179,15 @@ impl TrainConfig {
     /// The fields that change what is computed; cadence fields (log, eval, checkpoint, keep) are
     /// left out so they can change between a run and its resume.
     pub(crate) fn fingerprint(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).expect("TrainConfig is plain data and always serialises");
+        let mut v =
+            serde_json::to_value(self).expect("TrainConfig is plain data and always serialises");
         if let Some(map) = v.as_object_mut() {
-            for k in ["log_every", "eval_every", "checkpoint_every", "keep_checkpoints"] {
+            for k in [
+                "log_every",
+                "eval_every",
+                "checkpoint_every",
+                "keep_checkpoints",
+            ] {
                 map.remove(k);
             }
         }
@@ -199,14 +211,18 @@ mod tests {
 
     #[test]
     fn yaml_style_config_parses_with_defaults_and_rejects_unknown_fields() {
-        let c: TrainConfig =
-            serde_json::from_str(r#"{"budget": {"tokens": 5000}, "batch": 4, "seq_len": 32, "lr": 0.01, "warmup": 2}"#).unwrap();
+        let c: TrainConfig = serde_json::from_str(
+            r#"{"budget": {"tokens": 5000}, "batch": 4, "seq_len": 32, "lr": 0.01, "warmup": 2}"#,
+        )
+        .unwrap();
         assert_eq!(c.budget, Budget::Tokens(5000));
         assert_eq!(c.grad_clip, 1.0);
         assert_eq!(c.accumulation, 1);
         c.validate().unwrap();
-        let e = serde_json::from_str::<TrainConfig>(r#"{"budget": {"steps": 5}, "batch": 4, "seq_len": 32, "lr": 0.01, "lr_max": 1}"#)
-            .unwrap_err();
+        let e = serde_json::from_str::<TrainConfig>(
+            r#"{"budget": {"steps": 5}, "batch": 4, "seq_len": 32, "lr": 0.01, "lr_max": 1}"#,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("lr_max"), "{e}");
     }
 

@@ -27,7 +27,10 @@ pub(crate) fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Option<
 }
 
 /// Mutable twin of [`f32_slice`].
-pub(crate) fn f32_slice_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> Option<&'a mut [f32]> {
+pub(crate) fn f32_slice_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+) -> Option<&'a mut [f32]> {
     let (start, end) = layout.contiguous_offsets()?;
     match storage {
         CpuStorage::F32(v) => v.get_mut(start..end),
@@ -62,7 +65,11 @@ pub(crate) fn sum_sq_f32(xs: &[f32]) -> f64 {
         // Eight independent f64 lanes (a fixed order) so the loop vectorises.
         let mut acc = [0f64; 8];
         let chunks = c.chunks_exact(8);
-        let tail: f64 = chunks.remainder().iter().map(|&x| (x as f64) * (x as f64)).sum();
+        let tail: f64 = chunks
+            .remainder()
+            .iter()
+            .map(|&x| (x as f64) * (x as f64))
+            .sum();
         for ch in chunks {
             for k in 0..8 {
                 acc[k] += (ch[k] as f64) * (ch[k] as f64);
@@ -81,18 +88,33 @@ impl InplaceOp2 for AddAssign {
         "pollard-add-assign"
     }
 
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
-        let src = f32_slice(s2, l2).ok_or_else(|| candle_core::Error::Msg("add-assign: source is not contiguous f32".into()))?;
-        let dst = f32_slice_mut(s1, l1)
-            .ok_or_else(|| candle_core::Error::Msg("add-assign: destination is not contiguous f32".into()))?;
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let src = f32_slice(s2, l2).ok_or_else(|| {
+            candle_core::Error::Msg("add-assign: source is not contiguous f32".into())
+        })?;
+        let dst = f32_slice_mut(s1, l1).ok_or_else(|| {
+            candle_core::Error::Msg("add-assign: destination is not contiguous f32".into())
+        })?;
         if dst.len() != src.len() {
-            return Err(candle_core::Error::Msg(format!("add-assign: {} vs {} elements", dst.len(), src.len())));
+            return Err(candle_core::Error::Msg(format!(
+                "add-assign: {} vs {} elements",
+                dst.len(),
+                src.len()
+            )));
         }
-        dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| {
-            for (d, s) in d.iter_mut().zip(s) {
-                *d += *s;
-            }
-        });
+        dst.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(d, s)| {
+                for (d, s) in d.iter_mut().zip(s) {
+                    *d += *s;
+                }
+            });
         Ok(())
     }
 }

@@ -23,22 +23,42 @@ pub enum TrainError {
     Param { name: String, reason: String },
 
     #[error("non-finite {what} ({value}) at step {step}: training stopped")]
-    NonFinite { step: u64, what: &'static str, value: f64 },
+    NonFinite {
+        step: u64,
+        what: &'static str,
+        value: f64,
+    },
 
     #[error("training cancelled at step {step}")]
     Cancelled { step: u64 },
 
     #[error("batch source failed at step {step}: {source}")]
-    Batch { step: u64, #[source] source: BoxError },
+    Batch {
+        step: u64,
+        #[source]
+        source: BoxError,
+    },
 
     #[error("loss closure failed at step {step}: {source}")]
-    Loss { step: u64, #[source] source: BoxError },
+    Loss {
+        step: u64,
+        #[source]
+        source: BoxError,
+    },
 
     #[error("eval closure failed at step {step}: {source}")]
-    Eval { step: u64, #[source] source: BoxError },
+    Eval {
+        step: u64,
+        #[source]
+        source: BoxError,
+    },
 
     #[error("I/O error on {path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },

@@ -18,7 +18,10 @@ pub struct Grads {
 impl Grads {
     /// Empty sums for `n` parameters.
     pub fn new(n: usize) -> Self {
-        Self { grads: vec![None; n], micro_batches: 0 }
+        Self {
+            grads: vec![None; n],
+            micro_batches: 0,
+        }
     }
 
     /// Adds one micro-batch's gradients (from `loss.backward()`) for `vars`, which must be in
@@ -28,7 +31,9 @@ impl Grads {
             self.grads = vec![None; vars.len()];
         }
         for (slot, var) in self.grads.iter_mut().zip(vars) {
-            let Some(g) = store.get(var.as_tensor()) else { continue };
+            let Some(g) = store.get(var.as_tensor()) else {
+                continue;
+            };
             match slot {
                 None => {
                     // Own a private contiguous copy: the store's tensor may share storage with
@@ -70,7 +75,11 @@ impl Grads {
         for g in self.grads.iter().flatten() {
             total += match cpu::with_f32(g, cpu::sum_sq_f32) {
                 Some(s) => s,
-                None => g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?,
+                None => g
+                    .to_dtype(DType::F64)?
+                    .sqr()?
+                    .sum_all()?
+                    .to_scalar::<f64>()?,
             };
         }
         Ok(total.sqrt() * scale.abs())
@@ -108,15 +117,28 @@ mod tests {
         let mut g = Grads::new(3);
         for k in 1..=2 {
             // loss = k * (sum(a^2) + b) → da = 2k a, db = k
-            let loss = ((a.as_tensor().sqr().unwrap().sum_all().unwrap() + b.as_tensor().sum_all().unwrap()).unwrap()
+            let loss = ((a.as_tensor().sqr().unwrap().sum_all().unwrap()
+                + b.as_tensor().sum_all().unwrap())
+            .unwrap()
                 * k as f64)
                 .unwrap();
             g.accumulate(&vars, &loss.backward().unwrap()).unwrap();
         }
         assert_eq!(g.micro_batches(), 2);
         assert_eq!(g.get(0).unwrap().to_vec1::<f32>().unwrap(), vec![6.0, 12.0]);
-        assert_eq!(g.get(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![3.0]);
-        assert!(g.get(2).is_none(), "a parameter the loss never reached has no gradient");
+        assert_eq!(
+            g.get(1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            vec![3.0]
+        );
+        assert!(
+            g.get(2).is_none(),
+            "a parameter the loss never reached has no gradient"
+        );
         let norm = g.global_norm(0.5).unwrap();
         let expect = (36f64 + 144.0 + 9.0).sqrt() * 0.5;
         assert!((norm - expect).abs() < 1e-12, "{norm} vs {expect}");

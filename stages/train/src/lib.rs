@@ -34,4 +34,6 @@ pub use grads::{clip_factor, Grads};
 pub use log::LogRecord;
 pub use loss::{cosine, cross_entropy, forward_kl, mse, reverse_kl};
 pub use schedule::CosineSchedule;
-pub use trainer::{BatchSource, Hooks, Progress, TrainSummary, Trainer};
+pub use trainer::{
+    BatchSource, CancelFn, EvalFn, Hooks, Progress, ProgressFn, TrainSummary, Trainer,
+};

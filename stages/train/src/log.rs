@@ -44,7 +44,9 @@ impl LogWriter {
             match fs::read_to_string(path) {
                 Ok(text) => text
                     .lines()
-                    .filter(|l| serde_json::from_str::<LogRecord>(l).is_ok_and(|r| r.step <= resume_step))
+                    .filter(|l| {
+                        serde_json::from_str::<LogRecord>(l).is_ok_and(|r| r.step <= resume_step)
+                    })
                     .map(str::to_owned)
                     .collect(),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -56,13 +58,22 @@ impl LogWriter {
             body.push('\n');
         }
         fs::write(path, body).map_err(io_err(path))?;
-        let file = OpenOptions::new().append(true).open(path).map_err(io_err(path))?;
-        Ok(Self { path: path.to_path_buf(), out: BufWriter::new(file) })
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            out: BufWriter::new(file),
+        })
     }
 
     pub fn write(&mut self, record: &LogRecord) -> Result<()> {
-        let line = serde_json::to_string(record).expect("a log record is plain data and always serialises");
-        writeln!(self.out, "{line}").and_then(|_| self.out.flush()).map_err(io_err(&self.path))
+        let line = serde_json::to_string(record)
+            .expect("a log record is plain data and always serialises");
+        writeln!(self.out, "{line}")
+            .and_then(|_| self.out.flush())
+            .map_err(io_err(&self.path))
     }
 }
 
@@ -71,7 +82,16 @@ mod tests {
     use super::*;
 
     fn rec(step: u64) -> LogRecord {
-        LogRecord { step, tokens: step * 10, lr: 0.1, loss: 2.0, grad_norm: 1.0, elapsed: 0.5, tokens_per_s: 20.0, eval_loss: None }
+        LogRecord {
+            step,
+            tokens: step * 10,
+            lr: 0.1,
+            loss: 2.0,
+            grad_norm: 1.0,
+            elapsed: 0.5,
+            tokens_per_s: 20.0,
+            eval_loss: None,
+        }
     }
 
     #[test]
@@ -88,7 +108,11 @@ mod tests {
         text.push_str("{\"step\": 6, \"tok");
         fs::write(&path, text).unwrap();
         let mut w = LogWriter::open(&path, 3).unwrap();
-        w.write(&LogRecord { eval_loss: Some(1.5), ..rec(4) }).unwrap();
+        w.write(&LogRecord {
+            eval_loss: Some(1.5),
+            ..rec(4)
+        })
+        .unwrap();
         drop(w);
         let steps: Vec<u64> = fs::read_to_string(&path)
             .unwrap()
@@ -96,6 +120,8 @@ mod tests {
             .map(|l| serde_json::from_str::<LogRecord>(l).unwrap().step)
             .collect();
         assert_eq!(steps, vec![1, 2, 3, 4]);
-        assert!(fs::read_to_string(&path).unwrap().contains("\"eval_loss\":1.5"));
+        assert!(fs::read_to_string(&path)
+            .unwrap()
+            .contains("\"eval_loss\":1.5"));
     }
 }

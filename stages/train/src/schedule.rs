@@ -31,9 +31,17 @@ impl CosineSchedule {
             return bad("steps", "must be at least 1".into());
         }
         if warmup > total {
-            return bad("warmup", format!("({warmup}) exceeds the total number of steps ({total})"));
+            return bad(
+                "warmup",
+                format!("({warmup}) exceeds the total number of steps ({total})"),
+            );
         }
-        Ok(Self { lr, min_lr, warmup, total })
+        Ok(Self {
+            lr,
+            min_lr,
+            warmup,
+            total,
+        })
     }
 
     /// The learning rate for step `step` (0-based). Steps past the end keep `min_lr`.
@@ -44,7 +52,11 @@ impl CosineSchedule {
         let decay_steps = self.total - self.warmup;
         if decay_steps <= 1 {
             // Zero or one post-warm-up step: nothing to decay over, keep the peak.
-            return if step < self.total { self.lr } else { self.min_lr };
+            return if step < self.total {
+                self.lr
+            } else {
+                self.min_lr
+            };
         }
         let p = ((step - self.warmup) as f64 / (decay_steps - 1) as f64).min(1.0);
         self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
@@ -61,7 +73,10 @@ mod tests {
         assert!((s.lr_at(0) - 0.25e-3).abs() < 1e-15);
         assert!((s.lr_at(1) - 0.5e-3).abs() < 1e-15);
         assert!((s.lr_at(3) - 1e-3).abs() < 1e-15);
-        assert!((s.lr_at(4) - 1e-3).abs() < 1e-15, "first decay step is the peak");
+        assert!(
+            (s.lr_at(4) - 1e-3).abs() < 1e-15,
+            "first decay step is the peak"
+        );
         assert!((s.lr_at(13) - 1e-4).abs() < 1e-15, "last step is min_lr");
         // Half-way through the decay is the midpoint of lr and min_lr.
         let mid = CosineSchedule::new(1.0, 0.0, 0, 11).unwrap();
@@ -74,11 +89,17 @@ mod tests {
 
     #[test]
     fn bad_schedules_are_rejected_with_the_field() {
-        let e = CosineSchedule::new(1e-3, 1e-2, 0, 10).unwrap_err().to_string();
+        let e = CosineSchedule::new(1e-3, 1e-2, 0, 10)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("min_lr"), "{e}");
-        let e = CosineSchedule::new(1e-3, 0.0, 11, 10).unwrap_err().to_string();
+        let e = CosineSchedule::new(1e-3, 0.0, 11, 10)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("warmup"), "{e}");
-        let e = CosineSchedule::new(f64::NAN, 0.0, 0, 10).unwrap_err().to_string();
+        let e = CosineSchedule::new(f64::NAN, 0.0, 0, 10)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`lr`"), "{e}");
     }
 }

@@ -51,10 +51,17 @@ pub struct Progress {
 /// every step and stops the run with [`TrainError::Cancelled`].
 #[derive(Default)]
 pub struct Hooks<'a> {
-    pub eval: Option<Box<dyn FnMut(u64) -> Result<f64, BoxError> + 'a>>,
-    pub progress: Option<Box<dyn FnMut(&Progress) + 'a>>,
-    pub cancel: Option<Box<dyn Fn() -> bool + 'a>>,
+    pub eval: Option<EvalFn<'a>>,
+    pub progress: Option<ProgressFn<'a>>,
+    pub cancel: Option<CancelFn<'a>>,
 }
+
+/// `eval(step)`: the validation loss after `step` steps.
+pub type EvalFn<'a> = Box<dyn FnMut(u64) -> Result<f64, BoxError> + 'a>;
+/// Called after every logged step.
+pub type ProgressFn<'a> = Box<dyn FnMut(&Progress) + 'a>;
+/// Polled before every step; `true` stops the run.
+pub type CancelFn<'a> = Box<dyn Fn() -> bool + 'a>;
 
 /// The outcome of [`Trainer::run`].
 #[derive(Debug, Clone, PartialEq)]
@@ -144,7 +151,9 @@ impl Trainer {
     /// source's position. Invalid checkpoints are skipped (see [`Trainer::skipped_checkpoints`]);
     /// a valid one written with a different config is an error.
     pub fn resume<S: BatchSource>(&mut self, source: &mut S) -> Result<Option<u64>> {
-        let Some(dir) = self.checkpoint_dir.clone() else { return Ok(None) };
+        let Some(dir) = self.checkpoint_dir.clone() else {
+            return Ok(None);
+        };
         let (found, bad) = checkpoint::list(&dir)?;
         self.skipped = bad.iter().map(|e| e.to_string()).collect();
         for ckpt in found {
@@ -170,7 +179,10 @@ impl Trainer {
             self.opt.load_state(ckpt.state.step, &moments)?;
             source
                 .seek(ckpt.state.data_position)
-                .map_err(|e| TrainError::Batch { step: ckpt.state.step, source: e })?;
+                .map_err(|e| TrainError::Batch {
+                    step: ckpt.state.step,
+                    source: e,
+                })?;
             self.step = ckpt.state.step;
             self.elapsed_before = ckpt.state.elapsed_s;
             return Ok(Some(self.step));
@@ -180,8 +192,13 @@ impl Trainer {
 
     fn restore_weights(&self, path: &Path, weights: &HashMap<String, Tensor>) -> Result<()> {
         for (name, var) in self.opt.names().zip(self.opt.vars()) {
-            let bad = |reason: String| TrainError::Checkpoint { path: path.to_path_buf(), reason };
-            let t = weights.get(name).ok_or_else(|| bad(format!("has no weight `{name}`")))?;
+            let bad = |reason: String| TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                reason,
+            };
+            let t = weights
+                .get(name)
+                .ok_or_else(|| bad(format!("has no weight `{name}`")))?;
             if t.dims() != var.dims() || t.dtype() != var.dtype() {
                 return Err(bad(format!(
                     "weight `{name}` is {:?} {:?}, the model has {:?} {:?}",
@@ -210,12 +227,23 @@ impl Trainer {
             config: self.cfg.fingerprint(),
             files: HashMap::new(),
         };
-        checkpoint::write(dir, state, &weights, &self.opt.state_tensors()?, self.cfg.keep_checkpoints)
+        checkpoint::write(
+            dir,
+            state,
+            &weights,
+            &self.opt.state_tensors()?,
+            self.cfg.keep_checkpoints,
+        )
     }
 
     /// Trains to the end of the budget, resuming first from the newest valid checkpoint when a
     /// checkpoint folder is set. `loss` maps one micro-batch to a scalar loss tensor.
-    pub fn run<S, L>(&mut self, source: &mut S, mut loss: L, mut hooks: Hooks<'_>) -> Result<TrainSummary>
+    pub fn run<S, L>(
+        &mut self,
+        source: &mut S,
+        mut loss: L,
+        mut hooks: Hooks<'_>,
+    ) -> Result<TrainSummary>
     where
         S: BatchSource,
         L: FnMut(&S::Batch) -> Result<Tensor, BoxError>,
@@ -242,11 +270,24 @@ impl Trainer {
             grads.clear();
             let mut loss_sum = 0f64;
             for _ in 0..accum {
-                let batch = source.next_batch().map_err(|e| TrainError::Batch { step: step_no, source: e })?;
-                let l = loss(&batch).map_err(|e| TrainError::Loss { step: step_no, source: e })?;
-                let value = scalar_value(&l).map_err(|e| TrainError::Loss { step: step_no, source: Box::new(e) })?;
+                let batch = source.next_batch().map_err(|e| TrainError::Batch {
+                    step: step_no,
+                    source: e,
+                })?;
+                let l = loss(&batch).map_err(|e| TrainError::Loss {
+                    step: step_no,
+                    source: e,
+                })?;
+                let value = scalar_value(&l).map_err(|e| TrainError::Loss {
+                    step: step_no,
+                    source: Box::new(e),
+                })?;
                 if !value.is_finite() {
-                    return Err(TrainError::NonFinite { step: step_no, what: "loss", value });
+                    return Err(TrainError::NonFinite {
+                        step: step_no,
+                        what: "loss",
+                        value,
+                    });
                 }
                 loss_sum += value;
                 grads.accumulate(&var_refs, &l.backward()?)?;
@@ -254,19 +295,30 @@ impl Trainer {
             let mean = 1.0 / accum as f64;
             let grad_norm = grads.global_norm(mean)?;
             if !grad_norm.is_finite() {
-                return Err(TrainError::NonFinite { step: step_no, what: "gradient norm", value: grad_norm });
+                return Err(TrainError::NonFinite {
+                    step: step_no,
+                    what: "gradient norm",
+                    value: grad_norm,
+                });
             }
             let lr = self.schedule.lr_at(self.step);
-            self.opt.step(&grads, lr, mean * clip_factor(grad_norm, self.cfg.grad_clip))?;
+            self.opt.step(
+                &grads,
+                lr,
+                mean * clip_factor(grad_norm, self.cfg.grad_clip),
+            )?;
             self.step = step_no;
             let step_loss = loss_sum * mean;
             final_loss = Some(step_loss);
 
             let last = self.step == self.total;
-            let every = |n: u64| n > 0 && self.step % n == 0;
+            let every = |n: u64| n > 0 && self.step.is_multiple_of(n);
             let eval_loss = match hooks.eval.as_mut() {
                 Some(eval) if last || every(self.cfg.eval_every) => {
-                    let v = eval(self.step).map_err(|e| TrainError::Eval { step: self.step, source: e })?;
+                    let v = eval(self.step).map_err(|e| TrainError::Eval {
+                        step: self.step,
+                        source: e,
+                    })?;
                     final_eval = Some(v);
                     Some(v)
                 }
@@ -275,7 +327,11 @@ impl Trainer {
             let run_secs = started.elapsed().as_secs_f64();
             let elapsed = self.elapsed_before + run_secs;
             if last || every(self.cfg.log_every) || eval_loss.is_some() {
-                let tokens_per_s = if run_secs > 0.0 { (self.step - start_step) as f64 * tps as f64 / run_secs } else { 0.0 };
+                let tokens_per_s = if run_secs > 0.0 {
+                    (self.step - start_step) as f64 * tps as f64 / run_secs
+                } else {
+                    0.0
+                };
                 let rec = LogRecord {
                     step: self.step,
                     tokens: self.step * tps,
@@ -324,7 +380,13 @@ impl Trainer {
 /// The value of a scalar (or one-element) loss tensor.
 fn scalar_value(t: &Tensor) -> std::result::Result<f64, candle_core::Error> {
     if t.elem_count() != 1 {
-        return Err(candle_core::Error::Msg(format!("the loss must be a scalar, got shape {:?}", t.dims())));
+        return Err(candle_core::Error::Msg(format!(
+            "the loss must be a scalar, got shape {:?}",
+            t.dims()
+        )));
     }
-    t.flatten_all()?.to_dtype(DType::F64)?.get(0)?.to_scalar::<f64>()
+    t.flatten_all()?
+        .to_dtype(DType::F64)?
+        .get(0)?
+        .to_scalar::<f64>()
 }

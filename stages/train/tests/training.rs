@@ -7,7 +7,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use pollard_train::{
-    cross_entropy, BatchSource, BoxError, Budget, Hooks, LogRecord, TrainConfig, TrainError, Trainer,
+    cross_entropy, BatchSource, BoxError, Budget, Hooks, LogRecord, TrainConfig, TrainError,
+    Trainer,
 };
 
 const VOCAB: usize = 24;
@@ -32,7 +33,11 @@ struct TinyLm {
 
 impl TinyLm {
     fn new(seed: u64) -> Self {
-        let init = |n: usize, salt: u64, scale: f32| -> Vec<f32> { (0..n).map(|i| uniform(seed ^ salt, i as u64) * scale).collect() };
+        let init = |n: usize, salt: u64, scale: f32| -> Vec<f32> {
+            (0..n)
+                .map(|i| uniform(seed ^ salt, i as u64) * scale)
+                .collect()
+        };
         let dev = Device::Cpu;
         Self {
             emb: Var::from_vec(init(VOCAB * DIM, 1, 0.5), (VOCAB, DIM), &dev).unwrap(),
@@ -42,7 +47,11 @@ impl TinyLm {
     }
 
     fn params(&self) -> Vec<(String, Var)> {
-        vec![("emb".into(), self.emb.clone()), ("gain".into(), self.gain.clone()), ("out".into(), self.out.clone())]
+        vec![
+            ("emb".into(), self.emb.clone()),
+            ("gain".into(), self.gain.clone()),
+            ("out".into(), self.out.clone()),
+        ]
     }
 
     /// Mean next-token cross-entropy of a `[batch, seq]` window of ids.
@@ -50,7 +59,11 @@ impl TinyLm {
         let (b, t) = ids.dims2()?;
         let inputs = ids.narrow(1, 0, t - 1)?.flatten_all()?;
         let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
-        let h = self.emb.as_tensor().index_select(&inputs, 0)?.broadcast_mul(self.gain.as_tensor())?;
+        let h = self
+            .emb
+            .as_tensor()
+            .index_select(&inputs, 0)?
+            .broadcast_mul(self.gain.as_tensor())?;
         let logits = h.matmul(self.out.as_tensor())?;
         debug_assert_eq!(logits.dims(), &[b * (t - 1), VOCAB]);
         cross_entropy(&logits, &targets).map_err(|e| candle_core::Error::Msg(e.to_string()))
@@ -59,7 +72,13 @@ impl TinyLm {
     fn bits(&self) -> Vec<u32> {
         [&self.emb, &self.gain, &self.out]
             .iter()
-            .flat_map(|v| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .flat_map(|v| {
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
             .map(f32::to_bits)
             .collect()
     }
@@ -84,7 +103,11 @@ impl BatchSource for Windows {
             for j in 0..self.seq {
                 ids.push(cur);
                 let r = splitmix(key ^ j as u64);
-                cur = if r % 5 == 0 { (r >> 8) as u32 % VOCAB as u32 } else { (3 * cur + 1) % VOCAB as u32 };
+                cur = if r.is_multiple_of(5) {
+                    (r >> 8) as u32 % VOCAB as u32
+                } else {
+                    (3 * cur + 1) % VOCAB as u32
+                };
             }
         }
         self.drawn += 1;
@@ -111,11 +134,21 @@ fn config(steps: u64, accumulation: u32) -> TrainConfig {
 }
 
 fn source(batch: usize) -> Windows {
-    Windows { seed: 42, batch, seq: 17, drawn: 0 }
+    Windows {
+        seed: 42,
+        batch,
+        seq: 17,
+        drawn: 0,
+    }
 }
 
 /// Runs to the end of `cfg`'s budget and returns (model, summary, per-step losses).
-fn train(cfg: TrainConfig, init_seed: u64, ckpt: Option<&Path>, log: Option<&Path>) -> (TinyLm, Vec<f64>) {
+fn train(
+    cfg: TrainConfig,
+    init_seed: u64,
+    ckpt: Option<&Path>,
+    log: Option<&Path>,
+) -> (TinyLm, Vec<f64>) {
     let model = TinyLm::new(init_seed);
     let mut trainer = Trainer::new(cfg.clone(), model.params()).unwrap();
     if let Some(d) = ckpt {
@@ -125,13 +158,22 @@ fn train(cfg: TrainConfig, init_seed: u64, ckpt: Option<&Path>, log: Option<&Pat
         trainer = trainer.with_log(l);
     }
     let mut losses = Vec::new();
-    let hooks = Hooks { progress: Some(Box::new(|p| losses.push(p.loss))), ..Default::default() };
-    trainer.run(&mut source(cfg.batch), |ids| Ok(model.loss(ids)?), hooks).unwrap();
+    let hooks = Hooks {
+        progress: Some(Box::new(|p| losses.push(p.loss))),
+        ..Default::default()
+    };
+    trainer
+        .run(&mut source(cfg.batch), |ids| Ok(model.loss(ids)?), hooks)
+        .unwrap();
     (model, losses)
 }
 
 fn read_log(path: &Path) -> Vec<LogRecord> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -148,7 +190,9 @@ fn training_lowers_the_loss_and_writes_the_log() {
     assert_eq!(recs[59].step, 60);
     assert_eq!(recs[59].tokens, 60 * 4 * 17);
     assert!((recs[59].lr - 0.005).abs() < 1e-12, "last step at min_lr");
-    assert!(recs.iter().all(|r| r.grad_norm.is_finite() && r.grad_norm > 0.0));
+    assert!(recs
+        .iter()
+        .all(|r| r.grad_norm.is_finite() && r.grad_norm > 0.0));
 }
 
 #[test]
@@ -167,40 +211,75 @@ fn killed_run_resumes_and_ends_bit_identical_to_an_uninterrupted_one() {
     cfg.checkpoint_every = 3;
     let straight_dir = tempfile::tempdir().unwrap();
     let straight_log = straight_dir.path().join("log.jsonl");
-    let (straight, _) = train(cfg.clone(), 5, Some(&straight_dir.path().join("ckpt")), Some(&straight_log));
+    let (straight, _) = train(
+        cfg.clone(),
+        5,
+        Some(&straight_dir.path().join("ckpt")),
+        Some(&straight_log),
+    );
 
     // First attempt: cancelled before step k+1 (the last checkpoint is at step 6).
     let dir = tempfile::tempdir().unwrap();
     let (ckpt, log) = (dir.path().join("ckpt"), dir.path().join("log.jsonl"));
     {
         let model = TinyLm::new(5);
-        let mut trainer = Trainer::new(cfg.clone(), model.params()).unwrap().with_checkpoints(&ckpt).with_log(&log);
+        let mut trainer = Trainer::new(cfg.clone(), model.params())
+            .unwrap()
+            .with_checkpoints(&ckpt)
+            .with_log(&log);
         let done = Cell::new(0u64);
         let hooks = Hooks {
             progress: Some(Box::new(|p| done.set(p.step))),
             cancel: Some(Box::new(|| done.get() >= k)),
             ..Default::default()
         };
-        let err = trainer.run(&mut source(cfg.batch), |ids| Ok(model.loss(ids)?), hooks).unwrap_err();
-        assert!(matches!(err, TrainError::Cancelled { step } if step == k), "{err}");
+        let err = trainer
+            .run(&mut source(cfg.batch), |ids| Ok(model.loss(ids)?), hooks)
+            .unwrap_err();
+        assert!(
+            matches!(err, TrainError::Cancelled { step } if step == k),
+            "{err}"
+        );
     }
     // Everything is dropped. A fresh process would build the model from a different init:
     // resume must overwrite it completely.
     let model = TinyLm::new(999);
-    let mut trainer = Trainer::new(cfg.clone(), model.params()).unwrap().with_checkpoints(&ckpt).with_log(&log);
-    let summary = trainer.run(&mut source(cfg.batch), |ids| Ok(model.loss(ids)?), Hooks::default()).unwrap();
+    let mut trainer = Trainer::new(cfg.clone(), model.params())
+        .unwrap()
+        .with_checkpoints(&ckpt)
+        .with_log(&log);
+    let summary = trainer
+        .run(
+            &mut source(cfg.batch),
+            |ids| Ok(model.loss(ids)?),
+            Hooks::default(),
+        )
+        .unwrap();
     assert_eq!(summary.resumed_from, Some(6));
     assert_eq!(summary.steps, n);
-    assert_eq!(model.bits(), straight.bits(), "final weights differ from the uninterrupted run");
+    assert_eq!(
+        model.bits(),
+        straight.bits(),
+        "final weights differ from the uninterrupted run"
+    );
 
     // The log has every step once, with the same losses as the uninterrupted run.
     let (a, b) = (read_log(&straight_log), read_log(&log));
-    assert_eq!(b.iter().map(|r| r.step).collect::<Vec<_>>(), (1..=n).collect::<Vec<_>>());
+    assert_eq!(
+        b.iter().map(|r| r.step).collect::<Vec<_>>(),
+        (1..=n).collect::<Vec<_>>()
+    );
     let loss_bits = |v: &[LogRecord]| v.iter().map(|r| r.loss.to_bits()).collect::<Vec<_>>();
     assert_eq!(loss_bits(&a), loss_bits(&b));
 
     // Running again resumes at the end and does nothing.
-    let again = trainer.run(&mut source(cfg.batch), |ids| Ok(model.loss(ids)?), Hooks::default()).unwrap();
+    let again = trainer
+        .run(
+            &mut source(cfg.batch),
+            |ids| Ok(model.loss(ids)?),
+            Hooks::default(),
+        )
+        .unwrap();
     assert_eq!((again.resumed_from, again.final_loss), (Some(n), None));
 }
 
@@ -216,10 +295,25 @@ fn resume_skips_a_corrupt_newest_checkpoint() {
     let w = dir.path().join("step-0000000006/weights.safetensors");
     std::fs::write(&w, b"garbage").unwrap();
     let model = TinyLm::new(2);
-    let mut trainer = Trainer::new(cfg.clone(), model.params()).unwrap().with_checkpoints(dir.path());
-    let s = trainer.run(&mut source(cfg.batch), |ids| Ok(model.loss(ids)?), Hooks::default()).unwrap();
+    let mut trainer = Trainer::new(cfg.clone(), model.params())
+        .unwrap()
+        .with_checkpoints(dir.path());
+    let s = trainer
+        .run(
+            &mut source(cfg.batch),
+            |ids| Ok(model.loss(ids)?),
+            Hooks::default(),
+        )
+        .unwrap();
     assert_eq!(s.resumed_from, Some(4));
-    assert!(trainer.skipped_checkpoints().iter().any(|r| r.contains("step-0000000006")), "{:?}", trainer.skipped_checkpoints());
+    assert!(
+        trainer
+            .skipped_checkpoints()
+            .iter()
+            .any(|r| r.contains("step-0000000006")),
+        "{:?}",
+        trainer.skipped_checkpoints()
+    );
     assert_eq!(model.bits(), straight.bits());
 }
 
@@ -230,9 +324,17 @@ fn resume_refuses_a_checkpoint_of_another_config() {
     let mut other = config(4, 1);
     other.lr = 0.01;
     let model = TinyLm::new(1);
-    let mut trainer = Trainer::new(other.clone(), model.params()).unwrap().with_checkpoints(dir.path());
-    let e = trainer.run(&mut source(4), |ids| Ok(model.loss(ids)?), Hooks::default()).unwrap_err().to_string();
-    assert!(e.contains("different training config") && e.contains("step-0000000004"), "{e}");
+    let mut trainer = Trainer::new(other.clone(), model.params())
+        .unwrap()
+        .with_checkpoints(dir.path());
+    let e = trainer
+        .run(&mut source(4), |ids| Ok(model.loss(ids)?), Hooks::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("different training config") && e.contains("step-0000000004"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -264,7 +366,11 @@ fn accumulating_two_micro_batches_equals_one_double_batch() {
     let mb = TinyLm::new(4);
     Trainer::new(b, mb.params())
         .unwrap()
-        .run(&mut Pairs(source(4)), |ids| Ok(mb.loss(ids)?), Hooks::default())
+        .run(
+            &mut Pairs(source(4)),
+            |ids| Ok(mb.loss(ids)?),
+            Hooks::default(),
+        )
         .unwrap();
     for (x, y) in ma.bits().iter().zip(mb.bits()) {
         let (x, y) = (f32::from_bits(*x), f32::from_bits(y));
@@ -288,7 +394,17 @@ fn nan_loss_stops_training_naming_the_step() {
             Hooks::default(),
         )
         .unwrap_err();
-    assert!(matches!(err, TrainError::NonFinite { step: 3, what: "loss", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            TrainError::NonFinite {
+                step: 3,
+                what: "loss",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("step 3"), "{err}");
 }
 
@@ -317,7 +433,17 @@ fn infinite_gradient_stops_training_naming_the_step() {
             Hooks::default(),
         )
         .unwrap_err();
-    assert!(matches!(err, TrainError::NonFinite { step: 2, what: "gradient norm", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            TrainError::NonFinite {
+                step: 2,
+                what: "gradient norm",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -338,17 +464,36 @@ fn eval_runs_on_its_cadence_and_at_the_end_and_errors_are_distinct() {
     };
     let mut trainer = Trainer::new(cfg, model.params()).unwrap().with_log(&log);
     let s = trainer
-        .run(&mut source(4), |ids| Ok(model.loss(ids)?), Hooks { eval: Some(Box::new(eval)), ..Default::default() })
+        .run(
+            &mut source(4),
+            |ids| Ok(model.loss(ids)?),
+            Hooks {
+                eval: Some(Box::new(eval)),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(evals.take(), vec![3, 6, 7]);
     assert!(s.final_eval_loss.is_some());
     // Eval steps are logged even off the log cadence.
-    let steps: Vec<(u64, bool)> = read_log(&log).iter().map(|r| (r.step, r.eval_loss.is_some())).collect();
+    let steps: Vec<(u64, bool)> = read_log(&log)
+        .iter()
+        .map(|r| (r.step, r.eval_loss.is_some()))
+        .collect();
     assert_eq!(steps, vec![(3, true), (6, true), (7, true)]);
 
     // Failures in caller code keep their step and cause.
     let model = TinyLm::new(1);
     let mut trainer = Trainer::new(config(3, 1), model.params()).unwrap();
-    let e = trainer.run(&mut source(4), |_| Err("no such shard".into()), Hooks::default()).unwrap_err();
-    assert!(matches!(e, TrainError::Loss { step: 1, .. }) && e.to_string().contains("no such shard"), "{e}");
+    let e = trainer
+        .run(
+            &mut source(4),
+            |_| Err("no such shard".into()),
+            Hooks::default(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, TrainError::Loss { step: 1, .. }) && e.to_string().contains("no such shard"),
+        "{e}"
+    );
 }

@@ -6,6 +6,7 @@
 //! candle primitives, whose autograd is exact. Non-f32 inputs are computed in f32 and cast back,
 //! as transformers does for norms and softmax.
 
+pub mod attention;
 mod cpu;
 mod reference;
 pub mod rms_norm;
@@ -13,6 +14,7 @@ pub mod rope;
 pub mod softmax;
 pub mod swiglu;
 
+pub use attention::causal_attention;
 pub use rms_norm::rms_norm;
 pub use rope::{rope, RopeTables};
 pub use softmax::causal_softmax;

@@ -69,14 +69,22 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer with plain adds.
     const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    // Comparisons rather than `clamp`/`as i32`, whose NaN handling adds branches that stop
+    // vectorisation; a NaN passes both tests and poisons `y`, so it still comes out NaN.
+    let x = if x < -87.3 { -87.3 } else { x };
+    let x = if x > 88.3 { 88.3 } else { x };
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    // The integer n sits in t's low mantissa bits (|n| < 2^22).
+    let ni = t.to_bits().wrapping_sub(ROUND.to_bits());
     let r = x - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r
-        + 5.000_000_1e-1;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
     let y = p * r * r + r + 1.0;
     // n is in [-126, 127] after the clamp, so the biased exponent is a normal one.
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    y * f32::from_bits(ni.wrapping_add(127) << 23)
 }
 
 impl Real for f64 {
@@ -141,12 +149,16 @@ fn max_of<T: Real>(a: T, b: T) -> T {
 /// `log(sum(exp(x * scale)))` of one row, shifted by the row max so it cannot overflow.
 #[inline]
 pub(crate) fn logsumexp<T: Real>(row: &[T], scale: T) -> T {
-    let m = lanes(row, row, T::NEG_INF, |m, x, _| max_of(m, x * scale)).into_iter().fold(T::NEG_INF, max_of);
-    if !(m > T::NEG_INF) {
+    let m = lanes(row, row, T::NEG_INF, |m, x, _| max_of(m, x * scale))
+        .into_iter()
+        .fold(T::NEG_INF, max_of);
+    if m.partial_cmp(&T::NEG_INF) != Some(std::cmp::Ordering::Greater) {
         // Empty row or all -inf (or NaN): nothing to shift by; let the sum say so.
         return m;
     }
-    let s = lanes(row, row, T::ZERO, |acc, x, _| acc + (x * scale - m).exp()).into_iter().fold(T::ZERO, |a, b| a + b);
+    let s = lanes(row, row, T::ZERO, |acc, x, _| acc + (x * scale - m).exp())
+        .into_iter()
+        .fold(T::ZERO, |a, b| a + b);
     m + s.ln()
 }
 
@@ -157,15 +169,26 @@ fn rows_per_task(width: usize) -> usize {
 
 /// Sum over rows of `f(row index)`, rows in parallel, combined in row order.
 pub(crate) fn sum_rows(n: usize, width: usize, f: impl Fn(usize) -> f64 + Sync + Send) -> f64 {
-    let per_row: Vec<f64> = (0..n).into_par_iter().with_min_len(rows_per_task(width)).map(f).collect();
+    let per_row: Vec<f64> = (0..n)
+        .into_par_iter()
+        .with_min_len(rows_per_task(width))
+        .map(f)
+        .collect();
     per_row.iter().sum()
 }
 
 /// Fills an `[n, width]` output row by row in parallel with `f(row index, out row)`.
-pub(crate) fn fill_rows<T: Real>(n: usize, width: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) -> Vec<T> {
+pub(crate) fn fill_rows<T: Real>(
+    n: usize,
+    width: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) -> Vec<T> {
     let mut out = vec![T::ZERO; n * width];
     if width > 0 {
-        out.par_chunks_mut(width).with_min_len(rows_per_task(width)).enumerate().for_each(|(i, r)| f(i, r));
+        out.par_chunks_mut(width)
+            .with_min_len(rows_per_task(width))
+            .enumerate()
+            .for_each(|(i, r)| f(i, r));
     }
     out
 }
@@ -193,7 +216,14 @@ pub(crate) fn kl_row<T: Real>(kind: KlKind, s: &[T], t: &[T], inv_t: T) -> f64 {
 
 /// d KL / d student logits of one row, times `scale` (which carries `grad / (n * T)`).
 #[inline]
-pub(crate) fn kl_grad_row<T: Real>(kind: KlKind, s: &[T], t: &[T], inv_t: T, scale: T, out: &mut [T]) {
+pub(crate) fn kl_grad_row<T: Real>(
+    kind: KlKind,
+    s: &[T],
+    t: &[T],
+    inv_t: T,
+    scale: T,
+    out: &mut [T],
+) {
     let (lse_s, lse_t) = (logsumexp(s, inv_t), logsumexp(t, inv_t));
     match kind {
         KlKind::Forward => {

@@ -22,13 +22,25 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     const NAME: &str = "cross_entropy";
     let z = rows(logits, NAME, "logits")?;
     if targets.dtype().is_float() {
-        return Err(input_err(NAME, format!("targets must be integer token ids, got {:?}", targets.dtype())));
+        return Err(input_err(
+            NAME,
+            format!(
+                "targets must be integer token ids, got {:?}",
+                targets.dtype()
+            ),
+        ));
     }
     let t = targets.flatten_all()?.contiguous()?;
     if t.elem_count() != z.dim(0)? {
         return Err(input_err(
             NAME,
-            format!("{} targets {:?} for {} rows of logits {:?}", t.elem_count(), targets.dims(), z.dim(0)?, logits.dims()),
+            format!(
+                "{} targets {:?} for {} rows of logits {:?}",
+                t.elem_count(),
+                targets.dims(),
+                z.dim(0)?,
+                logits.dims()
+            ),
         ));
     }
     if z.device().is_cpu() {
@@ -40,13 +52,33 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// Forward KL, KL(teacher || student), of the softmaxes at `temperature`, mean over rows: the
 /// distillation loss Minitron found best. Not multiplied by `temperature²`; scale the result
 /// if you want the Hinton convention.
-pub fn forward_kl(student_logits: &Tensor, teacher_logits: &Tensor, temperature: f64) -> Result<Tensor> {
-    kl(KlKind::Forward, "forward_kl", student_logits, teacher_logits, temperature)
+pub fn forward_kl(
+    student_logits: &Tensor,
+    teacher_logits: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
+    kl(
+        KlKind::Forward,
+        "forward_kl",
+        student_logits,
+        teacher_logits,
+        temperature,
+    )
 }
 
 /// Reverse KL, KL(student || teacher), of the softmaxes at `temperature`, mean over rows.
-pub fn reverse_kl(student_logits: &Tensor, teacher_logits: &Tensor, temperature: f64) -> Result<Tensor> {
-    kl(KlKind::Reverse, "reverse_kl", student_logits, teacher_logits, temperature)
+pub fn reverse_kl(
+    student_logits: &Tensor,
+    teacher_logits: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
+    kl(
+        KlKind::Reverse,
+        "reverse_kl",
+        student_logits,
+        teacher_logits,
+        temperature,
+    )
 }
 
 /// Mean over rows of `1 - cos(student_row, teacher_row)` along the last dimension (norms
@@ -68,9 +100,18 @@ pub fn mse(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
     reference::mse(&a, &b)
 }
 
-fn kl(kind: KlKind, name: &'static str, student: &Tensor, teacher: &Tensor, temperature: f64) -> Result<Tensor> {
+fn kl(
+    kind: KlKind,
+    name: &'static str,
+    student: &Tensor,
+    teacher: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
     if !(temperature.is_finite() && temperature > 0.0) {
-        return Err(input_err(name, format!("temperature must be a positive number, got {temperature}")));
+        return Err(input_err(
+            name,
+            format!("temperature must be a positive number, got {temperature}"),
+        ));
     }
     let (s, t) = pair(name, student, teacher)?;
     if s.device().is_cpu() {
@@ -86,12 +127,20 @@ fn input_err(loss: &'static str, reason: String) -> TrainError {
 /// `x` as a contiguous `[rows, last dim]` tensor in f32 or f64.
 fn rows(x: &Tensor, loss: &'static str, what: &str) -> Result<Tensor> {
     let Some(&w) = x.dims().last() else {
-        return Err(input_err(loss, format!("{what} must have at least one dimension, got a scalar")));
+        return Err(input_err(
+            loss,
+            format!("{what} must have at least one dimension, got a scalar"),
+        ));
     };
     let x = match x.dtype() {
         DType::F32 | DType::F64 => x.clone(),
         d if d.is_float() => x.to_dtype(DType::F32)?,
-        d => return Err(input_err(loss, format!("{what} must be floating point, got {d:?}"))),
+        d => {
+            return Err(input_err(
+                loss,
+                format!("{what} must be floating point, got {d:?}"),
+            ))
+        }
     };
     Ok(x.reshape(((), w))?.contiguous()?)
 }
@@ -99,10 +148,20 @@ fn rows(x: &Tensor, loss: &'static str, what: &str) -> Result<Tensor> {
 /// Student and (detached) teacher as same-shape, same-dtype `[rows, width]` tensors.
 fn pair(loss: &'static str, student: &Tensor, teacher: &Tensor) -> Result<(Tensor, Tensor)> {
     if student.dims() != teacher.dims() {
-        return Err(input_err(loss, format!("student {:?} and teacher {:?} differ in shape", student.dims(), teacher.dims())));
+        return Err(input_err(
+            loss,
+            format!(
+                "student {:?} and teacher {:?} differ in shape",
+                student.dims(),
+                teacher.dims()
+            ),
+        ));
     }
     if !same_device(student.device(), teacher.device()) {
-        return Err(input_err(loss, "student and teacher are on different devices".into()));
+        return Err(input_err(
+            loss,
+            "student and teacher are on different devices".into(),
+        ));
     }
     let s = rows(student, loss, "student")?;
     let t = rows(&teacher.detach(), loss, "teacher")?.to_dtype(s.dtype())?;
@@ -144,8 +203,16 @@ pub(crate) mod reference {
     pub fn cosine(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let b = b.detach();
         let dot = (a * &b)?.sum(D::Minus1)?;
-        let na = a.sqr()?.sum(D::Minus1)?.sqrt()?.clamp(kernels::COS_EPS, f64::INFINITY)?;
-        let nb = b.sqr()?.sum(D::Minus1)?.sqrt()?.clamp(kernels::COS_EPS, f64::INFINITY)?;
+        let na = a
+            .sqr()?
+            .sum(D::Minus1)?
+            .sqrt()?
+            .clamp(kernels::COS_EPS, f64::INFINITY)?;
+        let nb = b
+            .sqr()?
+            .sum(D::Minus1)?
+            .sqrt()?
+            .clamp(kernels::COS_EPS, f64::INFINITY)?;
         let cos = (dot / (na * nb)?)?;
         Ok(cos.neg()?.affine(1.0, 1.0)?.mean_all()?)
     }

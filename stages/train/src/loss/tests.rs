@@ -20,11 +20,17 @@ fn noise(n: usize, seed: u64, amp: f32) -> Vec<f32> {
 
 fn tensor(dims: &[usize], seed: u64, amp: f32, dtype: DType) -> Tensor {
     let n = dims.iter().product();
-    Tensor::from_vec(noise(n, seed, amp), dims, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    Tensor::from_vec(noise(n, seed, amp), dims, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
 }
 
 fn targets(n: usize, v: usize, seed: u64) -> Tensor {
-    let ids: Vec<u32> = noise(n, seed, 1.0).iter().map(|x| ((x.abs() * 1e4) as usize % v) as u32).collect();
+    let ids: Vec<u32> = noise(n, seed, 1.0)
+        .iter()
+        .map(|x| ((x.abs() * 1e4) as usize % v) as u32)
+        .collect();
     Tensor::from_vec(ids, n, &Device::Cpu).unwrap()
 }
 
@@ -33,7 +39,14 @@ fn scalar(t: &Tensor) -> f64 {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    scalar(&(a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap().max_all().unwrap())
+    scalar(
+        &(a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap(),
+    )
 }
 
 /// Every loss as (name, fused, reference) on a student Var and a teacher tensor of the same
@@ -47,29 +60,41 @@ fn cases(targets_for_ce: Tensor) -> Vec<(&'static str, LossFn, LossFn)> {
         (
             "cross_entropy",
             Box::new(move |s, _| cross_entropy(s, &t1).unwrap()),
-            Box::new(move |s, _| reference::cross_entropy(&as_rows(s), &t2.flatten_all().unwrap()).unwrap()),
+            Box::new(move |s, _| {
+                reference::cross_entropy(&as_rows(s), &t2.flatten_all().unwrap()).unwrap()
+            }),
         ),
         (
             "forward_kl T=1",
             Box::new(|s, t| forward_kl(s, t, 1.0).unwrap()),
-            Box::new(move |s, t| reference::kl(KlKind::Forward, &as_rows(s), &as_rows(t), 1.0).unwrap()),
+            Box::new(move |s, t| {
+                reference::kl(KlKind::Forward, &as_rows(s), &as_rows(t), 1.0).unwrap()
+            }),
         ),
         (
             "forward_kl T=2.5",
             Box::new(|s, t| forward_kl(s, t, 2.5).unwrap()),
-            Box::new(move |s, t| reference::kl(KlKind::Forward, &as_rows(s), &as_rows(t), 2.5).unwrap()),
+            Box::new(move |s, t| {
+                reference::kl(KlKind::Forward, &as_rows(s), &as_rows(t), 2.5).unwrap()
+            }),
         ),
         (
             "reverse_kl T=0.7",
             Box::new(|s, t| reverse_kl(s, t, 0.7).unwrap()),
-            Box::new(move |s, t| reference::kl(KlKind::Reverse, &as_rows(s), &as_rows(t), 0.7).unwrap()),
+            Box::new(move |s, t| {
+                reference::kl(KlKind::Reverse, &as_rows(s), &as_rows(t), 0.7).unwrap()
+            }),
         ),
         (
             "cosine",
             Box::new(|s, t| cosine(s, t).unwrap()),
             Box::new(move |s, t| reference::cosine(&as_rows(s), &as_rows(t)).unwrap()),
         ),
-        ("mse", Box::new(|s, t| mse(s, t).unwrap()), Box::new(move |s, t| reference::mse(&as_rows(s), &as_rows(t)).unwrap())),
+        (
+            "mse",
+            Box::new(|s, t| mse(s, t).unwrap()),
+            Box::new(move |s, t| reference::mse(&as_rows(s), &as_rows(t)).unwrap()),
+        ),
     ]
 }
 
@@ -82,14 +107,20 @@ fn fused_losses_match_primitive_reference_in_value_and_gradient() {
         let t = tensor(&dims, 2, 4.0, DType::F32);
         let (lf, lr) = (fused(s.as_tensor(), &t), reference(s.as_tensor(), &t));
         let (vf, vr) = (scalar(&lf), scalar(&lr));
-        assert!((vf - vr).abs() <= 1e-5 * vr.abs().max(1.0), "{name}: fused {vf} vs reference {vr}");
+        assert!(
+            (vf - vr).abs() <= 1e-5 * vr.abs().max(1.0),
+            "{name}: fused {vf} vs reference {vr}"
+        );
         let gf = lf.backward().unwrap().get(s.as_tensor()).cloned().unwrap();
         let gr = lr.backward().unwrap().get(s.as_tensor()).cloned().unwrap();
         assert_eq!(gf.dims(), &dims, "{name}: gradient has the input's shape");
         let scale = scalar(&gr.abs().unwrap().max_all().unwrap());
         let d = max_abs_diff(&gf, &gr);
         // f32 on both sides: differences of probabilities lose ~1e-5 of the largest gradient.
-        assert!(d <= 1e-4 * scale.max(1e-6), "{name}: max |grad diff| {d} (grad scale {scale})");
+        assert!(
+            d <= 1e-4 * scale.max(1e-6),
+            "{name}: max |grad diff| {d} (grad scale {scale})"
+        );
     }
 }
 
@@ -102,7 +133,15 @@ fn finite_difference_gradient_checks_in_f64() {
         let s = Var::from_tensor(&x0).unwrap();
         // Scale the loss by 3 so the incoming gradient is not 1 (checks its propagation).
         let loss = (fused(s.as_tensor(), &t) * 3.0).unwrap();
-        let analytic: Vec<f64> = loss.backward().unwrap().get(s.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let analytic: Vec<f64> = loss
+            .backward()
+            .unwrap()
+            .get(s.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let base: Vec<f64> = x0.flatten_all().unwrap().to_vec1().unwrap();
         let h = 1e-6;
         for k in 0..base.len() {
@@ -161,7 +200,10 @@ fn teacher_side_gets_no_gradient() {
     ] {
         let g = loss.backward().unwrap();
         assert!(g.get(s.as_tensor()).is_some());
-        assert!(g.get(t.as_tensor()).is_none(), "the teacher must not receive a gradient");
+        assert!(
+            g.get(t.as_tensor()).is_none(),
+            "the teacher must not receive a gradient"
+        );
     }
 }
 
@@ -170,15 +212,29 @@ fn bad_inputs_give_errors_naming_the_problem() {
     let z = tensor(&[2, 5], 1, 1.0, DType::F32);
     let bad = Tensor::new(&[1u32, 7], &Device::Cpu).unwrap();
     let e = cross_entropy(&z, &bad).unwrap_err().to_string();
-    assert!(e.contains("target 7") && e.contains("row 1") && e.contains("vocabulary of 5"), "{e}");
-    let e = cross_entropy(&z, &Tensor::new(&[1u32], &Device::Cpu).unwrap()).unwrap_err().to_string();
+    assert!(
+        e.contains("target 7") && e.contains("row 1") && e.contains("vocabulary of 5"),
+        "{e}"
+    );
+    let e = cross_entropy(&z, &Tensor::new(&[1u32], &Device::Cpu).unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("1 targets") && e.contains("2 rows"), "{e}");
     let e = cross_entropy(&z, &z).unwrap_err().to_string();
     assert!(e.contains("integer"), "{e}");
-    let e = forward_kl(&z, &tensor(&[2, 6], 1, 1.0, DType::F32), 1.0).unwrap_err().to_string();
-    assert!(e.contains("forward_kl") && e.contains("[2, 5]") && e.contains("[2, 6]"), "{e}");
+    let e = forward_kl(&z, &tensor(&[2, 6], 1, 1.0, DType::F32), 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("forward_kl") && e.contains("[2, 5]") && e.contains("[2, 6]"),
+        "{e}"
+    );
     let e = reverse_kl(&z, &z, 0.0).unwrap_err().to_string();
     assert!(e.contains("temperature"), "{e}");
-    let e = mse(&Tensor::new(1f32, &Device::Cpu).unwrap(), &Tensor::new(1f32, &Device::Cpu).unwrap()).unwrap_err();
+    let e = mse(
+        &Tensor::new(1f32, &Device::Cpu).unwrap(),
+        &Tensor::new(1f32, &Device::Cpu).unwrap(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("scalar"), "{e}");
 }
