@@ -19,7 +19,10 @@ use pollard_cache::{Cache, Digest};
 const GIB: u64 = 1 << 30;
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Pseudo-random bytes (xorshift), so no filesystem or hash shortcut applies.
@@ -112,6 +115,22 @@ fn methods(scratch: PathBuf) -> Vec<Method> {
     ]
 }
 
+/// CPU seconds (user + system, all threads) this process has used: on a shared machine the
+/// wall clock depends on what else runs, CPU time much less.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct we pass; RUSAGE_SELF is always valid.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(r.ru_utime) + tv(r.ru_stime)
+}
+
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 fn gbps(bytes: u64, t: Duration) -> f64 {
     bytes as f64 / t.as_secs_f64() / 1e9
 }
@@ -125,10 +144,21 @@ fn main() {
     fs::create_dir_all(&work).expect("create the bench folder");
     let big = work.join("big.bin");
 
-    println!("cache_hash: {:.2} GiB file in {}, {} cores", size as f64 / GIB as f64, work.display(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "cache_hash: {:.2} GiB file in {}, {} cores",
+        size as f64 / GIB as f64,
+        work.display(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
     let t = Instant::now();
     write_big_file(&big, size);
-    println!("wrote the file in {:.1} s\n", t.elapsed().as_secs_f64());
+    println!(
+        "wrote the file in {:.1} s; load average {}\n",
+        t.elapsed().as_secs_f64(),
+        load_average()
+    );
 
     let methods = methods(work.clone());
     let mut rows = Vec::new();
@@ -139,17 +169,31 @@ fn main() {
         let digest = (m.run)(&big);
         let cold = t.elapsed();
         let mut warm = Duration::MAX;
+        let mut cpu = f64::MAX;
         for _ in 0..reps {
+            let c = cpu_seconds();
             let t = Instant::now();
             let again = (m.run)(&big);
             warm = warm.min(t.elapsed());
+            cpu = cpu.min(cpu_seconds() - c);
             assert_eq!(again, digest, "{} is not deterministic", m.name);
         }
         if digest.starts_with("blake3:") {
             // Every blake3 variant must agree: the cache's digest is plain blake3.
-            assert_eq!(blake3_digest.get_or_insert_with(|| digest.clone()), &digest, "{} disagrees", m.name);
+            assert_eq!(
+                blake3_digest.get_or_insert_with(|| digest.clone()),
+                &digest,
+                "{} disagrees",
+                m.name
+            );
         }
-        println!("{:<28} cold {:>6.2} GB/s   warm {:>6.2} GB/s (best of {reps})", m.name, gbps(size, cold), gbps(size, warm));
+        println!(
+            "{:<28} cold {:>6.2} GB/s   warm {:>6.2} GB/s (best of {reps})   {:>5.2} GB per CPU-second",
+            m.name,
+            gbps(size, cold),
+            gbps(size, warm),
+            size as f64 / cpu / 1e9
+        );
         rows.push((m.name, cold, warm));
     }
     let (_, cache_cold, cache_warm) = rows[0];
@@ -163,6 +207,7 @@ fn main() {
         );
     }
     fs::remove_file(&big).expect("remove the big file");
+    println!("load average after: {}", load_average());
 
     // Stat memo: 10,000 small files, backdated so their memo entries are trusted.
     let n = env_u64("POLLARD_BENCH_FILES", 10_000) as usize;
@@ -173,7 +218,8 @@ fn main() {
         .map(|i| {
             let p = small.join(format!("f{i:05}.txt"));
             let mut f = File::create(&p).expect("create");
-            f.write_all(format!("file {i}\n").repeat(64).as_bytes()).expect("write");
+            f.write_all(format!("file {i}\n").repeat(64).as_bytes())
+                .expect("write");
             f.set_modified(old).expect("backdate");
             p
         })
@@ -188,9 +234,18 @@ fn main() {
         let took = t.elapsed();
         let t = Instant::now();
         cache.flush().expect("flush the memo");
-        println!("\nstat memo, {n} files of {} bytes:", fs::metadata(&paths[0]).map(|m| m.len()).unwrap_or(0));
-        println!("  first pass (read + hash each)   {:>8.2} us/file", took.as_secs_f64() * 1e6 / n as f64);
-        println!("  memo flush                      {:>8.2} ms total", t.elapsed().as_secs_f64() * 1e3);
+        println!(
+            "\nstat memo, {n} files of {} bytes:",
+            fs::metadata(&paths[0]).map(|m| m.len()).unwrap_or(0)
+        );
+        println!(
+            "  first pass (read + hash each)   {:>8.2} us/file",
+            took.as_secs_f64() * 1e6 / n as f64
+        );
+        println!(
+            "  memo flush                      {:>8.2} ms total",
+            t.elapsed().as_secs_f64() * 1e3
+        );
         took
     };
     let t = Instant::now();
@@ -205,7 +260,10 @@ fn main() {
         }
         recheck = recheck.min(t.elapsed());
     }
-    println!("  open + load memo                {:>8.2} ms total", load.as_secs_f64() * 1e3);
+    println!(
+        "  open + load memo                {:>8.2} ms total",
+        load.as_secs_f64() * 1e3
+    );
     println!(
         "  re-check (stat, memo hit)       {:>8.2} us/file (best of {reps}); x{:.1} faster than the first pass",
         recheck.as_secs_f64() * 1e6 / n as f64,

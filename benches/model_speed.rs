@@ -18,7 +18,9 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use pollard_model::ops::softmax::CausalMask;
-use pollard_model::ops::{causal_softmax, primitive, rms_norm, rope, swiglu, RopeTables};
+use pollard_model::ops::{
+    attention, causal_attention, causal_softmax, primitive, rms_norm, rope, swiglu, RopeTables,
+};
 use pollard_model::{Llama, LlamaConfig, SeededRng};
 use pollard_train::{cross_entropy, AdamW, AdamWConfig, Grads};
 
@@ -32,7 +34,10 @@ fn bench_config() -> LlamaConfig {
 }
 
 fn env_usize(k: &str, d: usize) -> usize {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 /// Median and best of `reps` timed runs (after one warm-up), in seconds.
@@ -55,7 +60,11 @@ fn forward_flops(c: &LlamaConfig, batch: usize) -> f64 {
     let p = c.param_count();
     let matmul = (p.attention + p.mlp + c.vocab_size as u64 * c.hidden_size as u64) as f64;
     let tokens = (batch * SEQ) as f64;
-    let attn = 4.0 * batch as f64 * (SEQ * SEQ) as f64 * (c.num_attention_heads * c.head_dim) as f64 * c.num_hidden_layers as f64;
+    let attn = 4.0
+        * batch as f64
+        * (SEQ * SEQ) as f64
+        * (c.num_attention_heads * c.head_dim) as f64
+        * c.num_hidden_layers as f64;
     2.0 * matmul * tokens + attn
 }
 
@@ -67,7 +76,13 @@ fn matmul_peak(dev: &Device) -> f64 {
     2.0 * (n * n * n) as f64 / best / 1e9
 }
 
-fn train_step(model: &Llama, opt: &mut AdamW, vars: &[&Var], inp: &Tensor, tgt: &Tensor) -> (f64, f64, f64) {
+fn train_step(
+    model: &Llama,
+    opt: &mut AdamW,
+    vars: &[&Var],
+    inp: &Tensor,
+    tgt: &Tensor,
+) -> (f64, f64, f64) {
     let t0 = Instant::now();
     let logits = model.forward(inp).unwrap();
     let loss = cross_entropy(&logits, tgt).unwrap();
@@ -78,7 +93,11 @@ fn train_step(model: &Llama, opt: &mut AdamW, vars: &[&Var], inp: &Tensor, tgt: 
     g.accumulate(vars, &store).unwrap();
     opt.step(&g, 1e-3, 1.0).unwrap();
     let t3 = Instant::now();
-    ((t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64())
+    (
+        (t1 - t0).as_secs_f64(),
+        (t2 - t1).as_secs_f64(),
+        (t3 - t2).as_secs_f64(),
+    )
 }
 
 fn ms(s: f64) -> String {
@@ -87,44 +106,87 @@ fn ms(s: f64) -> String {
 
 /// Forward and backward time of one op at the bench's shapes, per call.
 fn op_profile(c: &LlamaConfig, batch: usize, dev: &Device, reps: usize) {
-    let (h, nh, nkv, d) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let (h, nh, nkv, d) = (
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+    );
     let rnd = |shape: &[usize], seed| {
         let n: usize = shape.iter().product();
-        Var::from_tensor(&Tensor::from_vec(SeededRng::new(seed).normal_vec(n, 0.0, 1.0), shape, dev).unwrap()).unwrap()
+        Var::from_tensor(
+            &Tensor::from_vec(SeededRng::new(seed).normal_vec(n, 0.0, 1.0), shape, dev).unwrap(),
+        )
+        .unwrap()
     };
     let fwd_bwd = |name: &str, per_step: usize, f: &dyn Fn() -> Tensor| {
         let (fwd, _) = time(reps, f);
         let (both, _) = time(reps, || f().sum_all().unwrap().backward().unwrap());
         let bwd = (both - fwd).max(0.0);
-        println!("  {name:<34} fwd {}  bwd {}  x{per_step} per step = {}", ms(fwd), ms(bwd), ms((fwd + bwd) * per_step as f64));
+        println!(
+            "  {name:<34} fwd {}  bwd {}  x{per_step} per step = {}",
+            ms(fwd),
+            ms(bwd),
+            ms((fwd + bwd) * per_step as f64)
+        );
     };
     let x = rnd(&[batch, SEQ, h], 1);
     let w = rnd(&[h], 2);
     let l = c.num_hidden_layers;
-    fwd_bwd("rms_norm (custom op)", 2 * l + 1, &|| rms_norm(&x, &w, 1e-5).unwrap());
-    fwd_bwd("rms_norm (candle primitives)", 2 * l + 1, &|| primitive::rms_norm(&x, &w, 1e-5).unwrap());
+    fwd_bwd("rms_norm (custom op)", 2 * l + 1, &|| {
+        rms_norm(&x, &w, 1e-5).unwrap()
+    });
+    fwd_bwd("rms_norm (candle primitives)", 2 * l + 1, &|| {
+        primitive::rms_norm(&x, &w, 1e-5).unwrap()
+    });
     let tables = RopeTables::new(c, SEQ, dev).unwrap();
     let q = rnd(&[batch, SEQ, nh, d], 3);
     fwd_bwd("rope q (custom op)", l, &|| rope(&q, &tables).unwrap());
-    fwd_bwd("rope q (candle primitives)", l, &|| primitive::rope(&q, &tables).unwrap());
+    fwd_bwd("rope q (candle primitives)", l, &|| {
+        primitive::rope(&q, &tables).unwrap()
+    });
     let g = nh / nkv;
     let s = rnd(&[batch, nkv, g * SEQ, SEQ], 4);
-    let mask = CausalMask { q_len: SEQ, scale: 0.125, window: None };
-    fwd_bwd("causal softmax (custom op)", l, &|| causal_softmax(&s, mask).unwrap());
-    fwd_bwd("causal softmax (candle primitives)", l, &|| primitive::causal_softmax(&s, mask).unwrap());
+    let mask = CausalMask {
+        q_len: SEQ,
+        scale: 0.125,
+        window: None,
+    };
+    fwd_bwd("causal softmax (custom op)", l, &|| {
+        causal_softmax(&s, mask).unwrap()
+    });
+    fwd_bwd("causal softmax (candle primitives)", l, &|| {
+        primitive::causal_softmax(&s, mask).unwrap()
+    });
     let a = rnd(&[batch, SEQ, c.intermediate_size], 5);
     let u = rnd(&[batch, SEQ, c.intermediate_size], 6);
     fwd_bwd("swiglu (custom op)", l, &|| swiglu(&a, &u).unwrap());
-    fwd_bwd("swiglu (candle primitives)", l, &|| primitive::swiglu(&a, &u).unwrap());
+    fwd_bwd("swiglu (candle primitives)", l, &|| {
+        primitive::swiglu(&a, &u).unwrap()
+    });
     let qq = rnd(&[batch, nkv, g * SEQ, d], 7);
     let kk = rnd(&[batch, nkv, SEQ, d], 8);
-    fwd_bwd("q.k^T batched matmul", l, &|| qq.matmul(&kk.t().unwrap()).unwrap());
+    fwd_bwd("q.k^T batched matmul", l, &|| {
+        qq.matmul(&kk.t().unwrap()).unwrap()
+    });
     let p = rnd(&[batch, nkv, g * SEQ, SEQ], 9);
     let vv = rnd(&[batch, nkv, SEQ, d], 10);
     fwd_bwd("p.v batched matmul", l, &|| p.matmul(&vv).unwrap());
+    let qa = rnd(&[batch, nh, SEQ, d], 14);
+    let ka = rnd(&[batch, nkv, SEQ, d], 15);
+    let va = rnd(&[batch, SEQ, nkv, d], 16);
+    let sc = 1.0 / (d as f32).sqrt();
+    fwd_bwd("attention (fused custom op)", l, &|| {
+        causal_attention(&qa, &ka, &va, sc, None).unwrap()
+    });
+    fwd_bwd("attention (matmul+softmax op+matmul)", l, &|| {
+        attention::composed(&qa, &ka, &va, sc, None).unwrap()
+    });
     let xw = rnd(&[batch * SEQ, h], 11);
     let wg = rnd(&[c.intermediate_size, h], 12);
-    fwd_bwd("linear hidden->mlp (gate/up)", 2 * l, &|| xw.matmul(&wg.t().unwrap()).unwrap());
+    fwd_bwd("linear hidden->mlp (gate/up)", 2 * l, &|| {
+        xw.matmul(&wg.t().unwrap()).unwrap()
+    });
     let wv = rnd(&[c.vocab_size, h], 13);
     fwd_bwd("lm_head", 1, &|| xw.matmul(&wv.t().unwrap()).unwrap());
 }
@@ -148,16 +210,44 @@ fn run_torch(c: &LlamaConfig, batch: usize, reps: usize) -> Option<Torch> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/model_speed_torch.py");
     let out = Command::new(&py)
         .arg(&script)
-        .args(["--vocab", &c.vocab_size.to_string(), "--hidden", &c.hidden_size.to_string()])
-        .args(["--intermediate", &c.intermediate_size.to_string(), "--layers", &c.num_hidden_layers.to_string()])
-        .args(["--heads", &c.num_attention_heads.to_string(), "--kv-heads", &c.num_key_value_heads.to_string()])
-        .args(["--head-dim", &c.head_dim.to_string(), "--batch", &batch.to_string(), "--seq", &SEQ.to_string()])
+        .args([
+            "--vocab",
+            &c.vocab_size.to_string(),
+            "--hidden",
+            &c.hidden_size.to_string(),
+        ])
+        .args([
+            "--intermediate",
+            &c.intermediate_size.to_string(),
+            "--layers",
+            &c.num_hidden_layers.to_string(),
+        ])
+        .args([
+            "--heads",
+            &c.num_attention_heads.to_string(),
+            "--kv-heads",
+            &c.num_key_value_heads.to_string(),
+        ])
+        .args([
+            "--head-dim",
+            &c.head_dim.to_string(),
+            "--batch",
+            &batch.to_string(),
+            "--seq",
+            &SEQ.to_string(),
+        ])
         .args(["--reps", &reps.to_string(), "--tied"])
         .output();
     let out = match out {
         Ok(o) if o.status.success() => o,
         Ok(o) => {
-            println!("PyTorch run failed ({py}): {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""));
+            println!(
+                "PyTorch run failed ({py}): {}",
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
             return None;
         }
         Err(e) => {
@@ -165,14 +255,28 @@ fn run_torch(c: &LlamaConfig, batch: usize, reps: usize) -> Option<Torch> {
             return None;
         }
     };
-    let line = String::from_utf8_lossy(&out.stdout).lines().last()?.to_owned();
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()?
+        .to_owned();
     let v: serde_json::Value = serde_json::from_str(&line).ok()?;
-    println!("PyTorch {} ({} threads): {}", v["torch"].as_str()?, v["threads"], line);
-    Some(Torch { fwd_s: v["forward_s"].as_f64()?, step_s: v["step_s"].as_f64()?, matmul_gflops: v["matmul_gflops"].as_f64()? })
+    println!(
+        "PyTorch {} ({} threads): {}",
+        v["torch"].as_str()?,
+        v["threads"],
+        line
+    );
+    Some(Torch {
+        fwd_s: v["forward_s"].as_f64()?,
+        step_s: v["step_s"].as_f64()?,
+        matmul_gflops: v["matmul_gflops"].as_f64()?,
+    })
 }
 
 fn threads() -> usize {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     env_usize("RAYON_NUM_THREADS", cores)
 }
 
@@ -196,23 +300,38 @@ fn main() {
 
     let model = Llama::init(&cfg, 0, &dev).unwrap();
     let mut rng = SeededRng::new(7);
-    let ids: Vec<u32> = (0..batch * (SEQ + 1)).map(|_| (rng.next_u64() % cfg.vocab_size as u64) as u32).collect();
+    let ids: Vec<u32> = (0..batch * (SEQ + 1))
+        .map(|_| (rng.next_u64() % cfg.vocab_size as u64) as u32)
+        .collect();
     let ids = Tensor::from_vec(ids, (batch, SEQ + 1), &dev).unwrap();
     let inp = ids.narrow(1, 0, SEQ).unwrap().contiguous().unwrap();
     let tgt = ids.narrow(1, 1, SEQ).unwrap().contiguous().unwrap();
 
     // POLLARD_BENCH_ONLY_STEPS=N: run N training steps and nothing else (for `perf record`).
-    if let Some(n) = std::env::var("POLLARD_BENCH_ONLY_STEPS").ok().and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(n) = std::env::var("POLLARD_BENCH_ONLY_STEPS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         let named = model.vars();
         let vars: Vec<&Var> = named.iter().map(|(_, v)| v).collect();
         let mut opt = AdamW::new(named.clone(), AdamWConfig::default()).unwrap();
         for _ in 0..n {
             let (f, b, o) = train_step(&model, &mut opt, &vars, &inp, &tgt);
-            println!("step: forward+loss {} backward {} grads+AdamW {}", ms(f), ms(b), ms(o));
+            println!(
+                "step: forward+loss {} backward {} grads+AdamW {}",
+                ms(f),
+                ms(b),
+                ms(o)
+            );
         }
         return;
     }
-    let frozen = Llama::new(cfg.clone(), model.weights().unwrap(), pollard_model::Mode::Frozen).unwrap();
+    let frozen = Llama::new(
+        cfg.clone(),
+        model.weights().unwrap(),
+        pollard_model::Mode::Frozen,
+    )
+    .unwrap();
     let (fwd, fwd_best) = time(reps, || frozen.forward(&inp).unwrap());
     println!(
         "forward (frozen):  median {}  best {}  {:8.0} tok/s  {:6.1} GFLOP/s  {:4.1}% of matmul peak",
@@ -223,8 +342,14 @@ fn main() {
     let vars: Vec<&Var> = named.iter().map(|(_, v)| v).collect();
     let mut opt = AdamW::new(named.clone(), AdamWConfig::default()).unwrap();
     train_step(&model, &mut opt, &vars, &inp, &tgt);
-    let mut parts: Vec<(f64, f64, f64)> = (0..reps).map(|_| train_step(&model, &mut opt, &vars, &inp, &tgt)).collect();
-    parts.sort_by(|a, b| (a.0 + a.1 + a.2).partial_cmp(&(b.0 + b.1 + b.2)).expect("finite"));
+    let mut parts: Vec<(f64, f64, f64)> = (0..reps)
+        .map(|_| train_step(&model, &mut opt, &vars, &inp, &tgt))
+        .collect();
+    parts.sort_by(|a, b| {
+        (a.0 + a.1 + a.2)
+            .partial_cmp(&(b.0 + b.1 + b.2))
+            .expect("finite")
+    });
     let (f, b, o) = parts[parts.len() / 2];
     let step = f + b + o;
     println!(
@@ -246,6 +371,8 @@ fn main() {
                 t.fwd_s / fwd, t.step_s / step
             );
         }
-        None => println!("PyTorch: not available (set POLLARD_TORCH_PYTHON to a python with torch to compare)"),
+        None => println!(
+            "PyTorch: not available (set POLLARD_TORCH_PYTHON to a python with torch to compare)"
+        ),
     }
 }

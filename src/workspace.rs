@@ -8,10 +8,10 @@ use pollard_cache::Cache;
 use pollard_engine::{lock_path_for, EngineError, LockFile, PipelineSpec, Registry, Source};
 
 /// Recipes built into the binary: (name, text).
-pub const RECIPES: &[(&str, &str)] = &[("demo", include_str!("recipes/demo.yaml"))];
+pub const RECIPES: &[(&str, &str)] = &[("tiny", include_str!("../pipelines/tiny.yaml")), ("demo", include_str!("recipes/demo.yaml"))];
 
 /// The recipe `pollard run` uses when there is no manifest.
-pub const DEFAULT_RECIPE: &str = "demo";
+pub const DEFAULT_RECIPE: &str = "tiny";
 
 pub fn recipe(name: &str) -> Result<&'static str> {
     RECIPES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).with_context(|| {

@@ -111,18 +111,24 @@ fn dry_run_says_what_would_run_and_runs_nothing() {
 }
 
 #[test]
-fn the_embedded_recipe_runs_without_a_manifest_and_init_writes_it() {
+fn the_embedded_recipe_is_used_without_a_manifest_and_init_writes_recipes() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| -> Run { std::process::Command::new(bin()).args(args).current_dir(dir.path()).env_remove("POLLARD_CACHE_DIR").output().unwrap().into() };
+    // The default (tiny) recipe trains models; planning it shows it is the one picked.
+    let r = run(&["run", "--dry-run", "--gpus", "none"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("no pollard.yaml here: running the built-in `tiny` recipe as ./tiny.yaml"), "{}", r.stderr);
+    assert!(r.stdout.starts_with("dry run of tiny-minitron (tiny.yaml)"), "{}", r.stdout);
+    // The command-only demo runs for real once written out.
+    let r = run(&["init", "--recipe", "demo"]);
+    assert_eq!(r.code, 0, "{}", r.all());
     let r = run(&["run"]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(r.stderr.contains("no pollard.yaml here: running the built-in"), "{}", r.stderr);
-    let lock = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".lock")).count();
-    assert_eq!(lock, 1, "a lock file beside the virtual manifest");
+    assert!(r.stdout.contains("demo: 3 ran, 0 up to date"), "{}", r.stdout);
+    assert!(dir.path().join("pollard.lock").exists());
     assert!(dir.path().join(".pollard/cache").is_dir());
-    let r = run(&["init"]);
-    assert_eq!(r.code, 0, "{}", r.all());
-    assert!(dir.path().join("pollard.yaml").exists());
+    let r = run(&["show", "report"]);
+    assert!(r.stdout.contains("The corpus has 1200 words."), "{}", r.stdout);
     let r = run(&["init"]);
     assert_eq!(r.code, 2, "refuses to overwrite");
     let r = run(&["init", "--recipe", "nope"]);

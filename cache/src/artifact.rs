@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::digest::{ArtifactId, Digest};
 use crate::error::{io_err, Error, Problem, ProblemKind, Result};
 use crate::fsutil::{
-    clone_or_copy, copy_bytes, create_dirs, join_rel, remove_any, remove_tree, set_object_mtime, set_readonly,
-    try_reflink, unique_name, write_atomic,
+    clone_or_copy, copy_bytes, create_dirs, join_rel, remove_any, remove_tree, set_object_mtime,
+    set_readonly, try_reflink, unique_name, write_atomic,
 };
 use crate::hash::{hash_path, FileStat};
 use crate::staging::Staging;
@@ -46,7 +46,10 @@ impl Manifest {
     /// A manifest of `files` (sorted here, so the id does not depend on listing order).
     pub fn new(mut files: Vec<FileEntry>) -> Self {
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        Manifest { format: MANIFEST_FORMAT.to_string(), files }
+        Manifest {
+            format: MANIFEST_FORMAT.to_string(),
+            files,
+        }
     }
 
     /// The canonical bytes (compact JSON, fields in declaration order, files sorted).
@@ -67,10 +70,16 @@ impl Manifest {
     /// Parses and validates stored manifest bytes: known format, paths sorted, unique and
     /// relative without `..` (a tampered manifest must not write outside a folder).
     pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Manifest> {
-        let bad = |reason: String| Error::BadManifest { path: path.to_path_buf(), reason };
+        let bad = |reason: String| Error::BadManifest {
+            path: path.to_path_buf(),
+            reason,
+        };
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         if m.format != MANIFEST_FORMAT {
-            return Err(bad(format!("unknown format `{}` (expected `{MANIFEST_FORMAT}`)", m.format)));
+            return Err(bad(format!(
+                "unknown format `{}` (expected `{MANIFEST_FORMAT}`)",
+                m.format
+            )));
         }
         for f in &m.files {
             let p = Path::new(&f.path);
@@ -80,7 +89,10 @@ impl Manifest {
                 && !f.path.ends_with('/')
                 && !f.path.contains("//");
             if !safe {
-                return Err(bad(format!("file path `{}` is not a plain relative path", f.path)));
+                return Err(bad(format!(
+                    "file path `{}` is not a plain relative path",
+                    f.path
+                )));
             }
         }
         if m.files.windows(2).any(|w| w[0].path >= w[1].path) {
@@ -162,7 +174,13 @@ pub(crate) fn scan(root: &Path) -> Result<Vec<Scanned>> {
     Ok(out)
 }
 
-fn walk(root: &Path, root_real: &Path, dir: &Path, prefix: &str, out: &mut Vec<Scanned>) -> Result<()> {
+fn walk(
+    root: &Path,
+    root_real: &Path,
+    dir: &Path,
+    prefix: &str,
+    out: &mut Vec<Scanned>,
+) -> Result<()> {
     let rd = fs::read_dir(dir).map_err(io_err("list", dir))?;
     for entry in rd {
         let entry = entry.map_err(io_err("list", dir))?;
@@ -171,15 +189,27 @@ fn walk(root: &Path, root_real: &Path, dir: &Path, prefix: &str, out: &mut Vec<S
         let Some(name) = name.to_str() else {
             return Err(Error::NonUtf8Path { path });
         };
-        let rel = if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") };
+        let rel = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        };
         let ft = entry.file_type().map_err(io_err("stat", &path))?;
         if ft.is_dir() {
             walk(root, root_real, &path, &rel, out)?;
         } else if ft.is_file() {
-            out.push(Scanned { rel, source: path, via_symlink: false });
+            out.push(Scanned {
+                rel,
+                source: path,
+                via_symlink: false,
+            });
         } else if ft.is_symlink() {
             let target = fs::read_link(&path).map_err(io_err("read symlink", &path))?;
-            let escapes = |target: PathBuf| Error::SymlinkEscapes { link: path.clone(), target, root: root.to_path_buf() };
+            let escapes = |target: PathBuf| Error::SymlinkEscapes {
+                link: path.clone(),
+                target,
+                root: root.to_path_buf(),
+            };
             let resolved = match fs::canonicalize(&path) {
                 Ok(r) => r,
                 Err(e) => {
@@ -195,11 +225,21 @@ fn walk(root: &Path, root_real: &Path, dir: &Path, prefix: &str, out: &mut Vec<S
             }
             let md = fs::metadata(&resolved).map_err(io_err("stat", &resolved))?;
             if md.is_dir() {
-                return Err(Error::UnsupportedFile { path, kind: "symlink to a folder" });
+                return Err(Error::UnsupportedFile {
+                    path,
+                    kind: "symlink to a folder",
+                });
             } else if !md.is_file() {
-                return Err(Error::UnsupportedFile { path, kind: "symlink to a special file" });
+                return Err(Error::UnsupportedFile {
+                    path,
+                    kind: "symlink to a special file",
+                });
             }
-            out.push(Scanned { rel, source: resolved, via_symlink: true });
+            out.push(Scanned {
+                rel,
+                source: resolved,
+                via_symlink: true,
+            });
         } else {
             use std::os::unix::fs::FileTypeExt;
             let kind = if ft.is_fifo() {
@@ -236,11 +276,18 @@ impl Cache {
                 Ok((s, d, st))
             })
             .collect::<Result<_>>()?;
-        hashed.par_iter().try_for_each(|(s, d, st)| self.store_object(s, d, st))?;
+        hashed
+            .par_iter()
+            .try_for_each(|(s, d, st)| self.store_object(s, d, st))?;
         let manifest = Manifest::new(
             hashed
                 .iter()
-                .map(|(s, d, st)| FileEntry { path: s.rel.clone(), size: st.size, executable: st.executable(), digest: *d })
+                .map(|(s, d, st)| FileEntry {
+                    path: s.rel.clone(),
+                    size: st.size,
+                    executable: st.executable(),
+                    digest: *d,
+                })
                 .collect(),
         );
         let id = manifest.id();
@@ -260,9 +307,14 @@ impl Cache {
                 create_dirs(parent)?;
             }
             clone_or_copy(&s.source, &dst, &self.budget)?;
-            let exec = fs::metadata(&s.source).map_err(io_err("stat", &s.source))?.mode() & 0o111 != 0;
+            let exec = fs::metadata(&s.source)
+                .map_err(io_err("stat", &s.source))?
+                .mode()
+                & 0o111
+                != 0;
             let mode = if exec { 0o755 } else { 0o644 };
-            fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).map_err(io_err("set mode of", &dst))?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
+                .map_err(io_err("set mode of", &dst))?;
         }
         self.commit(staging)
     }
@@ -274,7 +326,12 @@ impl Cache {
             .par_iter()
             .map(|s| {
                 let (digest, st) = self.hash_file_stat(&s.source)?;
-                Ok(FileEntry { path: s.rel.clone(), size: st.size, executable: st.executable(), digest })
+                Ok(FileEntry {
+                    path: s.rel.clone(),
+                    size: st.size,
+                    executable: st.executable(),
+                    digest,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Manifest::new(files))
@@ -333,7 +390,9 @@ impl Cache {
             let stored = FileStat::of(&md);
             // Memoise only what we can vouch for: the object has the size we hashed and the
             // fixed object mtime (i.e. nobody wrote to it since).
-            if stored.size == st.size && stored.mtime_ns == crate::fsutil::OBJECT_MTIME.as_nanos() as i64 {
+            if stored.size == st.size
+                && stored.mtime_ns == crate::fsutil::OBJECT_MTIME.as_nanos() as i64
+            {
                 self.memo.insert(obj, &stored, *d);
             }
         }
@@ -357,7 +416,9 @@ impl Cache {
                 Ok(ObjectState::Good(st.ino))
             }
             Ok((actual, _)) => Ok(ObjectState::Corrupt(actual)),
-            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(ObjectState::Missing),
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(ObjectState::Missing)
+            }
             Err(e) => Err(e),
         }
     }
@@ -396,7 +457,10 @@ impl Cache {
         };
         let actual = Digest::of(&bytes);
         if actual != id.0 {
-            return Err(Error::BadManifest { path, reason: format!("its bytes hash to {actual}, not {id}") });
+            return Err(Error::BadManifest {
+                path,
+                reason: format!("its bytes hash to {actual}, not {id}"),
+            });
         }
         let manifest = Manifest::parse(&path, &bytes)?;
         Ok(Some(Artifact { id: *id, manifest }))
@@ -417,12 +481,24 @@ impl Cache {
             Err(Error::BadManifest { path, reason }) => {
                 self.quarantine(&path)?;
                 let _ = remove_tree(&self.layout.tree_path(id));
-                let p = Problem { kind: ProblemKind::CorruptManifest, path, expected: Some(id.0), actual: None, detail: reason };
+                let p = Problem {
+                    kind: ProblemKind::CorruptManifest,
+                    path,
+                    expected: Some(id.0),
+                    actual: None,
+                    detail: reason,
+                };
                 return Ok((Health::Damaged(vec![p]), None, HashMap::new()));
             }
             Err(e) => return Err(e),
         };
-        let digests: Vec<Digest> = art.files().iter().map(|f| f.digest).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let digests: Vec<Digest> = art
+            .files()
+            .iter()
+            .map(|f| f.digest)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let states = digests
             .par_iter()
             .map(|d| {
@@ -470,7 +546,10 @@ impl Cache {
         match self.check(id)? {
             (Health::Ok, Some(art), inodes) => Ok((art, inodes)),
             (Health::Damaged(problems), _, _) => Err(Error::ArtifactDamaged { id: *id, problems }),
-            _ => Err(Error::MissingArtifact { id: *id, root: self.root().to_path_buf() }),
+            _ => Err(Error::MissingArtifact {
+                id: *id,
+                root: self.root().to_path_buf(),
+            }),
         }
     }
 
@@ -504,7 +583,8 @@ impl Cache {
                 if !self.tree_matches(&tree, &art, &inodes)? {
                     return Err(Error::BadManifest {
                         path: tree,
-                        reason: "another process published a different folder for this artifact".to_string(),
+                        reason: "another process published a different folder for this artifact"
+                            .to_string(),
                     });
                 }
             }
@@ -543,17 +623,26 @@ impl Cache {
         Ok(())
     }
 
-    fn tree_matches(&self, tree: &Path, art: &Artifact, inodes: &HashMap<Digest, u64>) -> Result<bool> {
+    fn tree_matches(
+        &self,
+        tree: &Path,
+        art: &Artifact,
+        inodes: &HashMap<Digest, u64>,
+    ) -> Result<bool> {
         if !tree.is_dir() {
             return Ok(false);
         }
-        let Ok(present) = scan(tree) else { return Ok(false) };
+        let Ok(present) = scan(tree) else {
+            return Ok(false);
+        };
         if present.len() != art.files().len() || present.iter().any(|s| s.via_symlink) {
             return Ok(false);
         }
         for f in art.files() {
             let p = join_rel(tree, &f.path);
-            let Ok(md) = fs::symlink_metadata(&p) else { return Ok(false) };
+            let Ok(md) = fs::symlink_metadata(&p) else {
+                return Ok(false);
+            };
             if !md.is_file() || md.len() != f.size {
                 return Ok(false);
             }
@@ -574,13 +663,20 @@ impl Cache {
     /// renamed into place, so `dest` appears complete or not at all.
     pub fn materialize(&self, id: &ArtifactId, dest: &Path) -> Result<Materialized> {
         if fs::symlink_metadata(dest).is_ok() {
-            return Err(Error::DestinationExists { path: dest.to_path_buf() });
+            return Err(Error::DestinationExists {
+                path: dest.to_path_buf(),
+            });
         }
         let (art, _) = self.healthy(id)?;
         let dest = std::path::absolute(dest).map_err(io_err("resolve", dest))?;
-        let parent = dest.parent().ok_or_else(|| Error::DestinationExists { path: dest.clone() })?;
+        let parent = dest
+            .parent()
+            .ok_or_else(|| Error::DestinationExists { path: dest.clone() })?;
         create_dirs(parent)?;
-        let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("artifact");
+        let name = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("artifact");
         let tmp = parent.join(format!(".{name}.{}", unique_name("pollard")));
         let result = (|| -> Result<Materialized> {
             fs::create_dir(&tmp).map_err(io_err("create folder", &tmp))?;
@@ -632,7 +728,11 @@ impl Cache {
     }
 
     /// Removes an artifact's manifest and folder; returns bytes freed.
-    pub(crate) fn remove_artifact_files(&self, manifest: &Path, id: Option<&ArtifactId>) -> Result<u64> {
+    pub(crate) fn remove_artifact_files(
+        &self,
+        manifest: &Path,
+        id: Option<&ArtifactId>,
+    ) -> Result<u64> {
         let mut freed = remove_any(manifest).map_err(io_err("remove", manifest))?;
         if let Some(id) = id {
             let tree = self.layout.tree_path(id);
@@ -648,7 +748,11 @@ impl Cache {
         if !md.is_file() {
             return Err(Error::UnsupportedFile {
                 path: abs,
-                kind: if md.is_dir() { "folder (use hash_tree)" } else { "special file" },
+                kind: if md.is_dir() {
+                    "folder (use hash_tree)"
+                } else {
+                    "special file"
+                },
             });
         }
         let st = FileStat::of(&md);

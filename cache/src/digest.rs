@@ -38,11 +38,17 @@ impl Digest {
 
     /// Parses 64 hex digits without the prefix (file names in the store).
     pub fn from_hex(hex: &str) -> Result<Self, Error> {
-        let bad = |reason| Error::BadDigest { text: hex.to_string(), reason };
+        let bad = |reason| Error::BadDigest {
+            text: hex.to_string(),
+            reason,
+        };
         if hex.len() != 64 {
             return Err(bad("not 64 hex digits long"));
         }
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(bad("not lowercase hex"));
         }
         blake3::Hash::from_hex(hex)
@@ -71,13 +77,22 @@ impl FromStr for Digest {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
         let Some((algo, hex)) = s.split_once(':') else {
-            return Err(Error::BadDigest { text: s.to_string(), reason: "no `algorithm:` prefix" });
+            return Err(Error::BadDigest {
+                text: s.to_string(),
+                reason: "no `algorithm:` prefix",
+            });
         };
         if algo != ALGORITHM {
-            return Err(Error::BadDigest { text: s.to_string(), reason: "unknown algorithm" });
+            return Err(Error::BadDigest {
+                text: s.to_string(),
+                reason: "unknown algorithm",
+            });
         }
         Digest::from_hex(hex).map_err(|e| match e {
-            Error::BadDigest { reason, .. } => Error::BadDigest { text: s.to_string(), reason },
+            Error::BadDigest { reason, .. } => Error::BadDigest {
+                text: s.to_string(),
+                reason,
+            },
             other => other,
         })
     }

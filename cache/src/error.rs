@@ -69,7 +69,11 @@ impl std::fmt::Display for Problem {
 }
 
 fn list(problems: &[Problem]) -> String {
-    problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")
+    problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Everything that can go wrong in the cache.
@@ -112,7 +116,9 @@ pub enum Error {
     #[error("the path `{path}` is not valid UTF-8; artifact file names must be")]
     NonUtf8Path { path: PathBuf },
     /// A file's size or modification time changed while it was being hashed.
-    #[error("`{path}` changed while it was being hashed ({detail}); rerun once nothing writes to it")]
+    #[error(
+        "`{path}` changed while it was being hashed ({detail}); rerun once nothing writes to it"
+    )]
     ChangedWhileHashing { path: PathBuf, detail: String },
     /// An object's bytes do not match its digest.
     #[error("object `{path}` is corrupt: expected {expected}, found {actual}")]
@@ -137,12 +143,17 @@ pub enum Error {
     /// An artifact is present but some of its objects are missing or corrupt (they were moved
     /// to quarantine; recompute the artifact).
     #[error("artifact {id} is damaged: {}", list(.problems))]
-    ArtifactDamaged { id: ArtifactId, problems: Vec<Problem> },
+    ArtifactDamaged {
+        id: ArtifactId,
+        problems: Vec<Problem>,
+    },
     /// Text that should be a digest is not.
     #[error("invalid digest `{text}`: {reason} (expected `blake3:` and 64 lowercase hex digits)")]
     BadDigest { text: String, reason: &'static str },
     /// Text that should be a timestamp is not.
-    #[error("invalid timestamp `{text}`: expected RFC 3339 UTC such as `2026-01-31T12:00:00.000Z`")]
+    #[error(
+        "invalid timestamp `{text}`: expected RFC 3339 UTC such as `2026-01-31T12:00:00.000Z`"
+    )]
     BadTimestamp { text: String },
     /// Another process holds a lock that this operation needs.
     #[error("the cache lock `{path}` is held by another process: {what}")]
@@ -153,7 +164,10 @@ pub enum Error {
 }
 
 /// Builds the mapper of an `io::Error` on `path`: a full device becomes [`Error::NoSpace`].
-pub(crate) fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+pub(crate) fn io_err(
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> Error {
     let path = path.into();
     move |source| {
         if is_no_space(&source) {

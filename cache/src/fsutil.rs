@@ -20,7 +20,10 @@ pub(crate) const OBJECT_MTIME: Duration = Duration::from_secs(1);
 pub(crate) fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!("{prefix}-{}-{nanos:08x}-{n}", std::process::id())
 }
 
@@ -61,7 +64,13 @@ pub(crate) fn create_dirs(dir: &Path) -> Result<()> {
 /// Writes `bytes` to `dest` atomically: a temp file in `tmp_dir` (same filesystem), fsync when
 /// `durable`, then rename. Readers see the old file or the new one, never a mix; on error the
 /// temp file is removed.
-pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8], durable: bool, budget: &Budget) -> Result<()> {
+pub(crate) fn write_atomic(
+    tmp_dir: &Path,
+    dest: &Path,
+    bytes: &[u8],
+    durable: bool,
+    budget: &Budget,
+) -> Result<()> {
     let tmp = tmp_dir.join(unique_name("write"));
     let result = (|| -> Result<()> {
         let mut f = OpenOptions::new()
@@ -70,7 +79,9 @@ pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8], durable: b
             .mode(0o644)
             .open(&tmp)
             .map_err(io_err("create", dest))?;
-        budget.charge(bytes.len() as u64).map_err(io_err("write", dest))?;
+        budget
+            .charge(bytes.len() as u64)
+            .map_err(io_err("write", dest))?;
         f.write_all(bytes).map_err(io_err("write", dest))?;
         if durable {
             f.sync_all().map_err(io_err("sync", dest))?;
@@ -110,7 +121,12 @@ const FICLONE: libc::c_ulong = 0x4004_9409;
 pub(crate) fn try_reflink(src: &Path, dst: &Path) -> bool {
     use std::os::fd::AsRawFd;
     let Ok(s) = File::open(src) else { return false };
-    let Ok(d) = OpenOptions::new().write(true).create_new(true).mode(0o644).open(dst) else {
+    let Ok(d) = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(dst)
+    else {
         return false;
     };
     // SAFETY: both descriptors are open for the duration of the call; FICLONE takes the
@@ -131,7 +147,11 @@ pub(crate) fn copy_bytes(src: &Path, dst: &Path, budget: &Budget) -> Result<()> 
     let result = if !budget.is_limited() {
         fs::copy(src, dst).map(|_| ()).map_err(|e| {
             // fs::copy does not say which side failed; a full disk is always the destination.
-            if crate::error::is_no_space(&e) { io_err("write", dst)(e) } else { io_err("copy to", dst)(e) }
+            if crate::error::is_no_space(&e) {
+                io_err("write", dst)(e)
+            } else {
+                io_err("copy to", dst)(e)
+            }
         })
     } else {
         (|| -> Result<()> {
@@ -172,13 +192,19 @@ pub(crate) fn clone_or_copy(src: &Path, dst: &Path, budget: &Budget) -> Result<C
 /// Sets permissions to read-only (`0o444`, or `0o555` when executable).
 pub(crate) fn set_readonly(path: &Path, executable: bool) -> Result<()> {
     let mode = if executable { 0o555 } else { 0o444 };
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("make read-only", path))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(io_err("make read-only", path))
 }
 
 /// Gives `path` the fixed object mtime.
 pub(crate) fn set_object_mtime(path: &Path) -> Result<()> {
-    let f = File::options().write(false).read(true).open(path).map_err(io_err("open", path))?;
-    f.set_modified(UNIX_EPOCH + OBJECT_MTIME).map_err(io_err("set mtime of", path))
+    let f = File::options()
+        .write(false)
+        .read(true)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    f.set_modified(UNIX_EPOCH + OBJECT_MTIME)
+        .map_err(io_err("set mtime of", path))
 }
 
 /// Removes a folder tree even when parts of it were made read-only; a missing path is fine.
@@ -197,7 +223,9 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
 }
 
 fn make_dirs_writable(path: &Path) {
-    let Ok(md) = fs::symlink_metadata(path) else { return };
+    let Ok(md) = fs::symlink_metadata(path) else {
+        return;
+    };
     if !md.is_dir() {
         return;
     }

@@ -54,7 +54,10 @@ pub(crate) fn digests_in(text: &str) -> Vec<Digest> {
         let after = &rest[i + prefix.len()..];
         if let Some(hex) = after.get(..64) {
             if let Ok(d) = Digest::from_hex(hex) {
-                let boundary = after.as_bytes().get(64).is_none_or(|b| !b.is_ascii_hexdigit());
+                let boundary = after
+                    .as_bytes()
+                    .get(64)
+                    .is_none_or(|b| !b.is_ascii_hexdigit());
                 if boundary {
                     out.push(d);
                 }
@@ -77,9 +80,10 @@ impl Cache {
         }
         root_digests.extend(roots.artifacts.iter().map(|a| a.0));
         root_digests.extend(roots.keys.iter().map(|k| k.0));
-        self.with_exclusive("gc needs the cache to itself; rerun when no pollard run uses it", || {
-            self.gc_locked(&root_digests, roots.keep_newer_than)
-        })
+        self.with_exclusive(
+            "gc needs the cache to itself; rerun when no pollard run uses it",
+            || self.gc_locked(&root_digests, roots.keep_newer_than),
+        )
     }
 
     fn gc_locked(&self, roots: &HashSet<Digest>, keep: Option<Duration>) -> Result<GcReport> {
@@ -92,9 +96,13 @@ impl Cache {
         let rec_dir = self.layout.records_dir();
         for path in sharded_files(&rec_dir).map_err(io_err("list", &rec_dir))? {
             let key = digest_of_sharded(&path, ".json");
-            let parsed = fs::read(&path).ok().and_then(|b| serde_json::from_slice::<RunRecord>(&b).ok());
+            let parsed = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<RunRecord>(&b).ok());
             let young = match (keep, fs::metadata(&path).and_then(|m| m.modified())) {
-                (Some(age), Ok(mtime)) => now.duration_since(mtime).map(|d| d < age).unwrap_or(true),
+                (Some(age), Ok(mtime)) => {
+                    now.duration_since(mtime).map(|d| d < age).unwrap_or(true)
+                }
                 _ => false,
             };
             let rooted = key.is_some_and(|k| roots.contains(&k));
@@ -116,7 +124,13 @@ impl Cache {
         let mut live_trees: HashSet<String> = HashSet::new();
         for (path, id) in self.manifest_files()? {
             let keep_it = id.is_some_and(|id| keep_artifacts.contains(&id.0));
-            let manifest = if keep_it { self.artifact(&id.expect("kept manifests have an id")).ok().flatten() } else { None };
+            let manifest = if keep_it {
+                self.artifact(&id.expect("kept manifests have an id"))
+                    .ok()
+                    .flatten()
+            } else {
+                None
+            };
             match manifest {
                 Some(art) => {
                     live_objects.extend(art.files().iter().map(|f| f.digest));
@@ -133,7 +147,10 @@ impl Cache {
 
         // 3. Artifact folders without a live manifest.
         let trees = self.layout.trees_dir();
-        for e in fs::read_dir(&trees).map_err(io_err("list", &trees))?.flatten() {
+        for e in fs::read_dir(&trees)
+            .map_err(io_err("list", &trees))?
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().to_string();
             if !live_trees.contains(&name) {
                 remove_any(&e.path()).map_err(io_err("remove", e.path()))?;
@@ -156,7 +173,11 @@ impl Cache {
 
         // 5. Leftovers: crashed staging folders and temp files (not this process's live
         // ones), quarantine, locks of keys without a record.
-        let live_staging = self.live_staging.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let live_staging = self
+            .live_staging
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for dir in [self.layout.tmp_dir(), self.layout.quarantine_dir()] {
             for e in fs::read_dir(&dir).map_err(io_err("list", &dir))?.flatten() {
                 if live_staging.contains(&e.path()) {
@@ -167,9 +188,14 @@ impl Cache {
             }
         }
         let locks = self.layout.key_locks_dir();
-        for e in fs::read_dir(&locks).map_err(io_err("list", &locks))?.flatten() {
+        for e in fs::read_dir(&locks)
+            .map_err(io_err("list", &locks))?
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().to_string();
-            let key = name.strip_suffix(".lock").and_then(|h| Digest::from_hex(h).ok());
+            let key = name
+                .strip_suffix(".lock")
+                .and_then(|h| Digest::from_hex(h).ok());
             if key.is_some_and(|k| kept_keys.contains(&k)) {
                 continue;
             }

@@ -24,7 +24,10 @@ pub(crate) struct Layout {
 
 impl Layout {
     pub(crate) fn new(root: &Path) -> Self {
-        Layout { root: root.to_path_buf(), v1: root.join("v1") }
+        Layout {
+            root: root.to_path_buf(),
+            v1: root.join("v1"),
+        }
     }
 
     pub(crate) fn root(&self) -> &Path {
@@ -89,17 +92,22 @@ impl Layout {
     }
     pub(crate) fn manifest_path(&self, id: &ArtifactId) -> PathBuf {
         let hex = id.0.to_hex();
-        self.manifests_dir().join(&hex[..2]).join(format!("{}.json", &hex[2..]))
+        self.manifests_dir()
+            .join(&hex[..2])
+            .join(format!("{}.json", &hex[2..]))
     }
     pub(crate) fn tree_path(&self, id: &ArtifactId) -> PathBuf {
         self.trees_dir().join(id.0.to_hex())
     }
     pub(crate) fn record_path(&self, key: &CacheKey) -> PathBuf {
         let hex = key.0.to_hex();
-        self.records_dir().join(&hex[..2]).join(format!("{}.json", &hex[2..]))
+        self.records_dir()
+            .join(&hex[..2])
+            .join(format!("{}.json", &hex[2..]))
     }
     pub(crate) fn key_lock_path(&self, key: &CacheKey) -> PathBuf {
-        self.key_locks_dir().join(format!("{}.lock", key.0.to_hex()))
+        self.key_locks_dir()
+            .join(format!("{}.lock", key.0.to_hex()))
     }
 }
 

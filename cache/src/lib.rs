@@ -74,7 +74,9 @@ pub struct Cache {
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache").field("root", &self.layout.root()).finish_non_exhaustive()
+        f.debug_struct("Cache")
+            .field("root", &self.layout.root())
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,7 +100,11 @@ impl Cache {
             let path = path.to_path_buf();
             move |source: io::Error| {
                 if error::is_no_space(&source) {
-                    Error::NoSpace { op: "create", path, source }
+                    Error::NoSpace {
+                        op: "create",
+                        path,
+                        source,
+                    }
                 } else {
                     Error::NotWritable { path, source }
                 }

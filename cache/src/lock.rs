@@ -40,12 +40,18 @@ fn open_lock_file(path: &Path) -> Result<File> {
 }
 
 impl Cache {
-    /// Blocks until this process holds the lock of `key`.
+    /// Blocks until this process holds the lock of `key`. Not re-entrant: a second
+    /// `lock_key` of the same key while the first guard lives waits forever, even on the
+    /// same thread (each guard is its own open file description).
     pub fn lock_key(&self, key: &CacheKey) -> Result<KeyLock> {
         let path = self.layout.key_lock_path(key);
         let file = open_lock_file(&path)?;
         file.lock().map_err(io_err("lock", &path))?;
-        Ok(KeyLock { _file: file, path, key: *key })
+        Ok(KeyLock {
+            _file: file,
+            path,
+            key: *key,
+        })
     }
 
     /// Takes the lock of `key` if it is free; `None` when someone else holds it.
@@ -53,7 +59,11 @@ impl Cache {
         let path = self.layout.key_lock_path(key);
         let file = open_lock_file(&path)?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(KeyLock { _file: file, path, key: *key })),
+            Ok(()) => Ok(Some(KeyLock {
+                _file: file,
+                path,
+                key: *key,
+            })),
             Err(TryLockError::WouldBlock) => Ok(None),
             Err(TryLockError::Error(e)) => Err(io_err("lock", &path)(e)),
         }
@@ -61,7 +71,11 @@ impl Cache {
 
     /// Runs `f` with the whole cache locked exclusively (no other process has it open);
     /// fails with `Busy` instead of waiting. The shared lock is taken back afterwards.
-    pub(crate) fn with_exclusive<T>(&self, what: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub(crate) fn with_exclusive<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         let path = self.layout.cache_lock();
         let file = self.cache_lock.lock().unwrap_or_else(|p| p.into_inner());
         match file.try_lock() {

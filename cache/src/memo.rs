@@ -63,12 +63,19 @@ pub(crate) struct StatMemo {
 }
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 fn read_file(path: &Path) -> HashMap<PathBuf, Entry> {
-    let Ok(bytes) = fs::read(path) else { return HashMap::new() };
-    let Ok(parsed) = serde_json::from_slice::<MemoFile>(&bytes) else { return HashMap::new() };
+    let Ok(bytes) = fs::read(path) else {
+        return HashMap::new();
+    };
+    let Ok(parsed) = serde_json::from_slice::<MemoFile>(&bytes) else {
+        return HashMap::new();
+    };
     if parsed.format != FORMAT {
         return HashMap::new();
     }
@@ -76,14 +83,28 @@ fn read_file(path: &Path) -> HashMap<PathBuf, Entry> {
         .entries
         .into_iter()
         .map(|(p, size, mtime_ns, ino, digest, recorded_ns)| {
-            (PathBuf::from(p), Entry { size, mtime_ns, ino, digest, recorded_ns })
+            (
+                PathBuf::from(p),
+                Entry {
+                    size,
+                    mtime_ns,
+                    ino,
+                    digest,
+                    recorded_ns,
+                },
+            )
         })
         .collect()
 }
 
 impl StatMemo {
     pub(crate) fn new(file: PathBuf, lock: PathBuf, tmp_dir: PathBuf) -> Self {
-        StatMemo { file, lock, tmp_dir, state: Mutex::new(State::default()) }
+        StatMemo {
+            file,
+            lock,
+            tmp_dir,
+            state: Mutex::new(State::default()),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -105,7 +126,13 @@ impl StatMemo {
     }
 
     pub(crate) fn insert(&self, path: PathBuf, st: &FileStat, digest: Digest) {
-        let e = Entry { size: st.size, mtime_ns: st.mtime_ns, ino: st.ino, digest, recorded_ns: now_ns() };
+        let e = Entry {
+            size: st.size,
+            mtime_ns: st.mtime_ns,
+            ino: st.ino,
+            digest,
+            recorded_ns: now_ns(),
+        };
         let mut state = self.state();
         state.entries.insert(path.clone(), e);
         state.dirty.insert(path, Some(e));
@@ -156,11 +183,23 @@ impl StatMemo {
         };
         let mut entries: Vec<_> = merged
             .iter()
-            .filter_map(|(p, e)| Some((p.to_str()?.to_string(), e.size, e.mtime_ns, e.ino, e.digest, e.recorded_ns)))
+            .filter_map(|(p, e)| {
+                Some((
+                    p.to_str()?.to_string(),
+                    e.size,
+                    e.mtime_ns,
+                    e.ino,
+                    e.digest,
+                    e.recorded_ns,
+                ))
+            })
             .collect();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let bytes = serde_json::to_vec(&MemoFile { format: FORMAT.to_string(), entries })
-            .expect("the memo is plain strings and numbers");
+        let bytes = serde_json::to_vec(&MemoFile {
+            format: FORMAT.to_string(),
+            entries,
+        })
+        .expect("the memo is plain strings and numbers");
         write_atomic(&self.tmp_dir, &self.file, &bytes, false, budget)?;
         drop(lock);
         state.entries = merged;
@@ -175,11 +214,21 @@ mod tests {
     use super::*;
 
     fn stat(size: u64, mtime_ns: i64, ino: u64) -> FileStat {
-        FileStat { size, mtime_ns, ino, mode: 0o644, nlink: 1 }
+        FileStat {
+            size,
+            mtime_ns,
+            ino,
+            mode: 0o644,
+            nlink: 1,
+        }
     }
 
     fn memo(dir: &Path) -> StatMemo {
-        StatMemo::new(dir.join("stat.json"), dir.join("stat.lock"), dir.to_path_buf())
+        StatMemo::new(
+            dir.join("stat.json"),
+            dir.join("stat.lock"),
+            dir.to_path_buf(),
+        )
     }
 
     #[test]
@@ -237,12 +286,18 @@ mod tests {
         m.flush(&Budget::default()).unwrap();
         m.insert("/y".into(), &stat(1, 5, 2), Digest::of(b"y"));
         let err = m.flush(&Budget::limited(3)).unwrap_err().to_string();
-        assert!(err.contains("no space left") && err.contains("stat.json"), "{err}");
+        assert!(
+            err.contains("no space left") && err.contains("stat.json"),
+            "{err}"
+        );
         assert_eq!(memo(dir.path()).len(), 1);
         m.flush(&Budget::default()).unwrap();
         assert_eq!(memo(dir.path()).len(), 2);
-        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("write-")).collect();
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("write-"))
+            .collect();
         assert!(leftovers.is_empty());
     }
 }

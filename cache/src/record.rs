@@ -48,7 +48,10 @@ impl Cache {
     /// a later record for the same key replaces the earlier one.
     pub fn put_record(&self, record: &RunRecord) -> Result<()> {
         let path = self.layout.record_path(&record.key);
-        let mut bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::BadRecord { path: path.clone(), source: e })?;
+        let mut bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::BadRecord {
+            path: path.clone(),
+            source: e,
+        })?;
         bytes.push(b'\n');
         write_atomic(&self.layout.tmp_dir(), &path, &bytes, true, &self.budget)
     }
@@ -62,7 +65,10 @@ impl Cache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("read", &path)(e)),
         };
-        let rec: RunRecord = serde_json::from_slice(&bytes).map_err(|e| Error::BadRecord { path: path.clone(), source: e })?;
+        let rec: RunRecord = serde_json::from_slice(&bytes).map_err(|e| Error::BadRecord {
+            path: path.clone(),
+            source: e,
+        })?;
         if rec.key != *key {
             return Err(Error::BadRecord {
                 path,

@@ -21,7 +21,9 @@ impl Staging {
     pub(crate) fn create(tmp_dir: &Path, live: Arc<Mutex<HashSet<PathBuf>>>) -> Result<Staging> {
         let path = tmp_dir.join(unique_name("staging"));
         fs::create_dir(&path).map_err(io_err("create staging folder", &path))?;
-        live.lock().unwrap_or_else(|p| p.into_inner()).insert(path.clone());
+        live.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.clone());
         Ok(Staging { path, live })
     }
 
@@ -35,6 +37,9 @@ impl Drop for Staging {
     fn drop(&mut self) {
         // Best effort: a leftover is garbage that gc collects, never a half artifact.
         let _ = remove_tree(&self.path);
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.path);
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.path);
     }
 }

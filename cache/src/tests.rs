@@ -24,7 +24,16 @@ fn cache_is_send_and_sync() {
 #[test]
 fn opening_creates_the_layout_under_v1() {
     let t = TestCache::new();
-    for sub in ["objects", "manifests", "artifacts", "records", "locks/keys", "memo", "tmp", "quarantine"] {
+    for sub in [
+        "objects",
+        "manifests",
+        "artifacts",
+        "records",
+        "locks/keys",
+        "memo",
+        "tmp",
+        "quarantine",
+    ] {
         assert!(t.root().join("v1").join(sub).is_dir(), "{sub}");
     }
     assert_eq!(t.cache.root(), t.root());
@@ -34,11 +43,20 @@ fn opening_creates_the_layout_under_v1() {
 fn default_root_honours_the_environment() {
     // The only test that touches this variable.
     std::env::remove_var(CACHE_DIR_ENV);
-    assert_eq!(Cache::default_root(Path::new("/r")), PathBuf::from("/r/.pollard/cache"));
+    assert_eq!(
+        Cache::default_root(Path::new("/r")),
+        PathBuf::from("/r/.pollard/cache")
+    );
     std::env::set_var(CACHE_DIR_ENV, "/shared/cache");
-    assert_eq!(Cache::default_root(Path::new("/r")), PathBuf::from("/shared/cache"));
+    assert_eq!(
+        Cache::default_root(Path::new("/r")),
+        PathBuf::from("/shared/cache")
+    );
     std::env::set_var(CACHE_DIR_ENV, "");
-    assert_eq!(Cache::default_root(Path::new("/r")), PathBuf::from("/r/.pollard/cache"));
+    assert_eq!(
+        Cache::default_root(Path::new("/r")),
+        PathBuf::from("/r/.pollard/cache")
+    );
     std::env::remove_var(CACHE_DIR_ENV);
 }
 
@@ -47,8 +65,18 @@ fn commit_reads_back_the_same_files_read_only() {
     let t = TestCache::new();
     let staging = t.cache.staging().unwrap();
     let sp = staging.path().to_path_buf();
-    assert!(sp.starts_with(t.root()), "staging must be on the cache's filesystem");
-    write_tree(&sp, &[("model/weights.bin", &[7u8; 5000][..]), ("config.json", b"{}"), ("run.sh", b"#!/bin/sh\n")]);
+    assert!(
+        sp.starts_with(t.root()),
+        "staging must be on the cache's filesystem"
+    );
+    write_tree(
+        &sp,
+        &[
+            ("model/weights.bin", &[7u8; 5000][..]),
+            ("config.json", b"{}"),
+            ("run.sh", b"#!/bin/sh\n"),
+        ],
+    );
     fs::set_permissions(sp.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
     let id = t.cache.commit(staging).unwrap();
     assert!(!sp.exists(), "the staging folder is gone after commit");
@@ -62,14 +90,24 @@ fn commit_reads_back_the_same_files_read_only() {
     assert_eq!(art.manifest.id(), id);
 
     let dir = t.cache.artifact_dir(&id).unwrap();
-    assert_eq!(fs::read(dir.join("model/weights.bin")).unwrap(), vec![7u8; 5000]);
+    assert_eq!(
+        fs::read(dir.join("model/weights.bin")).unwrap(),
+        vec![7u8; 5000]
+    );
     assert_eq!(fs::read(dir.join("config.json")).unwrap(), b"{}");
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir.join("config.json")), 0o444);
     assert_eq!(mode(&dir.join("run.sh")), 0o555);
     // Non-executable files are hardlinks of the objects: no second copy of the bytes.
-    let obj = t.root().join("v1/objects").join(&Digest::of(b"{}").to_hex()[..2]).join(&Digest::of(b"{}").to_hex()[2..]);
-    assert_eq!(fs::metadata(&obj).unwrap().ino(), fs::metadata(dir.join("config.json")).unwrap().ino());
+    let obj = t
+        .root()
+        .join("v1/objects")
+        .join(&Digest::of(b"{}").to_hex()[..2])
+        .join(&Digest::of(b"{}").to_hex()[2..]);
+    assert_eq!(
+        fs::metadata(&obj).unwrap().ino(),
+        fs::metadata(dir.join("config.json")).unwrap().ino()
+    );
     assert_eq!(mode(&obj), 0o444);
     // A second call finds the folder intact and returns it.
     assert_eq!(t.cache.artifact_dir(&id).unwrap(), dir);
@@ -85,8 +123,18 @@ fn ids_are_pinned_and_independent_of_where_and_when() {
     assert_eq!(
         id.to_string(),
         Manifest::new(vec![
-            FileEntry { path: "b/c.bin".into(), size: 0, executable: false, digest: Digest::of(b"") },
-            FileEntry { path: "a.txt".into(), size: 5, executable: false, digest: Digest::of(b"hello") },
+            FileEntry {
+                path: "b/c.bin".into(),
+                size: 0,
+                executable: false,
+                digest: Digest::of(b"")
+            },
+            FileEntry {
+                path: "a.txt".into(),
+                size: 5,
+                executable: false,
+                digest: Digest::of(b"hello")
+            },
         ])
         .id()
         .to_string()
@@ -101,7 +149,10 @@ fn ids_are_pinned_and_independent_of_where_and_when() {
         )
     );
     let other = TestCache::new();
-    assert_eq!(other.commit_files(&[("b/c.bin", b""), ("a.txt", b"hello")]), id);
+    assert_eq!(
+        other.commit_files(&[("b/c.bin", b""), ("a.txt", b"hello")]),
+        id
+    );
 }
 
 #[test]
@@ -136,10 +187,18 @@ fn hash_tree_of_a_folder_is_the_id_commit_gives() {
     let h = t.cache.hash_tree(&src).unwrap();
     let id = t.cache.commit_dir(&src).unwrap();
     assert_eq!(h, id.0);
-    assert_eq!(fs::read(src.join("d/b")).unwrap(), b"22", "commit_dir leaves the source");
+    assert_eq!(
+        fs::read(src.join("d/b")).unwrap(),
+        b"22",
+        "commit_dir leaves the source"
+    );
     assert!(fs::metadata(src.join("a")).unwrap().permissions().mode() & 0o200 != 0);
     assert_eq!(t.cache.hash_tree(&src.join("a")).unwrap(), Digest::of(b"1"));
-    let err = t.cache.hash_tree(&t.dir.path().join("nope")).unwrap_err().to_string();
+    let err = t
+        .cache
+        .hash_tree(&t.dir.path().join("nope"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("nope"), "{err}");
 }
 
@@ -150,7 +209,12 @@ fn hash_file_uses_the_memo_and_notices_changes() {
     fs::write(&f, b"version 1").unwrap();
     // Back-date the file so its memo entry is not "racy" (see memo.rs).
     let old = SystemTime::now() - Duration::from_secs(60);
-    fs::File::options().write(true).open(&f).unwrap().set_modified(old).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
     assert_eq!(t.cache.hash_file(&f).unwrap(), Digest::of(b"version 1"));
     t.cache.flush().unwrap();
     let reopened = Cache::open(&t.root()).unwrap();
@@ -161,11 +225,25 @@ fn hash_file_uses_the_memo_and_notices_changes() {
     assert_eq!(reopened.hash_file(&f).unwrap(), Digest::of(b"version 2"));
     // Proof that an unchanged stat is served from the memo: swap bytes but restore the
     // stat (a thing only a deliberate forger does); the memo answers without reading.
-    fs::File::options().write(true).open(&f).unwrap().set_modified(old).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
     assert_eq!(reopened.hash_file(&f).unwrap(), Digest::of(b"version 2"));
     fs::write(&f, b"version 3").unwrap();
-    fs::File::options().write(true).open(&f).unwrap().set_modified(old).unwrap();
-    assert_eq!(reopened.hash_file(&f).unwrap(), Digest::of(b"version 2"), "served from the memo");
+    fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    assert_eq!(
+        reopened.hash_file(&f).unwrap(),
+        Digest::of(b"version 2"),
+        "served from the memo"
+    );
     let err = reopened.hash_file(t.dir.path()).unwrap_err().to_string();
     assert!(err.contains("use hash_tree"), "{err}");
 }
@@ -183,16 +261,27 @@ fn a_truncated_object_is_reported_and_the_artifact_treated_as_missing() {
     t.cache.artifact_dir(&id).unwrap();
     let obj = object_path(&t, &Digest::of(&data));
     make_writable(&obj);
-    fs::OpenOptions::new().write(true).open(&obj).unwrap().set_len(1000).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&obj)
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
 
-    let Health::Damaged(problems) = t.cache.check_artifact(&id).unwrap() else { panic!("not detected") };
+    let Health::Damaged(problems) = t.cache.check_artifact(&id).unwrap() else {
+        panic!("not detected")
+    };
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].kind, ProblemKind::CorruptObject);
     assert_eq!(problems[0].path, obj);
     assert_eq!(problems[0].expected, Some(Digest::of(&data)));
     assert_eq!(problems[0].actual, Some(Digest::of(&data[..1000])));
     let shown = problems[0].to_string();
-    assert!(shown.contains(&obj.display().to_string()) && shown.contains(&Digest::of(&data).to_string()), "{shown}");
+    assert!(
+        shown.contains(&obj.display().to_string())
+            && shown.contains(&Digest::of(&data).to_string()),
+        "{shown}"
+    );
     // The bad object went to quarantine and the folder was dropped: now it is missing.
     assert!(!t.root().join("v1/artifacts").join(id.0.to_hex()).exists());
     let err = t.cache.artifact_dir(&id).unwrap_err();
@@ -201,7 +290,10 @@ fn a_truncated_object_is_reported_and_the_artifact_treated_as_missing() {
     // Recomputing stores fresh bytes and the artifact is whole again.
     assert_eq!(t.commit_files(&[("w.bin", &data)]), id);
     assert_eq!(t.cache.check_artifact(&id).unwrap(), Health::Ok);
-    assert_eq!(fs::read(t.cache.artifact_dir(&id).unwrap().join("w.bin")).unwrap(), data);
+    assert_eq!(
+        fs::read(t.cache.artifact_dir(&id).unwrap().join("w.bin")).unwrap(),
+        data
+    );
 }
 
 #[test]
@@ -211,7 +303,9 @@ fn a_modified_object_of_the_same_size_is_caught() {
     let obj = object_path(&t, &Digest::of(b"good bytes"));
     make_writable(&obj);
     fs::write(&obj, b"evil bytes").unwrap();
-    let Health::Damaged(p) = t.cache.check_artifact(&id).unwrap() else { panic!("not detected") };
+    let Health::Damaged(p) = t.cache.check_artifact(&id).unwrap() else {
+        panic!("not detected")
+    };
     assert_eq!(p[0].actual, Some(Digest::of(b"evil bytes")));
 }
 
@@ -224,7 +318,10 @@ fn verify_catches_what_the_stat_memo_cannot() {
     // Forge: same size, mtime restored to the object mtime; only a full re-hash sees it.
     make_writable(&obj);
     fs::write(&obj, b"evil bytes").unwrap();
-    fs::File::open(&obj).unwrap().set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1)).unwrap();
+    fs::File::open(&obj)
+        .unwrap()
+        .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1))
+        .unwrap();
     let report = t.cache.verify().unwrap();
     assert_eq!(report.objects_checked, 1);
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
@@ -241,20 +338,34 @@ fn verify_lists_corrupt_manifests_missing_objects_and_dangling_records() {
     assert!(t.cache.verify().unwrap().is_ok());
     // a: its object vanishes; b: its manifest is rewritten; a record names a lost artifact.
     fs::remove_file(object_path(&t, &Digest::of(b"aaa"))).unwrap();
-    let bm = t.root().join("v1/manifests").join(&b.0.to_hex()[..2]).join(format!("{}.json", &b.0.to_hex()[2..]));
+    let bm = t
+        .root()
+        .join("v1/manifests")
+        .join(&b.0.to_hex()[..2])
+        .join(format!("{}.json", &b.0.to_hex()[2..]));
     fs::write(&bm, b"{\"format\":\"pollard-artifact/1\",\"files\":[]}").unwrap();
     let lost = ArtifactId(Digest::of(b"never committed"));
-    t.cache.put_record(&record(CacheKey::of(b"k"), lost)).unwrap();
+    t.cache
+        .put_record(&record(CacheKey::of(b"k"), lost))
+        .unwrap();
     let report = t.cache.verify().unwrap();
     let kinds: Vec<ProblemKind> = report.problems.iter().map(|p| p.kind).collect();
     assert_eq!(report.problems.len(), 3, "{:#?}", report.problems);
     assert!(kinds.contains(&ProblemKind::MissingObject));
     assert!(kinds.contains(&ProblemKind::CorruptManifest));
     assert!(kinds.contains(&ProblemKind::MissingArtifact));
-    let missing = report.problems.iter().find(|p| p.kind == ProblemKind::MissingObject).unwrap();
+    let missing = report
+        .problems
+        .iter()
+        .find(|p| p.kind == ProblemKind::MissingObject)
+        .unwrap();
     assert_eq!(missing.expected, Some(Digest::of(b"aaa")));
     assert!(missing.detail.contains(&a.to_string()));
-    let bad = report.problems.iter().find(|p| p.kind == ProblemKind::CorruptManifest).unwrap();
+    let bad = report
+        .problems
+        .iter()
+        .find(|p| p.kind == ProblemKind::CorruptManifest)
+        .unwrap();
     assert_eq!(bad.path, bm);
 }
 
@@ -309,7 +420,12 @@ fn a_file_truncated_while_hashed_is_refused_not_a_crash() {
             std::thread::spawn(move || {
                 started.wait();
                 std::thread::sleep(Duration::from_millis(5));
-                fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(4096).unwrap();
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&f)
+                    .unwrap()
+                    .set_len(4096)
+                    .unwrap();
             })
         };
         started.wait();
@@ -335,11 +451,21 @@ fn assert_consistent_after_failure(t: &TestCache) {
 fn a_full_disk_while_copying_a_folder_in_leaves_nothing_half_written() {
     let mut t = TestCache::new();
     let src = t.dir.path().join("big");
-    write_tree(&src, &[("a.bin", &[1u8; 100_000][..]), ("b.bin", &[2u8; 100_000][..]), ("c.bin", &[3u8; 100_000][..])]);
+    write_tree(
+        &src,
+        &[
+            ("a.bin", &[1u8; 100_000][..]),
+            ("b.bin", &[2u8; 100_000][..]),
+            ("c.bin", &[3u8; 100_000][..]),
+        ],
+    );
     t.cache.simulate_space_limit(150_000);
     let err = t.cache.commit_dir(&src).unwrap_err();
     assert!(matches!(err, Error::NoSpace { .. }), "{err}");
-    assert!(err.to_string().contains("b.bin"), "names the file being written: {err}");
+    assert!(
+        err.to_string().contains("b.bin"),
+        "names the file being written: {err}"
+    );
     assert_consistent_after_failure(&t);
     // The next run, with space, works.
     t.cache.simulate_space_limit(10 << 20);
@@ -355,7 +481,10 @@ fn a_full_disk_while_writing_the_manifest_leaves_no_artifact() {
     write_tree(staging.path(), &[("w.bin", &[5u8; 1000][..])]);
     let err = t.cache.commit(staging).unwrap_err();
     assert!(matches!(err, Error::NoSpace { .. }), "{err}");
-    assert!(err.to_string().contains("manifests"), "names the manifest: {err}");
+    assert!(
+        err.to_string().contains("manifests"),
+        "names the manifest: {err}"
+    );
     assert_consistent_after_failure(&t);
     let report = t.cache.gc(&GcRoots::default()).unwrap();
     assert_eq!(report.objects_removed, 1, "the orphan object is garbage");
@@ -406,7 +535,10 @@ fn an_unwritable_cache_folder_is_named() {
     let root = parent.join("cache");
     let err = Cache::open(&root).unwrap_err();
     assert!(matches!(err, Error::NotWritable { .. }), "{err}");
-    assert!(err.to_string().contains(&root.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&root.display().to_string()),
+        "{err}"
+    );
     assert!(err.to_string().contains("POLLARD_CACHE_DIR"), "{err}");
 }
 
@@ -415,13 +547,20 @@ fn symlinks_escaping_the_folder_are_refused_by_name() {
     let t = TestCache::new();
     let outside = t.dir.path().join("secret.txt");
     fs::write(&outside, b"not yours").unwrap();
-    for target in [outside.clone(), PathBuf::from("../../../secret.txt"), PathBuf::from("/nonexistent/far/away")] {
+    for target in [
+        outside.clone(),
+        PathBuf::from("../../../secret.txt"),
+        PathBuf::from("/nonexistent/far/away"),
+    ] {
         let staging = t.cache.staging().unwrap();
         fs::create_dir(staging.path().join("sub")).unwrap();
         let link = staging.path().join("sub/link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         let err = t.cache.commit(staging).unwrap_err();
-        assert!(matches!(err, Error::SymlinkEscapes { .. }), "{target:?}: {err}");
+        assert!(
+            matches!(err, Error::SymlinkEscapes { .. }),
+            "{target:?}: {err}"
+        );
         assert!(err.to_string().contains("sub/link"), "{err}");
     }
     assert_eq!(t.count("objects"), 0);
@@ -437,14 +576,20 @@ fn symlinks_inside_the_folder_are_stored_as_their_file() {
     let id = t.cache.commit(staging).unwrap();
     let art = t.cache.artifact(&id).unwrap().unwrap();
     assert_eq!(art.files().len(), 2);
-    assert!(art.files().iter().all(|f| f.digest == Digest::of(b"weights")));
+    assert!(art
+        .files()
+        .iter()
+        .all(|f| f.digest == Digest::of(b"weights")));
     assert_eq!(t.count("objects"), 1);
 
     let staging = t.cache.staging().unwrap();
     fs::create_dir(staging.path().join("d")).unwrap();
     std::os::unix::fs::symlink("d", staging.path().join("dirlink")).unwrap();
     let err = t.cache.commit(staging).unwrap_err().to_string();
-    assert!(err.contains("dirlink") && err.contains("symlink to a folder"), "{err}");
+    assert!(
+        err.contains("dirlink") && err.contains("symlink to a folder"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -469,8 +614,16 @@ fn hardlinked_outputs_are_copied_so_the_outside_file_stays_writable() {
     let id = t.cache.commit(staging).unwrap();
     assert_eq!(t.cache.check_artifact(&id).unwrap(), Health::Ok);
     let mode = fs::metadata(&outside).unwrap().permissions().mode();
-    assert!(mode & 0o200 != 0, "the user's file was made read-only: {mode:o}");
-    assert_ne!(fs::metadata(&outside).unwrap().ino(), fs::metadata(object_path(&t, &Digest::of(b"user data"))).unwrap().ino());
+    assert!(
+        mode & 0o200 != 0,
+        "the user's file was made read-only: {mode:o}"
+    );
+    assert_ne!(
+        fs::metadata(&outside).unwrap().ino(),
+        fs::metadata(object_path(&t, &Digest::of(b"user data")))
+            .unwrap()
+            .ino()
+    );
 }
 
 #[test]
@@ -482,7 +635,13 @@ fn concurrent_commits_from_threads_store_once() {
             let (t, barrier) = (t.clone(), barrier.clone());
             std::thread::spawn(move || {
                 let staging = t.cache.staging().unwrap();
-                write_tree(staging.path(), &[("shared.bin", &[3u8; 300_000][..]), ("n.txt", format!("{}", i % 2).as_bytes())]);
+                write_tree(
+                    staging.path(),
+                    &[
+                        ("shared.bin", &[3u8; 300_000][..]),
+                        ("n.txt", format!("{}", i % 2).as_bytes()),
+                    ],
+                );
                 barrier.wait();
                 let id = t.cache.commit(staging).unwrap();
                 t.cache.artifact_dir(&id).unwrap();
@@ -506,7 +665,13 @@ fn concurrent_commits_from_threads_store_once() {
 /// stdout is piped.
 fn spawn_child(action: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["tests::child_process_helper", "--exact", "--include-ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "tests::child_process_helper",
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("POLLARD_CACHE_TEST_CHILD", action)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -535,7 +700,9 @@ fn wait_for_line(child: &mut std::process::Child, marker: &str) -> String {
 #[test]
 #[ignore = "helper run as a child process by other tests"]
 fn child_process_helper() {
-    let Ok(action) = std::env::var("POLLARD_CACHE_TEST_CHILD") else { return };
+    let Ok(action) = std::env::var("POLLARD_CACHE_TEST_CHILD") else {
+        return;
+    };
     let parts: Vec<&str> = action.splitn(3, '|').collect();
     let cache = Cache::open(Path::new(parts[1])).unwrap();
     match parts[0] {
@@ -549,7 +716,10 @@ fn child_process_helper() {
         "commit" => {
             for _ in 0..5 {
                 let staging = cache.staging().unwrap();
-                write_tree(staging.path(), &[("big.bin", &vec![8u8; 6 << 20][..]), ("small", b"s")]);
+                write_tree(
+                    staging.path(),
+                    &[("big.bin", &vec![8u8; 6 << 20][..]), ("small", b"s")],
+                );
                 let id = cache.commit(staging).unwrap();
                 cache.artifact_dir(&id).unwrap();
                 println!("ID {id}");
@@ -564,9 +734,14 @@ fn child_process_helper() {
 fn concurrent_commits_from_processes_store_once() {
     let t = TestCache::new();
     let root = t.root().display().to_string();
-    let mut children: Vec<_> = (0..3).map(|_| spawn_child(&format!("commit|{root}|"))).collect();
+    let mut children: Vec<_> = (0..3)
+        .map(|_| spawn_child(&format!("commit|{root}|")))
+        .collect();
     let staging = t.cache.staging().unwrap();
-    write_tree(staging.path(), &[("big.bin", &vec![8u8; 6 << 20][..]), ("small", b"s")]);
+    write_tree(
+        staging.path(),
+        &[("big.bin", &vec![8u8; 6 << 20][..]), ("small", b"s")],
+    );
     let mine = t.cache.commit(staging).unwrap();
     for c in children.iter_mut() {
         assert_eq!(wait_for_line(c, "ID "), mine.to_string());
@@ -587,10 +762,17 @@ fn the_lock_of_a_killed_process_is_recovered() {
     let key = CacheKey::of(b"stage key");
     let mut child = spawn_child(&format!("lock|{}|{key}", t.root().display()));
     wait_for_line(&mut child, "LOCKED");
-    assert!(t.cache.try_lock_key(&key).unwrap().is_none(), "the child holds it");
+    assert!(
+        t.cache.try_lock_key(&key).unwrap().is_none(),
+        "the child holds it"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
-    let guard = t.cache.try_lock_key(&key).unwrap().expect("the kernel released the dead child's lock");
+    let guard = t
+        .cache
+        .try_lock_key(&key)
+        .unwrap()
+        .expect("the kernel released the dead child's lock");
     assert_eq!(guard.key(), &key);
 }
 
@@ -630,7 +812,9 @@ fn record(key: CacheKey, artifact: ArtifactId) -> RunRecord {
         stage: "prune".into(),
         kind: "prune_width".into(),
         artifact,
-        fingerprint: [("params".to_string(), serde_json::json!({"ffn": 0.5}))].into_iter().collect(),
+        fingerprint: [("params".to_string(), serde_json::json!({"ffn": 0.5}))]
+            .into_iter()
+            .collect(),
         metrics: serde_json::json!({"loss": 1.25}),
         inputs: Default::default(),
         started: Timestamp::from_unix_millis(1_800_000_000_000),
@@ -655,16 +839,27 @@ fn records_round_trip_and_bad_ones_are_named() {
     t.cache.put_record(&newer).unwrap();
     assert_eq!(t.cache.record(&key).unwrap(), Some(newer));
     let text = fs::read_to_string(t.cache.layout.record_path(&key)).unwrap();
-    assert!(text.contains("\"started\": \"2027-01-15T08:00:00.000Z\""), "{text}");
+    assert!(
+        text.contains("\"started\": \"2027-01-15T08:00:00.000Z\""),
+        "{text}"
+    );
 
     let path = t.cache.layout.record_path(&key);
     fs::write(&path, b"{ truncated").unwrap();
     let err = t.cache.record(&key).unwrap_err().to_string();
     assert!(err.contains(&path.display().to_string()), "{err}");
     let other = CacheKey::of(b"other");
-    fs::write(t.cache.layout.record_path(&other), serde_json::to_vec(&rec).unwrap()).unwrap_or_else(|_| {
+    fs::write(
+        t.cache.layout.record_path(&other),
+        serde_json::to_vec(&rec).unwrap(),
+    )
+    .unwrap_or_else(|_| {
         fs::create_dir_all(t.cache.layout.record_path(&other).parent().unwrap()).unwrap();
-        fs::write(t.cache.layout.record_path(&other), serde_json::to_vec(&rec).unwrap()).unwrap();
+        fs::write(
+            t.cache.layout.record_path(&other),
+            serde_json::to_vec(&rec).unwrap(),
+        )
+        .unwrap();
     });
     let err = t.cache.record(&other).unwrap_err().to_string();
     assert!(err.contains("holds key"), "{err}");
@@ -695,14 +890,22 @@ fn gc_keeps_roots_and_young_records_and_frees_the_rest() {
         .set_modified(SystemTime::now() - Duration::from_secs(3600))
         .unwrap();
     let lock_file = dir.path().join("recipe.lock");
-    fs::write(&lock_file, format!("stages:\n  prune:\n    out: {in_lock}\n")).unwrap();
+    fs::write(
+        &lock_file,
+        format!("stages:\n  prune:\n    out: {in_lock}\n"),
+    )
+    .unwrap();
     // Leftover of a crashed run.
     fs::create_dir(root.join("v1/tmp/staging-crashed")).unwrap();
     fs::write(root.join("v1/tmp/staging-crashed/x"), b"x").unwrap();
 
     // Another process (here: another open) using the cache blocks gc.
     let other = Cache::open(&root).unwrap();
-    let roots = GcRoots { lock_files: vec![lock_file.clone()], keep_newer_than: Some(Duration::from_secs(600)), ..Default::default() };
+    let roots = GcRoots {
+        lock_files: vec![lock_file.clone()],
+        keep_newer_than: Some(Duration::from_secs(600)),
+        ..Default::default()
+    };
     let err = cache.gc(&roots).unwrap_err();
     assert!(matches!(err, Error::Busy { .. }), "{err}");
     drop(other);
@@ -727,7 +930,12 @@ fn gc_keeps_roots_and_young_records_and_frees_the_rest() {
     let again = commit(&[("c", &shared), ("only-c", &[2u8; 20_000])]);
     assert_eq!(again, old);
 
-    let err = cache.gc(&GcRoots { lock_files: vec![dir.path().join("missing.lock")], ..Default::default() }).unwrap_err();
+    let err = cache
+        .gc(&GcRoots {
+            lock_files: vec![dir.path().join("missing.lock")],
+            ..Default::default()
+        })
+        .unwrap_err();
     assert!(err.to_string().contains("missing.lock"), "{err}");
 }
 
@@ -735,38 +943,75 @@ fn gc_keeps_roots_and_young_records_and_frees_the_rest() {
 fn materialize_links_or_copies_read_only_and_never_overwrites() {
     let t = TestCache::new();
     let staging = t.cache.staging().unwrap();
-    write_tree(staging.path(), &[("w.bin", b"weights"), ("sub/tool", b"#!/bin/sh\n")]);
-    fs::set_permissions(staging.path().join("sub/tool"), fs::Permissions::from_mode(0o755)).unwrap();
+    write_tree(
+        staging.path(),
+        &[("w.bin", b"weights"), ("sub/tool", b"#!/bin/sh\n")],
+    );
+    fs::set_permissions(
+        staging.path().join("sub/tool"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     let id = t.cache.commit(staging).unwrap();
     let dest = t.dir.path().join("work/out");
     let m = t.cache.materialize(&id, &dest).unwrap();
     assert_eq!(m.files, 2);
     assert_eq!(m.reflinked + m.hardlinked + m.copied, 2);
     assert_eq!(fs::read(dest.join("w.bin")).unwrap(), b"weights");
-    assert_eq!(fs::metadata(dest.join("w.bin")).unwrap().permissions().mode() & 0o777, 0o444);
-    assert_eq!(fs::metadata(dest.join("sub/tool")).unwrap().permissions().mode() & 0o777, 0o555);
+    assert_eq!(
+        fs::metadata(dest.join("w.bin"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o444
+    );
+    assert_eq!(
+        fs::metadata(dest.join("sub/tool"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o555
+    );
     let err = t.cache.materialize(&id, &dest).unwrap_err();
     assert!(matches!(err, Error::DestinationExists { .. }), "{err}");
     let missing = ArtifactId(Digest::of(b"nothing"));
-    let err = t.cache.materialize(&missing, &t.dir.path().join("x")).unwrap_err().to_string();
+    let err = t
+        .cache
+        .materialize(&missing, &t.dir.path().join("x"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&missing.to_string()), "{err}");
-    let leftovers: Vec<_> = fs::read_dir(t.dir.path().join("work")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let leftovers: Vec<_> = fs::read_dir(t.dir.path().join("work"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 }
 
 #[test]
 fn a_tampered_manifest_cannot_point_outside() {
     let bytes = br#"{"format":"pollard-artifact/1","files":[{"path":"../evil","size":1,"executable":false,"digest":"blake3:0000000000000000000000000000000000000000000000000000000000000000"}]}"#;
-    let err = Manifest::parse(Path::new("/m.json"), bytes).unwrap_err().to_string();
+    let err = Manifest::parse(Path::new("/m.json"), bytes)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("../evil") && err.contains("/m.json"), "{err}");
     let t = TestCache::new();
     let id = ArtifactId(Digest::of(bytes));
     let path = t.cache.layout.manifest_path(&id);
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(&path, bytes).unwrap();
-    let Health::Damaged(p) = t.cache.check_artifact(&id).unwrap() else { panic!("accepted") };
+    let Health::Damaged(p) = t.cache.check_artifact(&id).unwrap() else {
+        panic!("accepted")
+    };
     assert_eq!(p[0].kind, ProblemKind::CorruptManifest);
-    assert_eq!(t.cache.check_artifact(&id).unwrap(), Health::Missing, "quarantined");
+    assert_eq!(
+        t.cache.check_artifact(&id).unwrap(),
+        Health::Missing,
+        "quarantined"
+    );
 }
 
 #[test]

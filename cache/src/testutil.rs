@@ -46,7 +46,13 @@ pub(crate) fn write_tree(dir: &Path, files: &[(&str, &[u8])]) {
 pub(crate) fn count_files(dir: &Path) -> usize {
     let Ok(rd) = fs::read_dir(dir) else { return 0 };
     rd.flatten()
-        .map(|e| if e.file_type().map(|t| t.is_dir()).unwrap_or(false) { count_files(&e.path()) } else { 1 })
+        .map(|e| {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                count_files(&e.path())
+            } else {
+                1
+            }
+        })
         .sum()
 }
 

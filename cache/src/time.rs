@@ -100,7 +100,9 @@ impl FromStr for Timestamp {
     type Err = Error;
     /// Parses `YYYY-MM-DDTHH:MM:SS[.fff]Z` (UTC only, as written by `Display`).
     fn from_str(s: &str) -> Result<Self, Error> {
-        let bad = || Error::BadTimestamp { text: s.to_string() };
+        let bad = || Error::BadTimestamp {
+            text: s.to_string(),
+        };
         let body = s.strip_suffix('Z').ok_or_else(bad)?;
         let (date, time) = body.split_once('T').ok_or_else(bad)?;
         let num = |t: &str, len: usize| -> Result<i64, Error> {
@@ -110,14 +112,18 @@ impl FromStr for Timestamp {
             t.parse::<i64>().map_err(|_| bad())
         };
         let dp: Vec<&str> = date.split('-').collect();
-        let [y, mo, d] = dp.as_slice() else { return Err(bad()) };
+        let [y, mo, d] = dp.as_slice() else {
+            return Err(bad());
+        };
         let (y, mo, d) = (num(y, 4)?, num(mo, 2)?, num(d, 2)?);
         let (hms, frac) = match time.split_once('.') {
             Some((hms, frac)) => (hms, Some(frac)),
             None => (time, None),
         };
         let tp: Vec<&str> = hms.split(':').collect();
-        let [h, mi, sec] = tp.as_slice() else { return Err(bad()) };
+        let [h, mi, sec] = tp.as_slice() else {
+            return Err(bad());
+        };
         let (h, mi, sec) = (num(h, 2)?, num(mi, 2)?, num(sec, 2)?);
         if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
             return Err(bad());
@@ -140,7 +146,9 @@ impl FromStr for Timestamp {
             return Err(bad());
         }
         let secs = days * 86_400 + h * 3600 + mi * 60 + sec;
-        Ok(Timestamp { unix_ms: secs * 1000 + ms })
+        Ok(Timestamp {
+            unix_ms: secs * 1000 + ms,
+        })
     }
 }
 
@@ -163,13 +171,19 @@ mod tests {
 
     #[test]
     fn formats_known_instants() {
-        assert_eq!(Timestamp::from_unix_millis(0).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            Timestamp::from_unix_millis(0).to_string(),
+            "1970-01-01T00:00:00.000Z"
+        );
         // 2000-02-29T12:34:56.789Z, a leap day.
         assert_eq!(
             Timestamp::from_unix_millis(951_827_696_789).to_string(),
             "2000-02-29T12:34:56.789Z"
         );
-        assert_eq!(Timestamp::from_unix_millis(-1).to_string(), "1969-12-31T23:59:59.999Z");
+        assert_eq!(
+            Timestamp::from_unix_millis(-1).to_string(),
+            "1969-12-31T23:59:59.999Z"
+        );
     }
 
     #[test]
@@ -179,18 +193,29 @@ mod tests {
             assert_eq!(t.to_string().parse::<Timestamp>().unwrap(), t);
         }
         assert_eq!(
-            "2000-02-29T12:34:56Z".parse::<Timestamp>().unwrap().unix_millis(),
+            "2000-02-29T12:34:56Z"
+                .parse::<Timestamp>()
+                .unwrap()
+                .unix_millis(),
             951_827_696_000
         );
         assert_eq!(
-            "2000-02-29T12:34:56.7Z".parse::<Timestamp>().unwrap().unix_millis(),
+            "2000-02-29T12:34:56.7Z"
+                .parse::<Timestamp>()
+                .unwrap()
+                .unix_millis(),
             951_827_696_700
         );
     }
 
     #[test]
     fn rejects_bad_text_naming_it() {
-        for text in ["2000-02-30T00:00:00Z", "2000-13-01T00:00:00Z", "2000-01-01 00:00:00", "yesterday"] {
+        for text in [
+            "2000-02-30T00:00:00Z",
+            "2000-13-01T00:00:00Z",
+            "2000-01-01 00:00:00",
+            "yesterday",
+        ] {
             let err = text.parse::<Timestamp>().unwrap_err().to_string();
             assert!(err.contains(text), "{err}");
         }

@@ -116,7 +116,9 @@ impl Cache {
 
         let rec_dir = self.layout.records_dir();
         for path in sharded_files(&rec_dir).map_err(io_err("list", &rec_dir))? {
-            let Some(key) = digest_of_sharded(&path, ".json") else { continue };
+            let Some(key) = digest_of_sharded(&path, ".json") else {
+                continue;
+            };
             report.records_checked += 1;
             let parsed = fs::read(&path)
                 .map_err(|e| e.to_string())
@@ -136,7 +138,11 @@ impl Cache {
                             path: self.layout.manifest_path(&rec.artifact),
                             expected: Some(rec.artifact.0),
                             actual: None,
-                            detail: format!("artifact of run record `{}` (stage `{}`)", path.display(), rec.stage),
+                            detail: format!(
+                                "artifact of run record `{}` (stage `{}`)",
+                                path.display(),
+                                rec.stage
+                            ),
                         });
                     }
                 }

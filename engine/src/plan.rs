@@ -379,3 +379,55 @@ pub fn status(spec: &PipelineSpec, cache: &Cache, lock: Option<&LockFile>, sel: 
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fp() -> Fingerprint {
+        Fingerprint {
+            kind: "command".into(),
+            kind_version: 1,
+            params: json!({"cmd": "echo hi", "deps": [], "env": {}}),
+            inputs: BTreeMap::from([("a".to_string(), ArtifactId(pollard_cache::Digest::of(b"upstream")))]),
+            deps: BTreeMap::from([("x.txt".to_string(), pollard_cache::Digest::of(b"x").to_string())]),
+        }
+    }
+
+    #[test]
+    fn golden_key() {
+        // Pinned: a change here invalidates every user's cache, so it must be deliberate
+        // (bump FINGERPRINT_FORMAT and say so).
+        assert_eq!(fp().key().to_string(), "blake3:GOLDEN");
+    }
+
+    #[test]
+    fn every_part_enters_the_key() {
+        let base = fp().key();
+        let mut f = fp();
+        f.params = json!({"cmd": "echo ho", "deps": [], "env": {}});
+        assert_ne!(f.key(), base);
+        let mut f = fp();
+        f.kind_version = 2;
+        assert_ne!(f.key(), base);
+        let mut f = fp();
+        f.inputs.insert("a".into(), ArtifactId(pollard_cache::Digest::of(b"other")));
+        assert_ne!(f.key(), base);
+        let mut f = fp();
+        f.deps.insert("x.txt".into(), "blake3:00".into());
+        assert_ne!(f.key(), base);
+    }
+
+    #[test]
+    fn param_diffs_name_leaf_fields() {
+        let mut out = Vec::new();
+        json_diff("", Some(&json!({"lr": 0.001, "loss": {"t": 1}})), Some(&json!({"lr": 0.002, "loss": {"t": 1}, "new": true})), &mut out);
+        let text: Vec<String> = out.iter().map(|r| r.to_string()).collect();
+        assert_eq!(text, vec!["param `lr` changed: 0.001 -> 0.002", "param `new` changed: (unset) -> true"]);
+        let long_a = json!("x".repeat(80) + "aaa" + &"y".repeat(40));
+        let long_b = json!("x".repeat(80) + "bbb" + &"y".repeat(40));
+        let (a, b) = show_pair(&Some(long_a), &Some(long_b));
+        assert!(a.contains("aaa") && b.contains("bbb") && a.starts_with("..."), "{a} {b}");
+    }
+}

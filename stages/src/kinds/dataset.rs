@@ -51,7 +51,12 @@ pub struct DatasetParams {
 pub struct TextSource {
     /// Glob patterns relative to the manifest's folder (or absolute); documents are separated
     /// by blank lines, and every file ends a document.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A single pattern is accepted for a one-element list.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "one_or_many"
+    )]
     pub files: Option<Vec<String>>,
     /// The deterministic synthetic corpus of pollard-data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +86,20 @@ pub struct TokenizerSpec {
     /// A Hugging Face `tokenizer.json`, relative to the manifest's folder or absolute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
+}
+
+/// `files: data/*.txt` or `files: [data/*.txt, more/*.txt]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Some(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    }))
 }
 
 /// The text source once validation has checked that exactly one is given.
@@ -160,6 +179,16 @@ impl Stage for Dataset {
                         errs.push(ParamError::new(
                             format!("text.files[{i}]"),
                             format!("`{pat}` is not a valid glob: {e}"),
+                        ));
+                    } else if sources::glob_root(pat) == Path::new(".") {
+                        // `deps` keys the stage on the pattern's leading folder; here that would
+                        // be the manifest's folder itself, which holds the cache and the lock.
+                        errs.push(ParamError::new(
+                            format!("text.files[{i}]"),
+                            format!(
+                                "`{pat}` has a wildcard in its first component: start it with a folder \
+                                 (`data/*.txt`), whose content then keys the cache"
+                            ),
                         ));
                     }
                 }
@@ -422,6 +451,12 @@ mod tests {
         assert_eq!(p.val_fraction, DEFAULT_VAL_FRACTION);
         let p = params("{ text: { files: ['data/*.txt'] }, tokenizer: { file: tok/tokenizer.json }, val_fraction: 0.1 }");
         assert_eq!(p.text.files, Some(vec!["data/*.txt".into()]));
+        let one = params("{ text: { files: 'data/*.txt' }, tokenizer: { byte: true } }");
+        assert_eq!(
+            one.text.files,
+            Some(vec!["data/*.txt".into()]),
+            "a single pattern is a list of one"
+        );
         assert_eq!(p.tokenizer.file, Some("tok/tokenizer.json".into()));
         assert_eq!(
             params("{ text: { synthetic: { words: 10 } }, tokenizer: { byte: true } }")

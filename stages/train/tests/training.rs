@@ -205,6 +205,18 @@ fn two_runs_with_the_same_seed_give_the_same_loss_bits() {
 }
 
 #[test]
+fn loss_bits_do_not_depend_on_the_thread_count() {
+    // Every reduction in the loop sums in a fixed order, so one thread and the default pool
+    // agree bit for bit (the gemm in this tiny model is below candle's threading threshold).
+    let (a, la) = train(config(10, 2), 8, None, None);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let (b, lb) = pool.install(|| train(config(10, 2), 8, None, None));
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&la), bits(&lb));
+    assert_eq!(a.bits(), b.bits());
+}
+
+#[test]
 fn killed_run_resumes_and_ends_bit_identical_to_an_uninterrupted_one() {
     let (n, k) = (12u64, 7u64);
     let mut cfg = config(n, 2);
