@@ -218,7 +218,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 }
             }
             lock_files.retain(|p| p.exists());
-            let report = cache.gc(&GcRoots { lock_files, ..GcRoots::default() }).map_err(EngineError::Cache)?;
+            let report = cache.gc(&GcRoots { lock_files, ..GcRoots::default() }).map_err(EngineError::from)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -237,7 +237,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Verify { manifest, json } => {
             let ws = workspace::load(manifest.file.as_deref(), false)?;
             let cache = ws.open_cache()?;
-            let report = cache.verify().map_err(EngineError::Cache)?;
+            let report = cache.verify().map_err(EngineError::from)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({
                     "objects_checked": report.objects_checked,
@@ -361,13 +361,13 @@ fn show(file: Option<&Path>, stage: &str, path_only: bool, json: bool) -> Result
         (None, Some(e)) => (e.output.clone(), Some("stale: this is the last recorded output; `pollard status` says why")),
         (None, None) => bail!(EngineError::Usage(format!("stage `{stage}` has no output yet (run `pollard run {stage}`)"))),
     };
-    let id: ArtifactId = artifact.parse().map_err(EngineError::Cache)?;
-    let dir = cache.artifact_dir(&id).map_err(EngineError::Cache)?;
+    let id: ArtifactId = artifact.parse().map_err(EngineError::from)?;
+    let dir = cache.artifact_dir(&id).map_err(EngineError::from)?;
     if path_only {
         println!("{}", dir.display());
         return Ok(0);
     }
-    let art = cache.artifact(&id).map_err(EngineError::Cache)?.context("the artifact's manifest vanished")?;
+    let art = cache.artifact(&id).map_err(EngineError::from)?.context("the artifact's manifest vanished")?;
     let metrics = std::fs::read_to_string(dir.join("metrics.json")).ok();
     let report = std::fs::read_to_string(dir.join("report.md")).ok();
     if json {

@@ -64,7 +64,7 @@ pub fn load(file: Option<&Path>, say_embedded: bool) -> Result<Workspace> {
 impl Workspace {
     pub fn open_cache(&self) -> Result<Cache> {
         let root = Cache::default_root(&self.spec.dir);
-        Ok(Cache::open(&root).map_err(EngineError::Cache)?)
+        Ok(Cache::open(&root).map_err(EngineError::from)?)
     }
 
     /// Where per-workspace bookkeeping lives (the lock file's guard).

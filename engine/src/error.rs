@@ -16,11 +16,18 @@ pub enum EngineError {
     #[error("cannot read manifest {path}: {source}")]
     ReadManifest { path: PathBuf, source: std::io::Error },
     #[error("stage `{stage}`: cannot hash deps `{path}`: {source}")]
-    Deps { stage: String, path: String, source: pollard_cache::Error },
+    Deps { stage: String, path: String, source: Box<pollard_cache::Error> },
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// Boxed: the cache's error is large and most results here are Ok.
     #[error(transparent)]
-    Cache(#[from] pollard_cache::Error),
+    Cache(Box<pollard_cache::Error>),
+}
+
+impl From<pollard_cache::Error> for EngineError {
+    fn from(e: pollard_cache::Error) -> Self {
+        EngineError::Cache(Box::new(e))
+    }
 }
 
 impl EngineError {

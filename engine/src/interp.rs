@@ -121,7 +121,7 @@ fn interpolate_str(s: &str, scope: &Scope, path: &str, shell: bool, errs: &mut V
         }
     };
     if let [Piece::Ref(expr)] = pieces.as_slice() {
-        if !(shell && !is_pollard_ref(expr)) {
+        if !shell || is_pollard_ref(expr) {
             return match resolve(expr.trim(), scope) {
                 Ok(v) => v,
                 Err(message) => {

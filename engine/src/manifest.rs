@@ -81,6 +81,7 @@ pub struct RawManifest {
 }
 
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a handful per manifest
 pub enum RawEntry {
     Stage(RawStage),
     Group(RawGroup),

@@ -90,7 +90,11 @@ fn main() {
     );
     // Fingerprints to compare across processes and thread counts (RAYON_NUM_THREADS=1 vs 2):
     // the tokenizer and the shards must not depend on either.
-    for f in [pollard_data::TOKENIZER_FILE, pollard_data::TRAIN_FILE, pollard_data::VAL_FILE] {
+    for f in [
+        pollard_data::TOKENIZER_FILE,
+        pollard_data::TRAIN_FILE,
+        pollard_data::VAL_FILE,
+    ] {
         let bytes = std::fs::read(dir.join(f)).expect("written above");
         println!("fnv1a64({f}) = {:016x}", fnv1a64(&bytes));
     }

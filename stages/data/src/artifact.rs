@@ -2,12 +2,14 @@
 //! and `evaluate`: `tokenizer.json`, `train.bin`, `val.bin` (little-endian u32 ids) and
 //! `meta.json`, which says what the shards hold and where they came from.
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::shard::{write_tokens, TokenShard};
+use crate::shard::TokenShard;
 use crate::split::is_val;
 use crate::tokenizer::{Tokenizer, TokenizerKind};
 
@@ -46,10 +48,135 @@ pub struct Meta {
     pub val_fraction: f64,
 }
 
-/// How documents become shard tokens: each document is encoded followed by a newline, then the
-/// end-of-text id when the tokenizer has one; train and val documents keep their order.
-/// Returns the written `meta.json` value. `vocab_size` is the model vocabulary to record (at
-/// least the tokenizer's).
+/// Writes a dataset artifact document by document, so a corpus larger than memory streams
+/// through: each document is encoded followed by a newline, then the end-of-text id when the
+/// tokenizer has one, and appended to `train.bin` or `val.bin` by its running index
+/// ([`is_val`]); train and val keep the documents' order.
+pub struct DatasetWriter<'t> {
+    out_dir: PathBuf,
+    tokenizer: &'t Tokenizer,
+    val_fraction: f64,
+    train: ShardWriter,
+    val: ShardWriter,
+    /// Documents seen so far: the next document's index.
+    documents: usize,
+}
+
+/// An open shard being appended to, with its token and document counts.
+struct ShardWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+    tokens: u64,
+    documents: u64,
+}
+
+impl ShardWriter {
+    fn create(path: PathBuf) -> Result<Self> {
+        let file = File::create(&path).map_err(Error::io("create", &path))?;
+        Ok(Self {
+            out: BufWriter::with_capacity(1 << 20, file),
+            path,
+            tokens: 0,
+            documents: 0,
+        })
+    }
+
+    fn append(&mut self, ids: &[u32]) -> Result<()> {
+        self.out
+            .write_all(bytemuck::cast_slice(ids))
+            .map_err(Error::io("write", &self.path))?;
+        self.tokens += ids.len() as u64;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        let file = self.out.into_inner().map_err(|e| Error::Io {
+            op: "write",
+            path: self.path.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(Error::io("sync", &self.path))
+    }
+}
+
+impl<'t> DatasetWriter<'t> {
+    /// Creates `train.bin` and `val.bin` in `out_dir`.
+    pub fn create(out_dir: &Path, tokenizer: &'t Tokenizer, val_fraction: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&val_fraction) {
+            return Err(Error::ValFraction(val_fraction));
+        }
+        Ok(Self {
+            out_dir: out_dir.to_owned(),
+            tokenizer,
+            val_fraction,
+            train: ShardWriter::create(out_dir.join(TRAIN_FILE))?,
+            val: ShardWriter::create(out_dir.join(VAL_FILE))?,
+            documents: 0,
+        })
+    }
+
+    /// Encodes and appends `documents` (in parallel chunks on the current rayon pool).
+    pub fn add<S: AsRef<str> + Sync>(&mut self, documents: &[S]) -> Result<()> {
+        // Chunks bound the per-document vectors held at once.
+        const CHUNK: usize = 4096;
+        for chunk in documents.chunks(CHUNK) {
+            let texts: Vec<String> = chunk.iter().map(|d| format!("{}\n", d.as_ref())).collect();
+            for ids in self.tokenizer.encode_batch(&texts)? {
+                let shard = if is_val(self.documents, self.val_fraction) {
+                    &mut self.val
+                } else {
+                    &mut self.train
+                };
+                shard.append(&ids)?;
+                if let Some(eos) = self.tokenizer.eos_id() {
+                    shard.append(&[eos])?;
+                }
+                shard.documents += 1;
+                self.documents += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Documents added so far.
+    pub fn documents(&self) -> usize {
+        self.documents
+    }
+
+    /// Flushes the shards, writes `tokenizer.json` and `meta.json`, and returns the meta.
+    /// `vocab_size` is the model vocabulary to record (raised to the tokenizer's if below it).
+    pub fn finish(self, vocab_size: usize, source: String, seed: Option<u64>) -> Result<Meta> {
+        if self.documents == 0 {
+            return Err(Error::NoDocuments);
+        }
+        let vocab_size = vocab_size.max(self.tokenizer.vocab_size());
+        let meta = Meta {
+            format: FORMAT.to_owned(),
+            dtype: "u32le".to_owned(),
+            tokenizer: self.tokenizer.kind(),
+            vocab_size: to_u32(vocab_size),
+            tokenizer_vocab_size: to_u32(self.tokenizer.vocab_size()),
+            eos_id: self.tokenizer.eos_id(),
+            train_tokens: self.train.tokens,
+            val_tokens: self.val.tokens,
+            train_documents: self.train.documents,
+            val_documents: self.val.documents,
+            source,
+            seed,
+            val_fraction: self.val_fraction,
+        };
+        self.train.finish()?;
+        self.val.finish()?;
+        self.tokenizer.save(&self.out_dir.join(TOKENIZER_FILE))?;
+        let path = self.out_dir.join(META_FILE);
+        let json =
+            serde_json::to_string_pretty(&meta).expect("Meta has only plain fields and serializes");
+        std::fs::write(&path, json + "\n").map_err(Error::io("write", &path))?;
+        Ok(meta)
+    }
+}
+
+/// The whole artifact from documents in memory: [`DatasetWriter`] in one call.
 pub fn write_dataset<S: AsRef<str> + Sync>(
     out_dir: &Path,
     documents: &[S],
@@ -59,53 +186,9 @@ pub fn write_dataset<S: AsRef<str> + Sync>(
     source: String,
     seed: Option<u64>,
 ) -> Result<Meta> {
-    if !(0.0..1.0).contains(&val_fraction) {
-        return Err(Error::ValFraction(val_fraction));
-    }
-    if documents.is_empty() {
-        return Err(Error::NoDocuments);
-    }
-    let vocab_size = vocab_size.max(tokenizer.vocab_size());
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    let (mut train_docs, mut val_docs) = (0u64, 0u64);
-    // Encode in chunks so peak memory holds one chunk's per-document vectors, not the corpus'.
-    const CHUNK: usize = 4096;
-    for (c, chunk) in documents.chunks(CHUNK).enumerate() {
-        let texts: Vec<String> = chunk.iter().map(|d| format!("{}\n", d.as_ref())).collect();
-        for (j, ids) in tokenizer.encode_batch(&texts)?.into_iter().enumerate() {
-            let (dest, count) = if is_val(c * CHUNK + j, val_fraction) {
-                (&mut val, &mut val_docs)
-            } else {
-                (&mut train, &mut train_docs)
-            };
-            dest.extend_from_slice(&ids);
-            dest.extend(tokenizer.eos_id());
-            *count += 1;
-        }
-    }
-    tokenizer.save(&out_dir.join(TOKENIZER_FILE))?;
-    write_tokens(&out_dir.join(TRAIN_FILE), &train)?;
-    write_tokens(&out_dir.join(VAL_FILE), &val)?;
-    let meta = Meta {
-        format: FORMAT.to_owned(),
-        dtype: "u32le".to_owned(),
-        tokenizer: tokenizer.kind(),
-        vocab_size: to_u32(vocab_size),
-        tokenizer_vocab_size: to_u32(tokenizer.vocab_size()),
-        eos_id: tokenizer.eos_id(),
-        train_tokens: train.len() as u64,
-        val_tokens: val.len() as u64,
-        train_documents: train_docs,
-        val_documents: val_docs,
-        source,
-        seed,
-        val_fraction,
-    };
-    let path = out_dir.join(META_FILE);
-    let json =
-        serde_json::to_string_pretty(&meta).expect("Meta has only plain fields and serializes");
-    std::fs::write(&path, json + "\n").map_err(Error::io("write", &path))?;
-    Ok(meta)
+    let mut w = DatasetWriter::create(out_dir, tokenizer, val_fraction)?;
+    w.add(documents)?;
+    w.finish(vocab_size, source, seed)
 }
 
 fn to_u32(v: usize) -> u32 {
@@ -250,6 +333,27 @@ mod tests {
         let train_text = ds.tokenizer().decode(ds.train()).unwrap();
         assert!(train_text.starts_with("document number 0 says hello.\ndocument number 1 "));
         assert!(!train_text.contains("number 4 "));
+    }
+
+    #[test]
+    fn streaming_in_pieces_writes_the_same_bytes_as_one_call() {
+        let (one, many) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let t = Tokenizer::train_bpe(&docs(), 300).unwrap();
+        let a = write_dataset(one.path(), &docs(), &t, 300, 0.2, "s".into(), None).unwrap();
+        let mut w = DatasetWriter::create(many.path(), &t, 0.2).unwrap();
+        for piece in docs().chunks(7) {
+            w.add(piece).unwrap();
+        }
+        assert_eq!(w.documents(), 40);
+        let b = w.finish(300, "s".into(), None).unwrap();
+        assert_eq!(a, b);
+        for f in [TRAIN_FILE, VAL_FILE, META_FILE, TOKENIZER_FILE] {
+            assert_eq!(
+                std::fs::read(one.path().join(f)).unwrap(),
+                std::fs::read(many.path().join(f)).unwrap(),
+                "{f}"
+            );
+        }
     }
 
     #[test]

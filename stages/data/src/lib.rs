@@ -22,7 +22,8 @@ pub mod synthetic;
 pub mod tokenizer;
 
 pub use artifact::{
-    read_meta, write_dataset, Dataset, Meta, META_FILE, TOKENIZER_FILE, TRAIN_FILE, VAL_FILE,
+    read_meta, write_dataset, Dataset, DatasetWriter, Meta, META_FILE, TOKENIZER_FILE, TRAIN_FILE,
+    VAL_FILE,
 };
 pub use error::{Error, Result};
 pub use sampler::{validation_windows, Batch, WindowSampler};

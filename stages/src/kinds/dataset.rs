@@ -109,6 +109,7 @@ enum Text<'a> {
 }
 
 /// The tokenizer choice once validation has checked that exactly one is given.
+#[derive(Clone, Copy)]
 enum Tok<'a> {
     Bpe(u64),
     Byte,
@@ -311,90 +312,79 @@ fn phase(ctx: &StageCtx, step: u64, message: String) -> Result<(), StageError> {
 }
 
 fn build(ctx: &StageCtx, p: &DatasetParams) -> Result<(), StageError> {
-    let base = ctx.workdir().to_path_buf();
-    // 1. Text.
-    let (text, source, seed) =
-        match p.text.get().ok_or_else(|| {
-            StageError::param("text", "give exactly one of `files` or `synthetic`")
-        })? {
-            Text::Synthetic(s) => {
-                phase(
-                    ctx,
-                    0,
-                    format!("generating {} synthetic words", s.words.get()),
-                )?;
-                let text = synthetic::generate(s.words.get(), s.seed);
-                (
-                    text,
-                    format!("synthetic: {} words, seed {}", s.words.get(), s.seed),
-                    Some(s.seed),
-                )
-            }
-            Text::Files(patterns) => {
-                phase(ctx, 0, "reading text files".into())?;
-                let files = sources::expand_globs(&base, patterns)?;
-                let mut text = String::new();
-                let mut names = Vec::with_capacity(files.len());
-                for f in &files {
-                    text.push_str(&sources::read_text(f)?);
-                    // A file always ends a document, even without a trailing blank line.
-                    text.push_str("\n\n");
-                    // Record paths relative to the manifest's folder: the artifact must not depend
-                    // on where the checkout lives.
-                    names.push(f.strip_prefix(&base).unwrap_or(f).display().to_string());
-                }
-                (text, format!("files: {}", names.join(", ")), None)
-            }
-        };
-    let docs = split::documents(&text);
-    ctx.log(&format!(
-        "{} documents, {} bytes of text",
-        docs.len(),
-        text.len()
-    ));
-
-    // 2. Tokenizer.
+    let text = p
+        .text
+        .get()
+        .ok_or_else(|| StageError::param("text", "give exactly one of `files` or `synthetic`"))?;
     let spec = p.tokenizer.get().ok_or_else(|| {
         StageError::param("tokenizer", "give exactly one of `bpe`, `byte` or `file`")
     })?;
-    let (tokenizer, vocab) = match spec {
-        Tok::Bpe(n) => {
-            phase(ctx, 1, format!("training a {n}-token BPE"))?;
-            // Train on the training documents only, so validation text stays unseen.
-            let train_docs: Vec<&str> = docs
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !split::is_val(*i, p.val_fraction))
-                .map(|(_, d)| *d)
-                .collect();
-            let t = Tokenizer::train_bpe(&train_docs, n as usize)?;
-            if t.vocab_size() < n as usize {
-                ctx.log(&format!(
-                    "the text allowed only {} BPE tokens; ids stay below the requested {n}",
-                    t.vocab_size()
-                ));
+    let meta = match (text, spec) {
+        // A fixed tokenizer needs no pass over the text first: files stream through one at a
+        // time, so a corpus larger than memory works (the paper recipes' case).
+        (Text::Files(patterns), Tok::Byte | Tok::File(_)) => {
+            phase(ctx, 0, "reading text files".into())?;
+            let files = sources::expand_globs(ctx.workdir(), patterns)?;
+            let (tokenizer, vocab) = make_tokenizer(ctx, spec, &[], p.val_fraction)?;
+            phase(ctx, 2, format!("encoding {} files", files.len()))?;
+            let mut w =
+                pollard_data::DatasetWriter::create(ctx.out_dir(), &tokenizer, p.val_fraction)?;
+            for f in &files {
+                if ctx.cancelled() {
+                    return Err(StageError::Cancelled);
+                }
+                let text = sources::read_text(f)?;
+                w.add(&split::documents(&text))?;
             }
-            (t, n as usize)
+            w.finish(vocab, files_source(ctx.workdir(), &files), None)?
         }
-        Tok::Byte => (Tokenizer::byte(), 256),
-        Tok::File(path) => {
-            let t = Tokenizer::load(&resolve(ctx, path))?;
-            let v = t.vocab_size();
-            (t, v)
+        // Synthetic text, or a BPE to train: the text is held in memory.
+        (text, spec) => {
+            let (text, source, seed) = match text {
+                Text::Synthetic(s) => {
+                    phase(
+                        ctx,
+                        0,
+                        format!("generating {} synthetic words", s.words.get()),
+                    )?;
+                    let text = synthetic::generate(s.words.get(), s.seed);
+                    (
+                        text,
+                        format!("synthetic: {} words, seed {}", s.words.get(), s.seed),
+                        Some(s.seed),
+                    )
+                }
+                Text::Files(patterns) => {
+                    phase(ctx, 0, "reading text files".into())?;
+                    let files = sources::expand_globs(ctx.workdir(), patterns)?;
+                    let mut text = String::new();
+                    for f in &files {
+                        text.push_str(&sources::read_text(f)?);
+                        // A file always ends a document, even without a trailing blank line.
+                        text.push_str("\n\n");
+                    }
+                    (text, files_source(ctx.workdir(), &files), None)
+                }
+            };
+            let docs = split::documents(&text);
+            ctx.log(&format!(
+                "{} documents, {} bytes of text",
+                docs.len(),
+                text.len()
+            ));
+            let (tokenizer, vocab) = make_tokenizer(ctx, spec, &docs, p.val_fraction)?;
+            phase(ctx, 2, format!("encoding {} documents", docs.len()))?;
+            pollard_data::write_dataset(
+                ctx.out_dir(),
+                &docs,
+                &tokenizer,
+                vocab,
+                p.val_fraction,
+                source,
+                seed,
+            )?
         }
     };
-
-    // 3 and 4. Encode, split, write.
-    phase(ctx, 2, format!("encoding {} documents", docs.len()))?;
-    let meta = pollard_data::write_dataset(
-        ctx.out_dir(),
-        &docs,
-        &tokenizer,
-        vocab,
-        p.val_fraction,
-        source,
-        seed,
-    )?;
     phase(
         ctx,
         4,
@@ -412,6 +402,51 @@ fn build(ctx: &StageCtx, p: &DatasetParams) -> Result<(), StageError> {
         meta.vocab_size
     ));
     Ok(())
+}
+
+/// `meta.json`'s `source` for files: their paths relative to the manifest's folder, so the
+/// artifact does not depend on where the checkout lives.
+fn files_source(base: &Path, files: &[PathBuf]) -> String {
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.strip_prefix(base).unwrap_or(f).display().to_string())
+        .collect();
+    format!("files: {}", names.join(", "))
+}
+
+/// The tokenizer and the model vocabulary to record. A BPE trains on the training documents
+/// of `docs` only, so validation text stays unseen.
+fn make_tokenizer(
+    ctx: &StageCtx,
+    spec: Tok<'_>,
+    docs: &[&str],
+    val_fraction: f64,
+) -> Result<(Tokenizer, usize), StageError> {
+    Ok(match spec {
+        Tok::Bpe(n) => {
+            phase(ctx, 1, format!("training a {n}-token BPE"))?;
+            let train_docs: Vec<&str> = docs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !split::is_val(*i, val_fraction))
+                .map(|(_, d)| *d)
+                .collect();
+            let t = Tokenizer::train_bpe(&train_docs, n as usize)?;
+            if t.vocab_size() < n as usize {
+                ctx.log(&format!(
+                    "the text allowed only {} BPE tokens; ids stay below the requested {n}",
+                    t.vocab_size()
+                ));
+            }
+            (t, n as usize)
+        }
+        Tok::Byte => (Tokenizer::byte(), 256),
+        Tok::File(path) => {
+            let t = Tokenizer::load(&resolve(ctx, path))?;
+            let v = t.vocab_size();
+            (t, v)
+        }
+    })
 }
 
 #[cfg(test)]
@@ -611,6 +646,30 @@ mod tests {
             ds.tokenizer().decode(ds.train()).unwrap(),
             "first doc.\nsecond doc\nstill second.\nsecond file.\n"
         );
+    }
+
+    #[test]
+    fn files_with_a_bpe_train_it_on_the_training_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("corpus")).unwrap();
+        let text = pollard_data::synthetic::generate(5000, 4);
+        std::fs::write(dir.path().join("corpus/stories.txt"), &text).unwrap();
+        let p = params("{ text: { files: corpus/stories.txt }, tokenizer: { bpe: 300 } }");
+        let out = run_in(dir.path(), &p).unwrap();
+        let ds = pollard_data::Dataset::open(&out).unwrap();
+        assert_eq!(ds.meta().source, "files: corpus/stories.txt");
+        assert_eq!(ds.meta().tokenizer, pollard_data::TokenizerKind::Bpe);
+        let docs = pollard_data::split::documents(&text);
+        assert_eq!(
+            ds.meta().train_documents + ds.meta().val_documents,
+            docs.len() as u64
+        );
+        // The shards decode back to the documents, each ended by a newline and the EOS token.
+        let first = ds
+            .tokenizer()
+            .decode(&ds.train()[..ds.train().iter().position(|&t| t == 0).unwrap()])
+            .unwrap();
+        assert_eq!(first, format!("{}\n", docs[0]));
     }
 
     #[test]

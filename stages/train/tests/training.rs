@@ -69,6 +69,15 @@ impl TinyLm {
         cross_entropy(&logits, &targets).map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 
+    /// Number of weights whose bits differ from `other`'s (0 = bit-identical).
+    fn bit_diffs(&self, other: &TinyLm) -> usize {
+        self.bits()
+            .iter()
+            .zip(other.bits())
+            .filter(|(a, b)| **a != *b)
+            .count()
+    }
+
     fn bits(&self) -> Vec<u32> {
         [&self.emb, &self.gain, &self.out]
             .iter()
@@ -201,19 +210,22 @@ fn two_runs_with_the_same_seed_give_the_same_loss_bits() {
     let (b, lb) = train(config(15, 2), 3, None, None);
     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&la), bits(&lb));
-    assert_eq!(a.bits(), b.bits());
+    assert_eq!(a.bit_diffs(&b), 0);
 }
 
 #[test]
 fn loss_bits_do_not_depend_on_the_thread_count() {
-    // Every reduction in the loop sums in a fixed order, so one thread and the default pool
-    // agree bit for bit (the gemm in this tiny model is below candle's threading threshold).
+    // Every reduction in pollard-train sums in a fixed order, so a one-thread pool and the
+    // default pool agree bit for bit.
     let (a, la) = train(config(10, 2), 8, None, None);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
     let (b, lb) = pool.install(|| train(config(10, 2), 8, None, None));
     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&la), bits(&lb));
-    assert_eq!(a.bits(), b.bits());
+    assert_eq!(a.bit_diffs(&b), 0);
 }
 
 #[test]
@@ -270,8 +282,8 @@ fn killed_run_resumes_and_ends_bit_identical_to_an_uninterrupted_one() {
     assert_eq!(summary.resumed_from, Some(6));
     assert_eq!(summary.steps, n);
     assert_eq!(
-        model.bits(),
-        straight.bits(),
+        model.bit_diffs(&straight),
+        0,
         "final weights differ from the uninterrupted run"
     );
 
@@ -326,7 +338,7 @@ fn resume_skips_a_corrupt_newest_checkpoint() {
         "{:?}",
         trainer.skipped_checkpoints()
     );
-    assert_eq!(model.bits(), straight.bits());
+    assert_eq!(model.bit_diffs(&straight), 0);
 }
 
 #[test]
