@@ -323,9 +323,10 @@ fn run(args: RunArgs) -> Result<u8> {
     }
     let console = Arc::new(progress::Console::new(args.plain, args.json));
     let known: Vec<String> = ws.spec.ids().map(str::to_string).collect();
-    let lock = LockWriter::new(ws.lock_path.clone(), &ws.state_dir(), &ws.spec.name, known);
+    let lock = LockWriter::new(ws.lock_path.clone(), &ws.state_dir(), &ws.spec.name, known, ws.lock.clone());
     let spec = Arc::new(ws.spec);
-    let runner = Runner { spec: spec.clone(), cache, lock, inventory, reporter: console, cancel };
+    let failure_logs = spec.dir.join(".pollard").join("logs");
+    let runner = Runner { spec: spec.clone(), cache, lock, inventory, reporter: console, cancel, failure_logs };
     let opts = RunOptions { targets: args.stages, force: args.force, force_all: args.force_all, jobs: args.jobs, keep_going: args.keep_going };
     let summary = runner.run(&opts)?;
     let ran = summary.count(|o| matches!(o, Outcome::Ran { .. }));

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use pollard_engine::EngineError;
 use pollard_model::candle_core::{Device, Tensor};
 use pollard_model::{inspect_hf, mean_next_token_logprob, parse_dtype, Llama, Mode};
 
@@ -36,8 +37,10 @@ pub enum ModelCommand {
     },
 }
 
+/// Runs a `pollard model` command. Every failure here is about the files or ids the user named,
+/// so it is reported as a usage error (exit status 2) carrying the whole cause chain.
 pub fn run(cmd: ModelCommand) -> Result<()> {
-    match cmd {
+    let result = match cmd {
         ModelCommand::Info { dir, json } => info(&dir, json),
         ModelCommand::Forward {
             model,
@@ -45,7 +48,8 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             json,
             dtype,
         } => forward(&model, &ids, json, &dtype),
-    }
+    };
+    result.map_err(|e| EngineError::Usage(format!("{e:#}")).into())
 }
 
 fn info(dir: &Path, json: bool) -> Result<()> {

@@ -122,7 +122,8 @@ fn the_lock_file_keeps_what_finished_before_a_failure() {
     let r = ws.run(&["run"]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stdout.contains("[bad] about to fail"), "{}", r.stdout);
-    assert!(r.stdout.contains("[bad] FAILED: command exited with status 7"), "{}", r.stdout);
+    assert!(r.stdout.contains("[bad] FAILED: command exited with status 7 (output in "), "{}", r.stdout);
+    assert_eq!(ws.read(".pollard/logs/bad.log"), "about to fail\n", "a failed stage's output is kept");
     let lock = ws.read("pollard.lock");
     assert!(lock.contains("  ok:\n"), "{lock}");
     assert!(!lock.contains("  bad:\n"), "{lock}");

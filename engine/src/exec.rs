@@ -170,6 +170,9 @@ pub struct Runner {
     pub inventory: Inventory,
     pub reporter: Arc<dyn Reporter>,
     pub cancel: Arc<AtomicBool>,
+    /// Where the output of a failed stage is kept (`<dir>/<stage>.log`); a stage that succeeds
+    /// keeps its output in its run record instead.
+    pub failure_logs: PathBuf,
 }
 
 impl Runner {
@@ -283,6 +286,7 @@ impl Runner {
                     lease,
                     reporter: self.reporter.clone(),
                     cancel: self.cancel.clone(),
+                    failure_logs: self.failure_logs.clone(),
                 };
                 let tx = tx.clone();
                 std::thread::Builder::new()
@@ -405,9 +409,23 @@ struct Job {
     lease: Lease,
     reporter: Arc<dyn Reporter>,
     cancel: Arc<AtomicBool>,
+    failure_logs: PathBuf,
 }
 
 impl Job {
+    /// Saves a failed stage's output and says where.
+    fn keep_log(&self, capture: &Capture, msg: String) -> String {
+        let log = capture.log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if log.is_empty() {
+            return msg;
+        }
+        let path = self.failure_logs.join(format!("{}.log", self.spec.stages[self.index].id));
+        match std::fs::create_dir_all(&self.failure_logs).and_then(|_| std::fs::write(&path, log)) {
+            Ok(()) => format!("{msg} (output in {})", path.display()),
+            Err(_) => msg,
+        }
+    }
+
     fn execute(self) -> JobResult {
         match self.try_execute() {
             Ok(r) => r,
@@ -457,11 +475,11 @@ impl Job {
                     msg.push_str(&format!(": {s}"));
                     src = s.source();
                 }
-                return Ok(JobResult::Failed(msg));
+                return Ok(JobResult::Failed(self.keep_log(&capture, msg)));
             }
             Err(panic) => {
                 let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-                return Ok(JobResult::Failed(format!("the stage panicked: {what}")));
+                return Ok(JobResult::Failed(self.keep_log(&capture, format!("the stage panicked: {what}"))));
             }
         }
         if self.cancel.load(Ordering::Relaxed) {

@@ -87,12 +87,16 @@ pub struct LockWriter {
     pipeline: String,
     /// Stage ids of the current manifest: entries of stages that no longer exist are dropped.
     known: Vec<String>,
+    /// What this process last read or wrote: entries equal to it need no write (a no-op run
+    /// never touches the file).
+    seen: std::sync::Mutex<Option<LockFile>>,
 }
 
 impl LockWriter {
-    pub fn new(path: PathBuf, guard_dir: &Path, pipeline: &str, known: Vec<String>) -> LockWriter {
+    /// `current`: the lock file as read when the command started.
+    pub fn new(path: PathBuf, guard_dir: &Path, pipeline: &str, known: Vec<String>, current: Option<LockFile>) -> LockWriter {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        LockWriter { guard: guard_dir.join(format!("{name}.guard")), path, pipeline: pipeline.to_string(), known }
+        LockWriter { guard: guard_dir.join(format!("{name}.guard")), path, pipeline: pipeline.to_string(), known, seen: std::sync::Mutex::new(current) }
     }
 
     pub fn path(&self) -> &Path {
@@ -101,6 +105,13 @@ impl LockWriter {
 
     /// Writes `entries` into the lock file unless it already says exactly that.
     pub fn update(&self, entries: &BTreeMap<String, LockEntry>) -> Result<(), LockError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lock) = seen.as_ref() {
+            let stale_ids = lock.stages.keys().any(|id| !self.known.contains(id));
+            if !stale_ids && lock.pipeline == self.pipeline && entries.iter().all(|(id, e)| lock.stages.get(id) == Some(e)) {
+                return Ok(());
+            }
+        }
         let werr = |source| LockError::Write { path: self.path.clone(), source };
         if let Some(parent) = self.guard.parent() {
             fs::create_dir_all(parent).map_err(werr)?;
@@ -115,6 +126,7 @@ impl LockWriter {
             lock.stages.insert(id.clone(), e.clone());
         }
         if lock == before && self.path.exists() {
+            *seen = Some(lock);
             return Ok(());
         }
         let tmp = self.path.with_extension(format!("lock.tmp{}", std::process::id()));
@@ -122,6 +134,7 @@ impl LockWriter {
         f.write_all(lock.render().as_bytes()).map_err(werr)?;
         f.sync_all().map_err(werr)?;
         fs::rename(&tmp, &self.path).map_err(werr)?;
+        *seen = Some(lock);
         Ok(())
     }
 }
@@ -149,7 +162,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.lock");
         std::fs::write(&path, "version: 1\npipeline: p\nstages:\n  gone:\n    kind: command\n    kind_version: 1\n    key: k\n    params: {}\n    output: o\n").unwrap();
-        let w = LockWriter::new(path.clone(), &dir.path().join(".pollard"), "p", vec!["a".into(), "b".into()]);
+        let w = LockWriter::new(path.clone(), &dir.path().join(".pollard"), "p", vec!["a".into(), "b".into()], None);
         w.update(&BTreeMap::from([("a".to_string(), entry("x"))])).unwrap();
         w.update(&BTreeMap::from([("b".to_string(), entry("y"))])).unwrap();
         let lock = LockFile::read(&path).unwrap().unwrap();

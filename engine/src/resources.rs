@@ -162,10 +162,13 @@ impl Pool {
         &self.inventory
     }
 
-    /// The cores a request gets: its `cpus` clamped to the machine, or all of them for 0.
+    /// The cores a request gets: its `cpus` clamped to the machine; for 0, all of them on a CPU
+    /// stage, and a GPU's share of them on a GPU stage (so GPU stages still run side by side).
     pub fn cpus_for(&self, r: &Resources) -> usize {
         let total = self.inventory.cpus.max(1);
-        if r.cpus == 0 {
+        if r.cpus == 0 && r.gpus > 0 {
+            (total / self.inventory.gpus.len().max(1)).max(1)
+        } else if r.cpus == 0 {
             total
         } else {
             (r.cpus as usize).min(total)
@@ -259,6 +262,11 @@ mod tests {
         assert!(pool.try_grant(&cpu(1)).is_none());
         drop(a);
         assert!(pool.try_grant(&cpu(0)).is_none(), "0 wants every core");
+        let pool = Pool::new(inv("80GiB,80GiB", 4), None);
+        let gpu_all = Resources { gpus: 1, cpus: 0, ..Resources::default() };
+        let _a = pool.try_grant(&gpu_all).unwrap();
+        let b = pool.try_grant(&gpu_all).expect("GPU stages asking for `all` cores still share them");
+        assert_eq!(b.cpus, 2);
         let pool = Pool::new(inv("none", 8), Some(1));
         let _a = pool.try_grant(&cpu(1)).unwrap();
         assert!(pool.try_grant(&cpu(1)).is_none(), "--jobs 1");

@@ -103,21 +103,23 @@ pub fn load(src: &Source, registry: &Registry) -> Result<PipelineSpec, Diagnosti
             stages.push(spec);
         }
     }
+    // The graph over every input that names a stage, so a cycle is reported with the rest.
+    let graph = Graph::new(flat.iter().map(|s| s.inputs.iter().filter_map(|i| index.get(&i.stage).copied()).collect()).collect());
+    let order = match graph.topo_order() {
+        Ok(order) => order,
+        Err(cycle) => {
+            let names: Vec<&str> = cycle.iter().map(|&i| flat[i].id.as_str()).collect();
+            let first = &flat[cycle[0]];
+            let pos = c.src.spans.locate_key(&first.path);
+            c.at_pos(pos, Some(&first.id), format!("the inputs form a cycle: {}", names.join(" -> ")));
+            Vec::new()
+        }
+    };
     if !c.diags.is_empty() {
         c.diags.sort();
         return Err(c.diags);
     }
-    // Every stage checked out, so `stages` lines up with `flat` and `index`.
-    let graph = Graph::new(stages.iter().map(|s: &StageSpec| s.inputs.values().copied().collect()).collect());
-    let order = match graph.topo_order() {
-        Ok(order) => order,
-        Err(cycle) => {
-            let names: Vec<&str> = cycle.iter().map(|&i| stages[i].id.as_str()).collect();
-            let first = &stages[cycle[0]];
-            c.at_pos(first.pos, Some(&first.id), format!("the inputs form a cycle: {}", names.join(" -> ")));
-            return Err(c.diags);
-        }
-    };
+    // No errors: every flat stage became a StageSpec, so indices line up with `flat`.
     Ok(PipelineSpec {
         name: raw.pipeline,
         description: raw.description,

@@ -401,4 +401,20 @@ mod tests {
         let p: DistillParams = serde_yaml::from_str("{ tokens: 1M, loss: { intermediate: { layers: [[3, 1]], weight: 0.5 } } }").unwrap();
         assert_eq!(p.loss.intermediate.unwrap().weight, Weight::Fixed(0.5));
     }
+
+    #[test]
+    fn the_engine_decodes_losses_and_names_the_bad_field() {
+        let mut reg = pollard_engine::Registry::new();
+        reg.register(Distill);
+        let kind = reg.get("distill").unwrap();
+        let with = |y: &str| -> serde_yaml::Value { serde_yaml::from_str(y).unwrap() };
+        let err = kind.decode(&with("{ tokens: 1M, loss: { logits: kl } }")).unwrap_err();
+        assert_eq!(err.field, "loss.logits");
+        assert!(err.message.contains("forward_kl"), "{}", err.message);
+        let ok = kind.decode(&with("{ tokens: 1M, loss: { intermediate: { layers: [[3, 1]], weight: auto } } }")).unwrap();
+        assert_eq!(ok.canonical["loss"]["intermediate"]["weight"], "auto");
+        let ok = kind.decode(&with("{ tokens: 1M, loss: { intermediate: { layers: [[3, 1]], weight: 0.25 } } }")).unwrap();
+        assert_eq!(ok.canonical["loss"]["intermediate"]["weight"], 0.25);
+        assert!(kind.validate(&kind.decode(&with("{ tokens: 1M, lr: 0 }")).unwrap()).iter().any(|e| e.field == "lr"));
+    }
 }

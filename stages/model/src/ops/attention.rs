@@ -8,6 +8,13 @@
 //! reads `v` and writes `o` in the `[b, t, heads, d]` layout the projections use (no transposes),
 //! and keeps the probabilities from the forward pass for the backward.
 //!
+//! Status: correct (tested against the composed path and finite differences) but, measured with
+//! benches/model_speed.rs on the 2-core dev machine, slower than [`composed`] at the bench
+//! shapes (forward ~32 ms vs ~12 ms, backward equal, release build); the per-head single-threaded
+//! gemm calls on 64-row blocks cost more than the skipped triangle saves. The model therefore
+//! calls [`composed`]; this kernel stays, tested and benchmarked beside it, so that further
+//! tuning (larger blocks, vectorised exp) can be measured against the same baseline.
+//!
 //! Layouts: `q` `[b, heads, t, d]`, `k` `[b, kv_heads, t, d]` (RoPE output), `v`
 //! `[b, t, kv_heads, d]` (the `v_proj` output reshaped), result `[b, t, heads, d]`.
 
@@ -93,6 +100,13 @@ struct Ptr(*mut f32);
 unsafe impl Send for Ptr {}
 unsafe impl Sync for Ptr {}
 
+impl Ptr {
+    /// Through a method, closures capture the whole `Ptr` (Send + Sync), not its raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `dst = (acc ? dst : 0) + alpha * lhs · rhs` with explicit row/column strides, single-threaded.
 #[allow(clippy::too_many_arguments)]
 #[inline]
@@ -171,7 +185,6 @@ impl CustomOp3 for Attention {
             let qh = &q[bh * t * d..][..t * d];
             let kh = &k[(bi * nkv + kv) * t * d..][..t * d];
             let vh = v[(bi * t * nkv + kv) * d..].as_ptr(); // row j at + j * nkv * d
-            let op = op;
             for r0 in (0..t).step_by(BLOCK) {
                 let r1 = (r0 + BLOCK).min(t);
                 // SAFETY: all offsets stay inside the slices (rows < t, keys < r1 <= t); each task
@@ -207,7 +220,7 @@ impl CustomOp3 for Attention {
                     hidden.iter_mut().for_each(|x| *x = 0.0);
                 }
                 unsafe {
-                    let dst = op.0.add(((bi * t + r0) * nh + hi) * d);
+                    let dst = op.get().add(((bi * t + r0) * nh + hi) * d);
                     mm(
                         r1 - r0,
                         d,
@@ -309,7 +322,6 @@ impl CustomOp3 for AttentionBwd {
         // One task per (batch, kv head): it owns dk/dv of that head and dq of its query heads.
         dk.par_chunks_mut(t * d).enumerate().for_each(|(bk, dkh)| {
             let (bi, kv) = (bk / nkv, bk % nkv);
-            let (pdq, pdv) = (pdq, pdv);
             let kh = &k[bk * t * d..][..t * d];
             let vh = v[(bi * t * nkv + kv) * d..].as_ptr();
             let mut ds = vec![0f32; t * t];
@@ -321,7 +333,7 @@ impl CustomOp3 for AttentionBwd {
                                                                  // SAFETY: every pointer offset below stays within its buffer (rows and keys < t),
                                                                  // and this task is the only writer of dq rows of head hi and of dk/dv of head kv.
                 unsafe {
-                    let dvh = pdv.0.add((bi * t * nkv + kv) * d);
+                    let dvh = pdv.get().add((bi * t * nkv + kv) * d);
                     for j0 in (0..t).step_by(BLOCK) {
                         let j1 = (j0 + BLOCK).min(t);
                         // dV[j0..j1] += P[j0.., j0..j1]^T dO[j0..]   (P is zero above the diagonal)
@@ -372,7 +384,7 @@ impl CustomOp3 for AttentionBwd {
                     hidden.iter_mut().for_each(|x| *x = 0.0);
                 }
                 unsafe {
-                    let dqh = pdq.0.add(bh * t * d);
+                    let dqh = pdq.get().add(bh * t * d);
                     for r0 in (0..t).step_by(BLOCK) {
                         let r1 = (r0 + BLOCK).min(t);
                         // dQ[r0..r1] = dS[r0..r1, ..r1] K[..r1]
