@@ -191,6 +191,55 @@ fn op_profile(c: &LlamaConfig, batch: usize, dev: &Device, reps: usize) {
     fwd_bwd("lm_head", 1, &|| xw.matmul(&wv.t().unwrap()).unwrap());
 }
 
+fn attention_ab(c: &LlamaConfig, batch: usize, dev: &Device, n: usize) {
+    let (nh, nkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let rnd = |shape: &[usize], seed| {
+        let len: usize = shape.iter().product();
+        Var::from_tensor(
+            &Tensor::from_vec(SeededRng::new(seed).normal_vec(len, 0.0, 1.0), shape, dev).unwrap(),
+        )
+        .unwrap()
+    };
+    let (q, k, v) = (
+        rnd(&[batch, nh, SEQ, d], 1),
+        rnd(&[batch, nkv, SEQ, d], 2),
+        rnd(&[batch, SEQ, nkv, d], 3),
+    );
+    let sc = 1.0 / (d as f32).sqrt();
+    let run = |fused: bool, backward: bool| {
+        let t = Instant::now();
+        let o = if fused {
+            causal_attention(&q, &k, &v, sc, None)
+        } else {
+            attention::composed(&q, &k, &v, sc, None)
+        };
+        let o = o.unwrap();
+        if backward {
+            std::hint::black_box(o.sum_all().unwrap().backward().unwrap());
+        }
+        std::hint::black_box(o);
+        t.elapsed().as_secs_f64()
+    };
+    for backward in [false, true] {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            a.push(run(true, backward));
+            b.push(run(false, backward));
+        }
+        a.sort_by(|x, y| x.partial_cmp(y).expect("finite"));
+        b.sort_by(|x, y| x.partial_cmp(y).expect("finite"));
+        println!(
+            "attention {}, {n} alternating runs: fused median {} (best {}), composed median {} (best {}), composed/fused {:.2}x",
+            if backward { "fwd+bwd" } else { "fwd" },
+            ms(a[n / 2]),
+            ms(a[0]),
+            ms(b[n / 2]),
+            ms(b[0]),
+            b[n / 2] / a[n / 2]
+        );
+    }
+}
+
 struct Torch {
     fwd_s: f64,
     step_s: f64,
@@ -307,6 +356,15 @@ fn main() {
     let inp = ids.narrow(1, 0, SEQ).unwrap().contiguous().unwrap();
     let tgt = ids.narrow(1, 1, SEQ).unwrap().contiguous().unwrap();
 
+    // POLLARD_BENCH_ATTN_AB=N: alternate fused and composed attention (forward + backward) N
+    // times at the bench shapes and print both medians (an A/B robust to slow drifts in load).
+    if let Some(n) = std::env::var("POLLARD_BENCH_ATTN_AB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        attention_ab(&cfg, batch, &dev, n);
+        return;
+    }
     // POLLARD_BENCH_ONLY_STEPS=N: run N training steps and nothing else (for `perf record`).
     if let Some(n) = std::env::var("POLLARD_BENCH_ONLY_STEPS")
         .ok()

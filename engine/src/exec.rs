@@ -99,6 +99,13 @@ pub fn effective_resources(stage: &StageSpec, inputs: &PlanInputs) -> Result<Res
 /// Plans every selected stage's resources from the kinds' descriptions (before anything runs)
 /// and refuses, with the numbers, requests no device could meet.
 pub fn plan_resources(spec: &PipelineSpec, sel: &Selection, inventory: &Inventory) -> Result<Vec<Resources>, EngineError> {
+    plan_with_descriptions(spec, sel, inventory).map(|(r, _)| r)
+}
+
+type Planned = (Vec<Resources>, Vec<Option<serde_json::Value>>);
+
+/// [`plan_resources`] plus each kind's description of its output (for the run to refine).
+fn plan_with_descriptions(spec: &PipelineSpec, sel: &Selection, inventory: &Inventory) -> Result<Planned, EngineError> {
     let n = spec.stages.len();
     let mut descriptions: Vec<Option<serde_json::Value>> = vec![None; n];
     let mut out = vec![Resources::default(); n];
@@ -122,7 +129,7 @@ pub fn plan_resources(spec: &PipelineSpec, sel: &Selection, inventory: &Inventor
         }
     }
     if diags.is_empty() {
-        Ok(out)
+        Ok((out, descriptions))
     } else {
         Err(EngineError::Manifest(diags))
     }
@@ -179,13 +186,12 @@ impl Runner {
     pub fn run(&self, opts: &RunOptions) -> Result<RunSummary, EngineError> {
         let spec = &self.spec;
         let sel = Selection::new(spec, &opts.targets, &opts.force, opts.force_all)?;
-        let planned = plan_resources(spec, &sel, &self.inventory)?;
+        let (planned, mut descriptions) = plan_with_descriptions(spec, &sel, &self.inventory)?;
         let pool = Pool::new(self.inventory.clone(), opts.jobs);
         let n = spec.stages.len();
         let mut state = vec![State::Pending; n];
         let mut prepared: Vec<Option<Prepared>> = (0..n).map(|_| None).collect();
         let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
-        let mut descriptions: Vec<Option<serde_json::Value>> = vec![None; n];
         let mut lock_pending: BTreeMap<String, LockEntry> = BTreeMap::new();
         let (tx, rx) = mpsc::channel::<(usize, JobResult)>();
         let mut running = 0usize;
@@ -240,7 +246,6 @@ impl Runner {
                             lock_pending.insert(stage.id.clone(), fp.lock_entry(&key, &rec.artifact, metrics_of(&rec.metrics), rec.devices.clone()));
                             state[i] = State::Done(rec.artifact);
                             outcomes[i] = Some(Outcome::Reused { artifact: rec.artifact.to_string() });
-                            descriptions[i] = None;
                             continue;
                         }
                     }
@@ -254,7 +259,9 @@ impl Runner {
                         })
                         .collect();
                     let pi = plan_inputs(spec, stage, &descriptions, &paths);
-                    descriptions[i] = stage.stage.describe(&stage.params, &pi).ok().flatten();
+                    if let Ok(Some(d)) = stage.stage.describe(&stage.params, &pi) {
+                        descriptions[i] = Some(d);
+                    }
                     let resources = match effective_resources(stage, &pi) {
                         Ok(r) if self.inventory.check(&r).is_ok() => r,
                         _ => planned[i],

@@ -8,7 +8,6 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use fs2::FileExt;
 use serde::{Deserialize, Serialize};
 
 /// The lock file's contents.
@@ -117,7 +116,8 @@ impl LockWriter {
             fs::create_dir_all(parent).map_err(werr)?;
         }
         let guard = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&self.guard).map_err(werr)?;
-        guard.lock_exclusive().map_err(werr)?;
+        // Released when `guard` drops (and by the kernel if the process dies).
+        guard.lock().map_err(werr)?;
         let mut lock = LockFile::read(&self.path)?.unwrap_or(LockFile { version: LOCK_VERSION, pipeline: self.pipeline.clone(), stages: BTreeMap::new() });
         let before = lock.clone();
         lock.pipeline = self.pipeline.clone();

@@ -176,3 +176,11 @@ fn command_fields_are_interpolated_and_typed() {
     assert_eq!(p["env"], serde_json::json!({"N": "3", "FLAG": "true"}));
     assert_eq!(spec.stages[0].deps, vec![PathBuf::from("data/x.txt")]);
 }
+
+#[test]
+fn a_cycle_is_reported_with_the_other_errors() {
+    let errs = errors("pipeline: c\nstages:\n  a: { kind: command, cmd: x, inputs: { i: b } }\n  b: { kind: command, cmd: x, inputs: { i: a } }\n  c: { kind: comand }\n");
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert_eq!(errs[0], "m.yaml:3:3: stage `a`: the inputs form a cycle: a -> b -> a");
+    assert!(errs[1].contains("unknown stage kind `comand`"), "{errs:?}");
+}
