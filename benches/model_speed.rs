@@ -4,11 +4,13 @@
 //! tokens/s (forward + cross-entropy + backward + AdamW step), the achieved GFLOP/s, the same
 //! machine's f32 matmul peak measured in this run, a per-op profile of one step, and, when a
 //! Python with PyTorch is available (`POLLARD_TORCH_PYTHON`, else `/tmp/torchenv/bin/python`),
-//! the same model and step in PyTorch (benches/model_speed_torch.py) and pollard/PyTorch ratios.
+//! the same model and step in PyTorch (benches/model_speed_torch.py, run with the same number of
+//! threads as pollard: RAYON_NUM_THREADS or all cores) and pollard/PyTorch ratios.
 //! Never a timed assertion: everything is a measurement printed as numbers and ratios.
 //!
-//! Build with `cargo build --bench model_speed` (dev profile, optimised) and run the binary
-//! from target/debug/deps, or `cargo bench --bench model_speed` (release profile).
+//! Run `cargo bench --bench model_speed`, or build it with `cargo build --release --bench
+//! model_speed` and run the binary from target/release/deps. Use a release build: the dev
+//! profile leaves debug assertions and overflow checks on in gemm and measured 2-3.5x slower.
 //! Knobs: POLLARD_BENCH_REPS (timed repetitions, default 5), POLLARD_BENCH_BATCH (default 8),
 //! POLLARD_BENCH_ONLY_STEPS (only run that many training steps, for profiling).
 
@@ -285,7 +287,13 @@ fn run_torch(c: &LlamaConfig, batch: usize, reps: usize) -> Option<Torch> {
             "--seq",
             &SEQ.to_string(),
         ])
-        .args(["--reps", &reps.to_string(), "--tied"])
+        .args([
+            "--reps",
+            &reps.to_string(),
+            "--threads",
+            &threads().to_string(),
+            "--tied",
+        ])
         .output();
     let out = match out {
         Ok(o) if o.status.success() => o,

@@ -95,10 +95,12 @@ def timed(reps, f):
 def main():
     ap = argparse.ArgumentParser()
     for k, d in [("vocab", 4096), ("hidden", 384), ("intermediate", 1024), ("layers", 5), ("heads", 6),
-                 ("kv-heads", 2), ("head-dim", 64), ("batch", 8), ("seq", 256), ("reps", 5)]:
+                 ("kv-heads", 2), ("head-dim", 64), ("batch", 8), ("seq", 256), ("reps", 5), ("threads", 0)]:
         ap.add_argument("--" + k, type=int, default=d)
     ap.add_argument("--tied", action="store_true")
     a = ap.parse_args()
+    if a.threads > 0:  # the Rust bench passes its own thread count so both sides use the same
+        torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     n = 2048
     x, y = torch.randn(n, n), torch.randn(n, n)

@@ -22,9 +22,9 @@ fn shortened_tiny() -> String {
     let mut text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tiny.yaml")).unwrap();
     for (from, to) in [
         ("words: 1M", "words: 200K"),
-        ("teacher_tokens: 800K", "teacher_tokens: 300K"),
-        ("distill_tokens: 300K", "distill_tokens: 100K"),
-        ("baseline_tokens: 600K", "baseline_tokens: 200K"),
+        ("teacher_tokens: 600K", "teacher_tokens: 300K"),
+        ("distill_tokens: 250K", "distill_tokens: 100K"),
+        ("baseline_tokens: 500K", "baseline_tokens: 200K"),
         ("eval_every: 200", "eval_every: 0"),
         ("eval_every: 100", "eval_every: 0"),
         ("samples: 64,", "samples: 16,"),
