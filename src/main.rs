@@ -16,10 +16,16 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pollard_cache::{ArtifactId, GcRoots};
 use pollard_engine::exec::plan_resources;
-use pollard_engine::{status, EngineError, Inventory, LockWriter, Outcome, RunOptions, Runner, Selection};
+use pollard_engine::{
+    status, EngineError, Inventory, LockWriter, Outcome, RunOptions, Runner, Selection,
+};
 
 #[derive(Parser)]
-#[command(name = "pollard", version, about = "Runs model-compression recipes (score, prune, distill, evaluate) from YAML manifests, cached by content hash")]
+#[command(
+    name = "pollard",
+    version,
+    about = "Runs model-compression recipes (score, prune, distill, evaluate) from YAML manifests, cached by content hash"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -139,7 +145,10 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let code = e.downcast_ref::<EngineError>().map(|e| e.exit_code()).unwrap_or(1);
+            let code = e
+                .downcast_ref::<EngineError>()
+                .map(|e| e.exit_code())
+                .unwrap_or(1);
             match e.downcast_ref::<EngineError>() {
                 Some(EngineError::Manifest(d)) => {
                     for diag in &d.0 {
@@ -169,7 +178,11 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Run(args) => run(args),
-        Command::Status { manifest, stages, json } => {
+        Command::Status {
+            manifest,
+            stages,
+            json,
+        } => {
             let ws = workspace::load(manifest.file.as_deref(), false)?;
             let cache = ws.open_cache()?;
             let sel = Selection::new(&ws.spec, &stages, &[], false)?;
@@ -181,7 +194,11 @@ fn dispatch(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Dag { manifest, dot, json } => {
+        Command::Dag {
+            manifest,
+            dot,
+            json,
+        } => {
             let ws = workspace::load(manifest.file.as_deref(), false)?;
             if dot {
                 print!("{}", render::dot(&ws.spec));
@@ -197,13 +214,23 @@ fn dispatch(cli: Cli) -> Result<u8> {
                         serde_json::json!({ "id": s.id, "kind": s.kind, "inputs": inputs, "params": s.params.canonical })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "pipeline": ws.spec.name, "stages": stages }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "pipeline": ws.spec.name, "stages": stages })
+                    )?
+                );
             } else {
                 print!("{}", render::dag(&ws.spec));
             }
             Ok(0)
         }
-        Command::Show { stage, manifest, path, json } => show(manifest.file.as_deref(), &stage, path, json),
+        Command::Show {
+            stage,
+            manifest,
+            path,
+            json,
+        } => show(manifest.file.as_deref(), &stage, path, json),
         Command::Gc { manifest, json } => {
             let ws = workspace::load(manifest.file.as_deref(), false)?;
             let cache = ws.open_cache()?;
@@ -218,7 +245,12 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 }
             }
             lock_files.retain(|p| p.exists());
-            let report = cache.gc(&GcRoots { lock_files, ..GcRoots::default() }).map_err(EngineError::from)?;
+            let report = cache
+                .gc(&GcRoots {
+                    lock_files,
+                    ..GcRoots::default()
+                })
+                .map_err(EngineError::from)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -230,7 +262,10 @@ fn dispatch(cli: Cli) -> Result<u8> {
                     report.temp_removed,
                     pollard_engine::Bytes(report.bytes_freed)
                 );
-                println!("kept {} records, {} artifacts, {} objects", report.records_kept, report.artifacts_kept, report.objects_kept);
+                println!(
+                    "kept {} records, {} artifacts, {} objects",
+                    report.records_kept, report.artifacts_kept, report.objects_kept
+                );
             }
             Ok(0)
         }
@@ -239,13 +274,16 @@ fn dispatch(cli: Cli) -> Result<u8> {
             let cache = ws.open_cache()?;
             let report = cache.verify().map_err(EngineError::from)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-                    "objects_checked": report.objects_checked,
-                    "manifests_checked": report.manifests_checked,
-                    "records_checked": report.records_checked,
-                    "bytes_hashed": report.bytes_hashed,
-                    "problems": report.problems,
-                }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "objects_checked": report.objects_checked,
+                        "manifests_checked": report.manifests_checked,
+                        "records_checked": report.records_checked,
+                        "bytes_hashed": report.bytes_hashed,
+                        "problems": report.problems,
+                    }))?
+                );
             } else {
                 println!(
                     "checked {} objects ({}), {} artifact manifests, {} run records",
@@ -271,7 +309,10 @@ fn dispatch(cli: Cli) -> Result<u8> {
             let text = workspace::recipe(&recipe).map_err(|e| EngineError::Usage(e.to_string()))?;
             let dest = Path::new("pollard.yaml");
             if dest.exists() && !force {
-                return Err(EngineError::Usage("pollard.yaml already exists here (use --force to overwrite it)".into()).into());
+                return Err(EngineError::Usage(
+                    "pollard.yaml already exists here (use --force to overwrite it)".into(),
+                )
+                .into());
             }
             std::fs::write(dest, text).context("cannot write pollard.yaml")?;
             println!("wrote pollard.yaml (the `{recipe}` recipe); `pollard run` runs it");
@@ -288,20 +329,52 @@ fn run(args: RunArgs) -> Result<u8> {
         let sel = Selection::new(&ws.spec, &args.stages, &args.force, args.force_all)?;
         let resources = plan_resources(&ws.spec, &sel, &inventory)?;
         let rows = status(&ws.spec, &cache, ws.lock.as_ref(), &sel)?;
-        println!("dry run of {} ({}); {}", ws.spec.name, ws.spec.file, render::inventory(&inventory));
+        println!(
+            "dry run of {} ({}); {}",
+            ws.spec.name,
+            ws.spec.file,
+            render::inventory(&inventory)
+        );
         let w = rows.iter().map(|r| r.stage.len()).max().unwrap_or(0);
         for r in &rows {
-            let i = ws.spec.index_of(&r.stage).expect("status rows are stages of the spec");
+            let i = ws
+                .spec
+                .index_of(&r.stage)
+                .expect("status rows are stages of the spec");
             if r.up_to_date {
-                println!("  {:w$}  reuse  {}", r.stage, render::short(r.artifact.as_deref().unwrap_or("")));
+                println!(
+                    "  {:w$}  reuse  {}",
+                    r.stage,
+                    render::short(r.artifact.as_deref().unwrap_or(""))
+                );
             } else {
                 let res = resources[i];
-                let mut need = format!("{} cpu", if res.cpus == 0 { "all".to_string() } else { res.cpus.to_string() });
+                let mut need = format!(
+                    "{} cpu",
+                    if res.cpus == 0 {
+                        "all".to_string()
+                    } else {
+                        res.cpus.to_string()
+                    }
+                );
                 if res.gpus > 0 {
                     need.push_str(&format!(", {} gpu", res.gpus));
                     if res.gpu_memory > 0 {
                         need.push_str(&format!(" x {}", pollard_engine::Bytes(res.gpu_memory)));
                     }
+                } else if res.gpu_memory > 0 {
+                    // Model kinds run on the CPU unless asked for GPUs; their estimate still tells
+                    // the user what a GPU placement of this stage would need.
+                    need.push_str(&format!(
+                        ", on a gpu {}",
+                        pollard_engine::Bytes(res.gpu_memory)
+                    ));
+                }
+                if res.host_memory > 0 {
+                    need.push_str(&format!(
+                        ", host {}",
+                        pollard_engine::Bytes(res.host_memory)
+                    ));
                 }
                 let why: Vec<String> = r.reasons.iter().map(|x| x.to_string()).collect();
                 println!("  {:w$}  run    [{need}] {}", r.stage, why.join("; "));
@@ -323,17 +396,40 @@ fn run(args: RunArgs) -> Result<u8> {
     }
     let console = Arc::new(progress::Console::new(args.plain, args.json));
     let known: Vec<String> = ws.spec.ids().map(str::to_string).collect();
-    let lock = LockWriter::new(ws.lock_path.clone(), &ws.state_dir(), &ws.spec.name, known, ws.lock.clone());
+    let lock = LockWriter::new(
+        ws.lock_path.clone(),
+        &ws.state_dir(),
+        &ws.spec.name,
+        known,
+        ws.lock.clone(),
+    );
     let spec = Arc::new(ws.spec);
     let failure_logs = spec.dir.join(".pollard").join("logs");
-    let runner = Runner { spec: spec.clone(), cache, lock, inventory, reporter: console, cancel, failure_logs };
-    let opts = RunOptions { targets: args.stages, force: args.force, force_all: args.force_all, jobs: args.jobs, keep_going: args.keep_going };
+    let runner = Runner {
+        spec: spec.clone(),
+        cache,
+        lock,
+        inventory,
+        reporter: console,
+        cancel,
+        failure_logs,
+    };
+    let opts = RunOptions {
+        targets: args.stages,
+        force: args.force,
+        force_all: args.force_all,
+        jobs: args.jobs,
+        keep_going: args.keep_going,
+    };
     let summary = runner.run(&opts)?;
     let ran = summary.count(|o| matches!(o, Outcome::Ran { .. }));
     let reused = summary.count(|o| matches!(o, Outcome::Reused { .. }));
     let failed = summary.count(|o| matches!(o, Outcome::Failed { .. }));
     let skipped = summary.count(|o| matches!(o, Outcome::Skipped { .. }));
-    let line = format!("{}: {ran} ran, {reused} up to date, {failed} failed, {skipped} not run", spec.name);
+    let line = format!(
+        "{}: {ran} ran, {reused} up to date, {failed} failed, {skipped} not run",
+        spec.name
+    );
     if args.json {
         eprintln!("{line}");
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -350,17 +446,31 @@ fn show(file: Option<&Path>, stage: &str, path_only: bool, json: bool) -> Result
     let ws = workspace::load(file, false)?;
     let cache = ws.open_cache()?;
     let Some(i) = ws.spec.index_of(stage) else {
-        let e = ws.spec.resolve_ids(&[stage.to_string()]).expect_err("the id is unknown");
+        let e = ws
+            .spec
+            .resolve_ids(&[stage.to_string()])
+            .expect_err("the id is unknown");
         return Err(EngineError::Usage(e).into());
     };
     let sel = Selection::new(&ws.spec, &[stage.to_string()], &[], false)?;
     let rows = status(&ws.spec, &cache, ws.lock.as_ref(), &sel)?;
-    let row = rows.iter().find(|r| r.stage == ws.spec.stages[i].id).expect("the stage is selected");
+    let row = rows
+        .iter()
+        .find(|r| r.stage == ws.spec.stages[i].id)
+        .expect("the stage is selected");
     // The current output when up to date, else what the lock file last recorded (marked stale).
-    let (artifact, note) = match (&row.artifact, ws.lock.as_ref().and_then(|l| l.stages.get(stage))) {
+    let (artifact, note) = match (
+        &row.artifact,
+        ws.lock.as_ref().and_then(|l| l.stages.get(stage)),
+    ) {
         (Some(a), _) => (a.clone(), None),
-        (None, Some(e)) => (e.output.clone(), Some("stale: this is the last recorded output; `pollard status` says why")),
-        (None, None) => bail!(EngineError::Usage(format!("stage `{stage}` has no output yet (run `pollard run {stage}`)"))),
+        (None, Some(e)) => (
+            e.output.clone(),
+            Some("stale: this is the last recorded output; `pollard status` says why"),
+        ),
+        (None, None) => bail!(EngineError::Usage(format!(
+            "stage `{stage}` has no output yet (run `pollard run {stage}`)"
+        ))),
     };
     let id: ArtifactId = artifact.parse().map_err(EngineError::from)?;
     let dir = cache.artifact_dir(&id).map_err(EngineError::from)?;
@@ -368,15 +478,23 @@ fn show(file: Option<&Path>, stage: &str, path_only: bool, json: bool) -> Result
         println!("{}", dir.display());
         return Ok(0);
     }
-    let art = cache.artifact(&id).map_err(EngineError::from)?.context("the artifact's manifest vanished")?;
+    let art = cache
+        .artifact(&id)
+        .map_err(EngineError::from)?
+        .context("the artifact's manifest vanished")?;
     let metrics = std::fs::read_to_string(dir.join("metrics.json")).ok();
     let report = std::fs::read_to_string(dir.join("report.md")).ok();
     if json {
         let files: Vec<serde_json::Value> = art.files().iter().map(|f| serde_json::json!({"path": f.path, "size": f.size, "digest": f.digest.to_string()})).collect();
-        let metrics: Option<serde_json::Value> = metrics.as_deref().and_then(|m| serde_json::from_str(m).ok());
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-            "stage": stage, "artifact": artifact, "path": dir, "stale": note.is_some(), "files": files, "metrics": metrics, "report": report,
-        }))?);
+        let metrics: Option<serde_json::Value> = metrics
+            .as_deref()
+            .and_then(|m| serde_json::from_str(m).ok());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "stage": stage, "artifact": artifact, "path": dir, "stale": note.is_some(), "files": files, "metrics": metrics, "report": report,
+            }))?
+        );
         return Ok(0);
     }
     println!("stage {stage} ({})", ws.spec.stages[i].kind);
@@ -387,7 +505,11 @@ fn show(file: Option<&Path>, stage: &str, path_only: bool, json: bool) -> Result
     println!("folder   {}", dir.display());
     println!("files:");
     for f in art.files() {
-        println!("  {:>10}  {}", pollard_engine::Bytes(f.size).to_string(), f.path);
+        println!(
+            "  {:>10}  {}",
+            pollard_engine::Bytes(f.size).to_string(),
+            f.path
+        );
     }
     if let Some(m) = metrics {
         println!("metrics.json:\n{}", m.trim_end());

@@ -24,14 +24,20 @@ struct Bars {
 }
 
 fn short(artifact: &str) -> &str {
-    let end = artifact.char_indices().nth(19).map(|(i, _)| i).unwrap_or(artifact.len());
+    let end = artifact
+        .char_indices()
+        .nth(19)
+        .map(|(i, _)| i)
+        .unwrap_or(artifact.len());
     &artifact[..end]
 }
 
 fn describe(p: &Progress) -> String {
     let mut parts = Vec::new();
     match p.total {
-        Some(t) if p.loss.is_some() || p.tokens_per_s.is_some() => parts.push(format!("step {}/{t}", p.step)),
+        Some(t) if p.loss.is_some() || p.tokens_per_s.is_some() => {
+            parts.push(format!("step {}/{t}", p.step))
+        }
         _ => {}
     }
     if p.total.is_none() && (p.loss.is_some() || p.tokens_per_s.is_some()) {
@@ -52,9 +58,20 @@ fn describe(p: &Progress) -> String {
 impl Console {
     /// Bars on a terminal unless `plain`; events on stderr when `to_stderr`.
     pub fn new(plain: bool, to_stderr: bool) -> Console {
-        let tty = if to_stderr { std::io::stderr().is_terminal() } else { std::io::stdout().is_terminal() };
-        let bars = (tty && !plain).then(|| Bars { multi: MultiProgress::new(), running: Mutex::new(HashMap::new()) });
-        Console { bars, last_progress: Mutex::new(HashMap::new()), to_stderr }
+        let tty = if to_stderr {
+            std::io::stderr().is_terminal()
+        } else {
+            std::io::stdout().is_terminal()
+        };
+        let bars = (tty && !plain).then(|| Bars {
+            multi: MultiProgress::new(),
+            running: Mutex::new(HashMap::new()),
+        });
+        Console {
+            bars,
+            last_progress: Mutex::new(HashMap::new()),
+            to_stderr,
+        }
     }
 
     fn line(&self, text: &str) {
@@ -71,7 +88,12 @@ impl Console {
 impl ProgressSink for Console {
     fn progress(&self, stage: &str, p: &Progress) {
         if let Some(b) = &self.bars {
-            if let Some(bar) = b.running.lock().unwrap_or_else(|e| e.into_inner()).get(stage) {
+            if let Some(bar) = b
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(stage)
+            {
                 if let Some(t) = p.total {
                     bar.set_length(t);
                     bar.set_position(p.step);
@@ -86,7 +108,9 @@ impl ProgressSink for Console {
         }
         let mut last = self.last_progress.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let due = last.get(stage).is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(5));
+        let due = last
+            .get(stage)
+            .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(5));
         if due || p.total == Some(p.step) {
             last.insert(stage.to_string(), now);
             drop(last);
@@ -103,34 +127,64 @@ impl Reporter for Console {
     fn event(&self, e: &Event) {
         match e {
             Event::Reused { .. } => {}
-            Event::Waiting { stage, gpus, cpus, .. } => {
-                self.line(&format!("[{stage}] waiting for resources ({gpus} GPU(s), {cpus} CPU(s))"));
+            Event::Waiting {
+                stage, gpus, cpus, ..
+            } => {
+                self.line(&format!(
+                    "[{stage}] waiting for resources ({gpus} GPU(s), {cpus} CPU(s))"
+                ));
             }
-            Event::Started { stage, gpus, threads } => {
+            Event::Started {
+                stage,
+                gpus,
+                threads,
+            } => {
                 let on = if gpus.is_empty() {
                     format!("{threads} thread{}", if *threads == 1 { "" } else { "s" })
                 } else {
-                    format!("GPU {}", gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(","))
+                    format!(
+                        "GPU {}",
+                        gpus.iter()
+                            .map(|g| g.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    )
                 };
                 if let Some(b) = &self.bars {
                     let bar = b.multi.add(ProgressBar::new_spinner());
-                    let style = ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}").expect("the template is valid");
+                    let style = ProgressStyle::with_template(
+                        "{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}",
+                    )
+                    .expect("the template is valid");
                     bar.set_style(style);
                     bar.set_prefix(stage.clone());
                     bar.set_message(format!("on {on}"));
                     bar.enable_steady_tick(Duration::from_millis(120));
-                    b.running.lock().unwrap_or_else(|e| e.into_inner()).insert(stage.clone(), bar);
+                    b.running
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(stage.clone(), bar);
                 } else {
                     self.line(&format!("[{stage}] started on {on}"));
                 }
             }
-            Event::Finished { stage, artifact, seconds } => {
+            Event::Finished {
+                stage,
+                artifact,
+                seconds,
+            } => {
                 self.finish_bar(stage);
-                self.line(&format!("[{stage}] done in {seconds:.1}s -> {}", short(artifact)));
+                self.line(&format!(
+                    "[{stage}] done in {seconds:.1}s -> {}",
+                    short(artifact)
+                ));
             }
             Event::Joined { stage, artifact } => {
                 self.finish_bar(stage);
-                self.line(&format!("[{stage}] computed by another run -> {}", short(artifact)));
+                self.line(&format!(
+                    "[{stage}] computed by another run -> {}",
+                    short(artifact)
+                ));
             }
             Event::Failed { stage, error } => {
                 self.finish_bar(stage);
@@ -144,7 +198,12 @@ impl Reporter for Console {
 impl Console {
     fn finish_bar(&self, stage: &str) {
         if let Some(b) = &self.bars {
-            if let Some(bar) = b.running.lock().unwrap_or_else(|e| e.into_inner()).remove(stage) {
+            if let Some(bar) = b
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(stage)
+            {
                 bar.finish_and_clear();
             }
         }

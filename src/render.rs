@@ -21,10 +21,23 @@ pub fn status(spec: &PipelineSpec, rows: &[StageStatus]) -> String {
     let w = width(spec);
     let fresh = rows.iter().filter(|r| r.up_to_date).count();
     let mut out = String::new();
-    let _ = writeln!(out, "pipeline {} ({}): {} stages, {} up to date, {} stale", spec.name, spec.file, rows.len(), fresh, rows.len() - fresh);
+    let _ = writeln!(
+        out,
+        "pipeline {} ({}): {} stages, {} up to date, {} stale",
+        spec.name,
+        spec.file,
+        rows.len(),
+        fresh,
+        rows.len() - fresh
+    );
     for r in rows {
         if r.up_to_date {
-            let _ = writeln!(out, "  {:w$}  up to date  {}", r.stage, short(r.artifact.as_deref().unwrap_or("")));
+            let _ = writeln!(
+                out,
+                "  {:w$}  up to date  {}",
+                r.stage,
+                short(r.artifact.as_deref().unwrap_or(""))
+            );
         } else {
             for (i, reason) in r.reasons.iter().enumerate() {
                 if i == 0 {
@@ -43,7 +56,17 @@ pub fn dag(spec: &PipelineSpec) -> String {
     let _ = writeln!(out, "pipeline {} ({} stages)", spec.name, spec.stages.len());
     for &i in &spec.order {
         let s = &spec.stages[i];
-        let inputs: Vec<String> = s.inputs.iter().map(|(slot, &u)| if *slot == spec.stages[u].id { slot.clone() } else { format!("{slot}={}", spec.stages[u].id) }).collect();
+        let inputs: Vec<String> = s
+            .inputs
+            .iter()
+            .map(|(slot, &u)| {
+                if *slot == spec.stages[u].id {
+                    slot.clone()
+                } else {
+                    format!("{slot}={}", spec.stages[u].id)
+                }
+            })
+            .collect();
         if inputs.is_empty() {
             let _ = writeln!(out, "  {} [{}]", s.id, s.kind);
         } else {
@@ -61,7 +84,10 @@ fn dot_escape(s: &str) -> String {
 pub fn dot(spec: &PipelineSpec) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph \"{}\" {{", dot_escape(&spec.name));
-    let _ = writeln!(out, "  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];");
+    let _ = writeln!(
+        out,
+        "  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];"
+    );
     let mut clusters: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
     let mut loose = Vec::new();
     for &i in &spec.order {
@@ -73,13 +99,23 @@ pub fn dot(spec: &PipelineSpec) -> String {
     }
     let node = |out: &mut String, i: usize, indent: &str| {
         let s = &spec.stages[i];
-        let _ = writeln!(out, "{indent}\"{}\" [label=\"{}\\n{}\"];", dot_escape(&s.id), dot_escape(&s.id), dot_escape(&s.kind));
+        let _ = writeln!(
+            out,
+            "{indent}\"{}\" [label=\"{}\\n{}\"];",
+            dot_escape(&s.id),
+            dot_escape(&s.id),
+            dot_escape(&s.kind)
+        );
     };
     for i in loose {
         node(&mut out, i, "  ");
     }
     for (n, (group, members)) in clusters.iter().enumerate() {
-        let _ = writeln!(out, "  subgraph cluster_{n} {{\n    label=\"{}\";", dot_escape(group));
+        let _ = writeln!(
+            out,
+            "  subgraph cluster_{n} {{\n    label=\"{}\";",
+            dot_escape(group)
+        );
         for &i in members {
             node(&mut out, i, "    ");
         }
@@ -88,7 +124,13 @@ pub fn dot(spec: &PipelineSpec) -> String {
     for &i in &spec.order {
         let s = &spec.stages[i];
         for (slot, &u) in &s.inputs {
-            let _ = writeln!(out, "  \"{}\" -> \"{}\" [label=\"{}\"];", dot_escape(&spec.stages[u].id), dot_escape(&s.id), dot_escape(slot));
+            let _ = writeln!(
+                out,
+                "  \"{}\" -> \"{}\" [label=\"{}\"];",
+                dot_escape(&spec.stages[u].id),
+                dot_escape(&s.id),
+                dot_escape(slot)
+            );
         }
     }
     out.push_str("}\n");
@@ -99,7 +141,17 @@ pub fn inventory(inv: &Inventory) -> String {
     if inv.gpus.is_empty() {
         format!("no GPUs ({}); {} CPU cores", inv.source, inv.cpus)
     } else {
-        let mems: Vec<String> = inv.gpus.iter().map(|g| Bytes(g.memory).to_string()).collect();
-        format!("{} GPU(s) from {}: {}; {} CPU cores", inv.gpus.len(), inv.source, mems.join(", "), inv.cpus)
+        let mems: Vec<String> = inv
+            .gpus
+            .iter()
+            .map(|g| Bytes(g.memory).to_string())
+            .collect();
+        format!(
+            "{} GPU(s) from {}: {}; {} CPU cores",
+            inv.gpus.len(),
+            inv.source,
+            mems.join(", "),
+            inv.cpus
+        )
     }
 }

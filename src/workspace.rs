@@ -8,16 +8,26 @@ use pollard_cache::Cache;
 use pollard_engine::{lock_path_for, EngineError, LockFile, PipelineSpec, Registry, Source};
 
 /// Recipes built into the binary: (name, text).
-pub const RECIPES: &[(&str, &str)] = &[("tiny", include_str!("../pipelines/tiny.yaml")), ("demo", include_str!("recipes/demo.yaml"))];
+pub const RECIPES: &[(&str, &str)] = &[
+    ("tiny", include_str!("../pipelines/tiny.yaml")),
+    ("demo", include_str!("recipes/demo.yaml")),
+];
 
 /// The recipe `pollard run` uses when there is no manifest.
 pub const DEFAULT_RECIPE: &str = "tiny";
 
 pub fn recipe(name: &str) -> Result<&'static str> {
-    RECIPES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).with_context(|| {
-        let names: Vec<&str> = RECIPES.iter().map(|(n, _)| *n).collect();
-        format!("no embedded recipe `{name}` (embedded: {})", names.join(", "))
-    })
+    RECIPES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .with_context(|| {
+            let names: Vec<&str> = RECIPES.iter().map(|(n, _)| *n).collect();
+            format!(
+                "no embedded recipe `{name}` (embedded: {})",
+                names.join(", ")
+            )
+        })
 }
 
 /// A loaded manifest with its lock file and cache.
@@ -37,12 +47,18 @@ pub fn registry() -> Registry {
 pub fn load(file: Option<&Path>, say_embedded: bool) -> Result<Workspace> {
     let (source, manifest) = match file {
         Some(f) => {
-            let src = Source::read(f).map_err(|source| EngineError::ReadManifest { path: f.to_path_buf(), source })?;
+            let src = Source::read(f).map_err(|source| EngineError::ReadManifest {
+                path: f.to_path_buf(),
+                source,
+            })?;
             (src, f.to_path_buf())
         }
         None if Path::new("pollard.yaml").exists() => {
             let f = Path::new("pollard.yaml");
-            let src = Source::read(f).map_err(|source| EngineError::ReadManifest { path: f.to_path_buf(), source })?;
+            let src = Source::read(f).map_err(|source| EngineError::ReadManifest {
+                path: f.to_path_buf(),
+                source,
+            })?;
             (src, f.to_path_buf())
         }
         None => {
@@ -51,14 +67,22 @@ pub fn load(file: Option<&Path>, say_embedded: bool) -> Result<Workspace> {
             if say_embedded {
                 eprintln!("no pollard.yaml here: running the built-in `{DEFAULT_RECIPE}` recipe as ./{name} (`pollard init` writes it out)");
             }
-            let src = Source::new(name.clone(), cwd.clone(), recipe(DEFAULT_RECIPE)?.to_string());
+            let src = Source::new(
+                name.clone(),
+                cwd.clone(),
+                recipe(DEFAULT_RECIPE)?.to_string(),
+            );
             (src, cwd.join(name))
         }
     };
     let spec = pollard_engine::load(&source, &registry()).map_err(EngineError::Manifest)?;
     let lock_path = lock_path_for(&manifest);
     let lock = LockFile::read(&lock_path).map_err(EngineError::Lock)?;
-    Ok(Workspace { spec, lock_path, lock })
+    Ok(Workspace {
+        spec,
+        lock_path,
+        lock,
+    })
 }
 
 impl Workspace {

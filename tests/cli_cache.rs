@@ -41,7 +41,11 @@ fn first_run_runs_everything_and_a_second_run_nothing() {
     ex.sort();
     assert_eq!(ex, vec!["a", "b", "c", "side"], "each stage executed once");
     let r = ws.run(&["status"]);
-    assert!(r.stdout.contains("4 stages, 4 up to date, 0 stale"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("4 stages, 4 up to date, 0 stale"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -51,10 +55,18 @@ fn a_params_change_reruns_that_stage_and_what_follows_with_early_cutoff() {
     ws.write("pollard.yaml", &MANIFEST.replace("n: 3", "n: 4"));
     let st = ws.run(&["status"]);
     assert!(st.stdout.contains("param `cmd` changed"), "{}", st.stdout);
-    assert!(st.stdout.contains("input `a` will be rebuilt (stage `a` is stale)"), "{}", st.stdout);
+    assert!(
+        st.stdout
+            .contains("input `a` will be rebuilt (stage `a` is stale)"),
+        "{}",
+        st.stdout
+    );
     // a's output changes; b reruns but writes the same line count, so c is not rerun.
     assert_eq!(ws.ran(&[]), vec!["a", "b"]);
-    ws.write("pollard.yaml", &MANIFEST.replace("n: 3", "n: 4").replace("m: x", "m: y"));
+    ws.write(
+        "pollard.yaml",
+        &MANIFEST.replace("n: 3", "n: 4").replace("m: x", "m: y"),
+    );
     assert_eq!(ws.ran(&[]), vec!["c"]);
 }
 
@@ -62,12 +74,20 @@ fn a_params_change_reruns_that_stage_and_what_follows_with_early_cutoff() {
 fn touching_a_deps_file_reruns_nothing_but_editing_it_does() {
     let ws = ws();
     ws.ran(&[]);
-    let t = std::process::Command::new("touch").args(["-d", "2001-01-01", "input.txt"]).current_dir(ws.path()).status().unwrap();
+    let t = std::process::Command::new("touch")
+        .args(["-d", "2001-01-01", "input.txt"])
+        .current_dir(ws.path())
+        .status()
+        .unwrap();
     assert!(t.success());
     assert_eq!(ws.ran(&[]), Vec::<String>::new());
     ws.write("input.txt", "changed\n");
     let st = ws.run(&["status"]);
-    assert!(st.stdout.contains("deps file `input.txt` changed"), "{}", st.stdout);
+    assert!(
+        st.stdout.contains("deps file `input.txt` changed"),
+        "{}",
+        st.stdout
+    );
     assert_eq!(ws.ran(&[]), vec!["a", "b"]);
 }
 
@@ -122,8 +142,17 @@ fn the_lock_file_keeps_what_finished_before_a_failure() {
     let r = ws.run(&["run"]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stdout.contains("[bad] about to fail"), "{}", r.stdout);
-    assert!(r.stdout.contains("[bad] FAILED: command exited with status 7 (output in "), "{}", r.stdout);
-    assert_eq!(ws.read(".pollard/logs/bad.log"), "about to fail\n", "a failed stage's output is kept");
+    assert!(
+        r.stdout
+            .contains("[bad] FAILED: command exited with status 7 (output in "),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        ws.read(".pollard/logs/bad.log"),
+        "about to fail\n",
+        "a failed stage's output is kept"
+    );
     let lock = ws.read("pollard.lock");
     assert!(lock.contains("  ok:\n"), "{lock}");
     assert!(!lock.contains("  bad:\n"), "{lock}");
@@ -155,6 +184,12 @@ fn show_prints_the_artifact() {
     settings.bind(|| insta::assert_snapshot!("show", r.stdout));
     let p = ws.run(&["show", "r", "--path"]);
     let dir = std::path::PathBuf::from(p.stdout.trim());
-    assert_eq!(std::fs::read_to_string(dir.join("report.md")).unwrap(), "# Title\n");
-    assert!(ws.read("pollard.lock").contains("loss: 1.5"), "headline metrics go to the lock");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("report.md")).unwrap(),
+        "# Title\n"
+    );
+    assert!(
+        ws.read("pollard.lock").contains("loss: 1.5"),
+        "headline metrics go to the lock"
+    );
 }

@@ -24,7 +24,10 @@ stages:
 fn wait_for(ws: &Ws, line: &str) {
     let t0 = Instant::now();
     while !ws.executions().iter().any(|l| l == line) {
-        assert!(t0.elapsed() < Duration::from_secs(20), "stage {line} never started");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "stage {line} never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -32,12 +35,19 @@ fn wait_for(ws: &Ws, line: &str) {
 #[test]
 fn kill_9_in_the_middle_of_a_stage_then_a_rerun_reruns_only_that_stage_and_what_follows() {
     let ws = Ws::new(SLOW);
-    let mut child = ws.cmd(&["run"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = ws
+        .cmd(&["run"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     wait_for(&ws, "b");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let lock = ws.read("pollard.lock");
-    assert!(lock.contains("  a:\n") && !lock.contains("  b:\n"), "finished stages are kept, nothing half-done: {lock}");
+    assert!(
+        lock.contains("  a:\n") && !lock.contains("  b:\n"),
+        "finished stages are kept, nothing half-done: {lock}"
+    );
     ws.write("fast", "");
     assert_eq!(ws.ran(&[]), vec!["b", "c"]);
     assert_eq!(ws.executions(), vec!["a", "b", "b", "c"]);
@@ -48,13 +58,26 @@ fn kill_9_in_the_middle_of_a_stage_then_a_rerun_reruns_only_that_stage_and_what_
 #[test]
 fn sigterm_stops_the_running_stage_and_the_next_run_resumes() {
     let ws = Ws::new(SLOW);
-    let child = ws.cmd(&["run"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = ws
+        .cmd(&["run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_for(&ws, "b");
     let t0 = Instant::now();
     unsafe { libc_kill(child.id() as i32, 15) };
     let out = child.wait_with_output().unwrap();
-    assert!(t0.elapsed() < Duration::from_secs(10), "the 30 s stage was stopped");
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "the 30 s stage was stopped"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ws.write("fast", "");
     assert_eq!(ws.ran(&[]), vec!["b", "c"]);
 }
@@ -76,21 +99,34 @@ stages:
 #[test]
 fn two_runs_at_once_compute_each_stage_once_and_both_end_correct() {
     let ws = Ws::new(WIDE);
-    let one = ws.cmd(&["run", "--json"]).stderr(std::process::Stdio::null()).spawn_output();
-    let two = ws.cmd(&["run", "--json"]).stderr(std::process::Stdio::null()).spawn_output();
+    let one = ws
+        .cmd(&["run", "--json"])
+        .stderr(std::process::Stdio::null())
+        .spawn_output();
+    let two = ws
+        .cmd(&["run", "--json"])
+        .stderr(std::process::Stdio::null())
+        .spawn_output();
     let (one, two) = (one.join().unwrap(), two.join().unwrap());
     assert_eq!(one.code, 0, "{}", one.all());
     assert_eq!(two.code, 0, "{}", two.all());
     let mut ex = ws.executions();
     ex.sort();
-    assert_eq!(ex, vec!["s1", "s2", "s3", "s4", "s5"], "no stage computed twice");
+    assert_eq!(
+        ex,
+        vec!["s1", "s2", "s3", "s4", "s5"],
+        "no stage computed twice"
+    );
     let mut ran = outcomes(&one.stdout, "ran");
     ran.extend(outcomes(&two.stdout, "ran"));
     ran.sort();
     assert_eq!(ran, vec!["s1", "s2", "s3", "s4", "s5"]);
     assert_eq!(ws.ran(&[]), Vec::<String>::new());
     let show = ws.run(&["show", "s5", "--path"]);
-    assert_eq!(std::fs::read_to_string(std::path::Path::new(show.stdout.trim()).join("x")).unwrap(), "1\n2\n");
+    assert_eq!(
+        std::fs::read_to_string(std::path::Path::new(show.stdout.trim()).join("x")).unwrap(),
+        "1\n2\n"
+    );
     let lock = ws.read("pollard.lock");
     for id in ["s1", "s2", "s3", "s4", "s5"] {
         assert!(lock.contains(&format!("  {id}:\n")), "{lock}");

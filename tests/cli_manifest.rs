@@ -55,10 +55,19 @@ fn yaml_syntax_errors_have_a_position() {
     let ws = Ws::new("pipeline: s\nstages:\n  a: [\n");
     let r = ws.run(&["status"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.starts_with("error: pollard.yaml:4:1: YAML syntax error"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .starts_with("error: pollard.yaml:4:1: YAML syntax error"),
+        "{}",
+        r.stderr
+    );
     let r = ws.run(&["status", "-f", "missing.yaml"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("cannot read manifest missing.yaml"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot read manifest missing.yaml"),
+        "{}",
+        r.stderr
+    );
 }
 
 const GROUPS: &str = r#"pipeline: groups
@@ -113,27 +122,56 @@ fn dry_run_says_what_would_run_and_runs_nothing() {
 #[test]
 fn the_embedded_recipe_is_used_without_a_manifest_and_init_writes_recipes() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| -> Run { std::process::Command::new(bin()).args(args).current_dir(dir.path()).env_remove("POLLARD_CACHE_DIR").output().unwrap().into() };
+    let run = |args: &[&str]| -> Run {
+        std::process::Command::new(bin())
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("POLLARD_CACHE_DIR")
+            .output()
+            .unwrap()
+            .into()
+    };
     // The default (tiny) recipe trains models; planning it shows it is the one picked.
     let r = run(&["run", "--dry-run", "--gpus", "none"]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(r.stderr.contains("no pollard.yaml here: running the built-in `tiny` recipe as ./tiny.yaml"), "{}", r.stderr);
-    assert!(r.stdout.starts_with("dry run of tiny-minitron (tiny.yaml)"), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("no pollard.yaml here: running the built-in `tiny` recipe as ./tiny.yaml"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stdout.starts_with("dry run of tiny-minitron (tiny.yaml)"),
+        "{}",
+        r.stdout
+    );
     // The command-only demo runs for real once written out.
     let r = run(&["init", "--recipe", "demo"]);
     assert_eq!(r.code, 0, "{}", r.all());
     let r = run(&["run"]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(r.stdout.contains("demo: 3 ran, 0 up to date"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("demo: 3 ran, 0 up to date"),
+        "{}",
+        r.stdout
+    );
     assert!(dir.path().join("pollard.lock").exists());
     assert!(dir.path().join(".pollard/cache").is_dir());
     let r = run(&["show", "report"]);
-    assert!(r.stdout.contains("The corpus has 1200 words."), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("The corpus has 1200 words."),
+        "{}",
+        r.stdout
+    );
     let r = run(&["init"]);
     assert_eq!(r.code, 2, "refuses to overwrite");
     let r = run(&["init", "--recipe", "nope"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("no embedded recipe `nope`"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no embedded recipe `nope`"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -146,7 +184,11 @@ fn gc_keeps_what_the_lock_references_and_verify_finds_corruption() {
     assert_eq!(r.code, 0, "{}", r.all());
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["records_removed"], 1, "{v}");
-    assert_eq!(ws.ran(&[]), Vec::<String>::new(), "what the lock pins survives gc");
+    assert_eq!(
+        ws.ran(&[]),
+        Vec::<String>::new(),
+        "what the lock pins survives gc"
+    );
     let r = ws.run(&["verify"]);
     assert_eq!(r.code, 0, "{}", r.all());
     // Corrupt the stored object behind the artifact.
@@ -155,7 +197,11 @@ fn gc_keeps_what_the_lock_references_and_verify_finds_corruption() {
     let mut stack = vec![objects];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
-            if e.path().is_dir() { stack.push(e.path()) } else { files.push(e.path()) }
+            if e.path().is_dir() {
+                stack.push(e.path())
+            } else {
+                files.push(e.path())
+            }
         }
     }
     assert!(!files.is_empty());

@@ -11,7 +11,12 @@ const GPUS: &str = "80GiB,80GiB,80GiB,80GiB,80GiB,80GiB,80GiB,80GiB";
 fn every_pipeline_parses_and_plans() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
     let mut manifests: Vec<std::path::PathBuf> = std::fs::read_dir(&root)
-        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml")).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect()
+        })
         .unwrap_or_default();
     manifests.sort();
     for m in &manifests {
@@ -22,11 +27,22 @@ fn every_pipeline_parses_and_plans() {
         let plan = ws.run(&["run", "--dry-run", "--gpus", GPUS]);
         assert_eq!(plan.code, 0, "{}: {}", m.display(), plan.all());
         assert!(plan.stdout.starts_with("dry run of "), "{}", plan.stdout);
-        assert!(!ws.file("pollard.lock").exists(), "a dry run writes no lock file");
+        assert!(
+            !ws.file("pollard.lock").exists(),
+            "a dry run writes no lock file"
+        );
     }
     // The embedded default recipe, as `pollard run` would use it.
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(bin()).args(["run", "--dry-run", "--gpus", GPUS]).current_dir(dir.path()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(bin())
+        .args(["run", "--dry-run", "--gpus", GPUS])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("dry run of "));
 }

@@ -29,10 +29,16 @@ fn load(name: &str) -> PipelineSpec {
 
 #[test]
 fn every_recipe_validates_and_plans() {
-    for name in ["tiny.yaml", "ablations.yaml", "nemotron-15b-8b-4b.yaml", "llama-3.1-8b-minitron-4b.yaml"] {
+    for name in [
+        "tiny.yaml",
+        "ablations.yaml",
+        "nemotron-15b-8b-4b.yaml",
+        "llama-3.1-8b-minitron-4b.yaml",
+    ] {
         let spec = load(name);
         let sel = Selection::new(&spec, &[], &[], false).unwrap();
-        let res = plan_resources(&spec, &sel, &Inventory::resolve(Some("none")).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let res = plan_resources(&spec, &sel, &Inventory::resolve(Some("none")).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(res.len(), spec.stages.len());
     }
 }
@@ -42,7 +48,12 @@ fn paper_recipes_estimate_gpu_memory_for_the_real_shapes() {
     let spec = load("llama-3.1-8b-minitron-4b.yaml");
     let sel = Selection::new(&spec, &[], &[], false).unwrap();
     let res = plan_resources(&spec, &sel, &Inventory::resolve(Some("none")).unwrap()).unwrap();
-    let by_id = |id: &str| res[spec.ids().position(|s| s == id).unwrap_or_else(|| panic!("no stage {id}"))];
+    let by_id = |id: &str| {
+        res[spec
+            .ids()
+            .position(|s| s == id)
+            .unwrap_or_else(|| panic!("no stage {id}"))]
+    };
     // Llama-3.1-8B in bf16: 16 GB of weights; teacher correction trains it (4 copies + activations).
     let correct = by_id("teacher_correction");
     assert!(correct.gpu_memory > 64_000_000_000, "{correct:?}");

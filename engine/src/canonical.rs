@@ -57,13 +57,22 @@ mod tests {
     #[test]
     fn keys_are_sorted_at_every_level() {
         let v = json!({"b": 1, "a": {"d": [1, {"z": 0, "y": "s"}], "c": null}});
-        assert_eq!(canonical_json(&v), r#"{"a":{"c":null,"d":[1,{"y":"s","z":0}]},"b":1}"#);
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"a":{"c":null,"d":[1,{"y":"s","z":0}]},"b":1}"#
+        );
     }
 
     #[test]
     fn digest_is_pinned() {
         // Golden value: changing the canonical form changes every cache key, so it must be deliberate.
         let d = digest("pollard-test", &json!({"b": 2, "a": 1}));
-        assert_eq!(d, format!("blake3:{}", blake3::hash(b"pollard-test\n{\"a\":1,\"b\":2}").to_hex()));
+        assert_eq!(
+            d,
+            format!(
+                "blake3:{}",
+                blake3::hash(b"pollard-test\n{\"a\":1,\"b\":2}").to_hex()
+            )
+        );
     }
 }

@@ -29,7 +29,16 @@ pub struct CommandStage;
 
 /// `POLLARD_IN_<SLOT>`: the slot upper-cased, with characters a shell name cannot hold as `_`.
 pub fn input_var(slot: &str) -> String {
-    let name: String = slot.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    let name: String = slot
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
     format!("POLLARD_IN_{name}")
 }
 
@@ -47,7 +56,12 @@ impl Stage for CommandStage {
     }
 
     fn resources(&self, _p: &CommandParams, _inputs: &PlanInputs) -> Result<Resources, BoxError> {
-        Ok(Resources { gpus: 0, gpu_memory: 0, cpus: 1, host_memory: 0 })
+        Ok(Resources {
+            gpus: 0,
+            gpu_memory: 0,
+            cpus: 1,
+            host_memory: 0,
+        })
     }
 
     fn run(&self, ctx: &mut StageCtx, p: &CommandParams, inputs: &Inputs) -> Result<(), BoxError> {
@@ -103,7 +117,11 @@ impl Stage for CommandStage {
                 let secs = started.elapsed().as_secs();
                 if secs > last_report {
                     last_report = secs;
-                    ctx_ref.progress(Progress { step: secs, message: Some(format!("{secs}s")), ..Progress::default() });
+                    ctx_ref.progress(Progress {
+                        step: secs,
+                        message: Some(format!("{secs}s")),
+                        ..Progress::default()
+                    });
                 }
                 std::thread::sleep(nap);
                 nap = (nap * 2).min(Duration::from_millis(20));
@@ -166,7 +184,11 @@ mod tests {
     }
 
     fn params(cmd: &str) -> CommandParams {
-        CommandParams { cmd: cmd.into(), deps: vec![], env: BTreeMap::from([("GREETING".into(), "hi".into())]) }
+        CommandParams {
+            cmd: cmd.into(),
+            deps: vec![],
+            env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+        }
     }
 
     #[test]
@@ -178,24 +200,47 @@ mod tests {
         std::fs::create_dir_all(&input).unwrap();
         std::fs::write(input.join("x.txt"), "from upstream").unwrap();
         let sink = Arc::new(Lines::default());
-        let mut ctx = StageCtx::new("s1", out.clone(), dir.path().join("scratch"), vec![1, 3], 2, sink.clone(), Arc::new(AtomicBool::new(false)))
-            .with_workdir(dir.path().to_path_buf());
+        let mut ctx = StageCtx::new(
+            "s1",
+            out.clone(),
+            dir.path().join("scratch"),
+            vec![1, 3],
+            2,
+            sink.clone(),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .with_workdir(dir.path().to_path_buf());
         let mut inputs = Inputs::default();
-        inputs.slots.insert("up-stream".into(), InputArtifact { stage: "u".into(), path: input, artifact: "blake3:00".into() });
+        inputs.slots.insert(
+            "up-stream".into(),
+            InputArtifact {
+                stage: "u".into(),
+                path: input,
+                artifact: "blake3:00".into(),
+            },
+        );
         let p = params("echo $GREETING $POLLARD_STAGE $CUDA_VISIBLE_DEVICES; cat $POLLARD_IN_UP_STREAM/x.txt > $POLLARD_OUT/y; echo err >&2; pwd");
         CommandStage.run(&mut ctx, &p, &inputs).unwrap();
-        assert_eq!(std::fs::read_to_string(out.join("y")).unwrap(), "from upstream");
+        assert_eq!(
+            std::fs::read_to_string(out.join("y")).unwrap(),
+            "from upstream"
+        );
         let lines = sink.0.lock().unwrap().clone();
         assert!(lines.contains(&"hi s1 1,3".to_string()), "{lines:?}");
         assert!(lines.contains(&"err".to_string()), "{lines:?}");
-        assert!(lines.contains(&dir.path().canonicalize().unwrap().display().to_string()), "{lines:?}");
+        assert!(
+            lines.contains(&dir.path().canonicalize().unwrap().display().to_string()),
+            "{lines:?}"
+        );
     }
 
     #[test]
     fn failure_reports_the_exit_status() {
         let dir = tempfile::tempdir().unwrap();
         let mut ctx = StageCtx::detached("s", dir.path().to_path_buf(), dir.path().to_path_buf());
-        let e = CommandStage.run(&mut ctx, &params("exit 3"), &Inputs::default()).unwrap_err();
+        let e = CommandStage
+            .run(&mut ctx, &params("exit 3"), &Inputs::default())
+            .unwrap_err();
         assert_eq!(e.to_string(), "command exited with status 3");
     }
 
@@ -203,14 +248,28 @@ mod tests {
     fn cancellation_stops_the_process_group() {
         let dir = tempfile::tempdir().unwrap();
         let cancel = Arc::new(AtomicBool::new(false));
-        let mut ctx = StageCtx::new("s", dir.path().to_path_buf(), dir.path().to_path_buf(), vec![], 1, Arc::new(crate::stage::SilentSink), cancel.clone());
+        let mut ctx = StageCtx::new(
+            "s",
+            dir.path().to_path_buf(),
+            dir.path().to_path_buf(),
+            vec![],
+            1,
+            Arc::new(crate::stage::SilentSink),
+            cancel.clone(),
+        );
         let flag = cancel.clone();
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200));
             flag.store(true, std::sync::atomic::Ordering::Relaxed);
         });
         let started = Instant::now();
-        let e = CommandStage.run(&mut ctx, &params("sleep 30 & sleep 30; wait"), &Inputs::default()).unwrap_err();
+        let e = CommandStage
+            .run(
+                &mut ctx,
+                &params("sleep 30 & sleep 30; wait"),
+                &Inputs::default(),
+            )
+            .unwrap_err();
         t.join().unwrap();
         assert_eq!(e.to_string(), "interrupted");
         assert!(started.elapsed() < Duration::from_secs(10));

@@ -41,7 +41,8 @@ impl Diagnostics {
 
     /// Sorts by position (then message) and drops exact duplicates.
     pub fn sort(&mut self) {
-        self.0.sort_by(|a, b| (a.line, a.col, &a.message).cmp(&(b.line, b.col, &b.message)));
+        self.0
+            .sort_by(|a, b| (a.line, a.col, &a.message).cmp(&(b.line, b.col, &b.message)));
         self.0.dedup();
     }
 }
@@ -52,6 +53,10 @@ impl fmt::Display for Diagnostics {
             writeln!(f, "{d}")?;
         }
         let n = self.0.len();
-        write!(f, "{n} error{} in the manifest", if n == 1 { "" } else { "s" })
+        write!(
+            f,
+            "{n} error{} in the manifest",
+            if n == 1 { "" } else { "s" }
+        )
     }
 }

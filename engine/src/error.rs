@@ -14,9 +14,16 @@ pub enum EngineError {
     #[error("{0}")]
     Usage(String),
     #[error("cannot read manifest {path}: {source}")]
-    ReadManifest { path: PathBuf, source: std::io::Error },
+    ReadManifest {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("stage `{stage}`: cannot hash deps `{path}`: {source}")]
-    Deps { stage: String, path: String, source: Box<pollard_cache::Error> },
+    Deps {
+        stage: String,
+        path: String,
+        source: Box<pollard_cache::Error>,
+    },
     #[error(transparent)]
     Lock(#[from] LockError),
     /// Boxed: the cache's error is large and most results here are Ok.
@@ -34,7 +41,11 @@ impl EngineError {
     /// 2 for problems with what the user wrote (manifest, flags, deps paths), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            EngineError::Manifest(_) | EngineError::Usage(_) | EngineError::ReadManifest { .. } | EngineError::Deps { .. } | EngineError::Lock(_) => 2,
+            EngineError::Manifest(_)
+            | EngineError::Usage(_)
+            | EngineError::ReadManifest { .. }
+            | EngineError::Deps { .. }
+            | EngineError::Lock(_) => 2,
             EngineError::Cache(_) => 1,
         }
     }

@@ -21,20 +21,47 @@ use crate::lockfile::{LockEntry, LockWriter};
 use crate::plan::{deps_digests, fingerprint, lookup, Fingerprint, Lookup, Selection};
 use crate::resources::{Inventory, Lease, Pool};
 use crate::spec::{PipelineSpec, StageSpec};
-use crate::stage::{InputArtifact, Inputs, PlanInput, PlanInputs, Progress, ProgressSink, Resources, StageCtx};
+use crate::stage::{
+    InputArtifact, Inputs, PlanInput, PlanInputs, Progress, ProgressSink, Resources, StageCtx,
+};
 
 /// What happens to stages during a run, for the command line to render.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Reused { stage: String, artifact: String },
-    Waiting { stage: String, gpus: u32, gpu_memory: u64, cpus: u32 },
-    Started { stage: String, gpus: Vec<u32>, threads: usize },
-    Finished { stage: String, artifact: String, seconds: f64 },
+    Reused {
+        stage: String,
+        artifact: String,
+    },
+    Waiting {
+        stage: String,
+        gpus: u32,
+        gpu_memory: u64,
+        cpus: u32,
+    },
+    Started {
+        stage: String,
+        gpus: Vec<u32>,
+        threads: usize,
+    },
+    Finished {
+        stage: String,
+        artifact: String,
+        seconds: f64,
+    },
     /// Another run computed the stage while this one waited for its key.
-    Joined { stage: String, artifact: String },
-    Failed { stage: String, error: String },
-    Skipped { stage: String, reason: String },
+    Joined {
+        stage: String,
+        artifact: String,
+    },
+    Failed {
+        stage: String,
+        error: String,
+    },
+    Skipped {
+        stage: String,
+        reason: String,
+    },
 }
 
 /// Receives run events and stage progress.
@@ -61,7 +88,9 @@ pub struct RunSummary {
 
 impl RunSummary {
     pub fn failed(&self) -> bool {
-        self.stages.iter().any(|(_, o)| matches!(o, Outcome::Failed { .. }))
+        self.stages
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Failed { .. }))
     }
     pub fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
         self.stages.iter().filter(|(_, o)| f(o)).count()
@@ -79,7 +108,10 @@ pub struct RunOptions {
 
 /// A stage's request: the kind's estimate with the manifest's `resources` fields on top.
 pub fn effective_resources(stage: &StageSpec, inputs: &PlanInputs) -> Result<Resources, String> {
-    let mut r = stage.stage.resources(&stage.params, inputs).map_err(|e| format!("cannot estimate resources: {e}"))?;
+    let mut r = stage
+        .stage
+        .resources(&stage.params, inputs)
+        .map_err(|e| format!("cannot estimate resources: {e}"))?;
     let o = &stage.resources;
     if let Some(g) = o.gpus {
         r.gpus = g;
@@ -98,14 +130,22 @@ pub fn effective_resources(stage: &StageSpec, inputs: &PlanInputs) -> Result<Res
 
 /// Plans every selected stage's resources from the kinds' descriptions (before anything runs)
 /// and refuses, with the numbers, requests no device could meet.
-pub fn plan_resources(spec: &PipelineSpec, sel: &Selection, inventory: &Inventory) -> Result<Vec<Resources>, EngineError> {
+pub fn plan_resources(
+    spec: &PipelineSpec,
+    sel: &Selection,
+    inventory: &Inventory,
+) -> Result<Vec<Resources>, EngineError> {
     plan_with_descriptions(spec, sel, inventory).map(|(r, _)| r)
 }
 
 type Planned = (Vec<Resources>, Vec<Option<serde_json::Value>>);
 
 /// [`plan_resources`] plus each kind's description of its output (for the run to refine).
-fn plan_with_descriptions(spec: &PipelineSpec, sel: &Selection, inventory: &Inventory) -> Result<Planned, EngineError> {
+fn plan_with_descriptions(
+    spec: &PipelineSpec,
+    sel: &Selection,
+    inventory: &Inventory,
+) -> Result<Planned, EngineError> {
     let n = spec.stages.len();
     let mut descriptions: Vec<Option<serde_json::Value>> = vec![None; n];
     let mut out = vec![Resources::default(); n];
@@ -125,7 +165,13 @@ fn plan_with_descriptions(spec: &PipelineSpec, sel: &Selection, inventory: &Inve
             Err(e) => Some(e),
         };
         if let Some(message) = problem {
-            diags.0.push(Diagnostic { file: spec.file.clone(), line: stage.pos.line, col: stage.pos.col, stage: Some(stage.id.clone()), message });
+            diags.0.push(Diagnostic {
+                file: spec.file.clone(),
+                line: stage.pos.line,
+                col: stage.pos.col,
+                stage: Some(stage.id.clone()),
+                message,
+            });
         }
     }
     if diags.is_empty() {
@@ -135,12 +181,21 @@ fn plan_with_descriptions(spec: &PipelineSpec, sel: &Selection, inventory: &Inve
     }
 }
 
-fn plan_inputs(spec: &PipelineSpec, stage: &StageSpec, descriptions: &[Option<serde_json::Value>], paths: &BTreeMap<String, PathBuf>) -> PlanInputs {
+fn plan_inputs(
+    spec: &PipelineSpec,
+    stage: &StageSpec,
+    descriptions: &[Option<serde_json::Value>],
+    paths: &BTreeMap<String, PathBuf>,
+) -> PlanInputs {
     let mut p = PlanInputs::default();
     for (slot, &up) in &stage.inputs {
         p.slots.insert(
             slot.clone(),
-            PlanInput { stage: spec.stages[up].id.clone(), description: descriptions[up].clone(), path: paths.get(slot).cloned() },
+            PlanInput {
+                stage: spec.stages[up].id.clone(),
+                description: descriptions[up].clone(),
+                path: paths.get(slot).cloned(),
+            },
         );
     }
     p
@@ -208,9 +263,23 @@ impl Runner {
                 }
                 let stage = &spec.stages[i];
                 let ups: Vec<usize> = stage.inputs.values().copied().collect();
-                if let Some(&bad) = ups.iter().find(|&&u| matches!(state[u], State::Failed | State::Skipped)) {
-                    let reason = format!("needs `{}`, which {}", spec.stages[bad].id, if state[bad] == State::Failed { "failed" } else { "did not run" });
-                    self.reporter.event(&Event::Skipped { stage: stage.id.clone(), reason: reason.clone() });
+                if let Some(&bad) = ups
+                    .iter()
+                    .find(|&&u| matches!(state[u], State::Failed | State::Skipped))
+                {
+                    let reason = format!(
+                        "needs `{}`, which {}",
+                        spec.stages[bad].id,
+                        if state[bad] == State::Failed {
+                            "failed"
+                        } else {
+                            "did not run"
+                        }
+                    );
+                    self.reporter.event(&Event::Skipped {
+                        stage: stage.id.clone(),
+                        reason: reason.clone(),
+                    });
                     state[i] = State::Skipped;
                     outcomes[i] = Some(Outcome::Skipped { reason });
                     continue;
@@ -231,7 +300,10 @@ impl Runner {
                         Ok(d) => d,
                         Err(e) => {
                             let error = e.to_string();
-                            self.reporter.event(&Event::Failed { stage: stage.id.clone(), error: error.clone() });
+                            self.reporter.event(&Event::Failed {
+                                stage: stage.id.clone(),
+                                error: error.clone(),
+                            });
                             state[i] = State::Failed;
                             outcomes[i] = Some(Outcome::Failed { error });
                             first_failure.get_or_insert(stage.id.clone());
@@ -242,10 +314,23 @@ impl Runner {
                     let key = fp.key();
                     if !sel.forced[i] && stage.cache {
                         if let Lookup::Hit(rec) = lookup(&self.cache, &key)? {
-                            self.reporter.event(&Event::Reused { stage: stage.id.clone(), artifact: rec.artifact.to_string() });
-                            lock_pending.insert(stage.id.clone(), fp.lock_entry(&key, &rec.artifact, metrics_of(&rec.metrics), rec.devices.clone()));
+                            self.reporter.event(&Event::Reused {
+                                stage: stage.id.clone(),
+                                artifact: rec.artifact.to_string(),
+                            });
+                            lock_pending.insert(
+                                stage.id.clone(),
+                                fp.lock_entry(
+                                    &key,
+                                    &rec.artifact,
+                                    metrics_of(&rec.metrics),
+                                    rec.devices.clone(),
+                                ),
+                            );
                             state[i] = State::Done(rec.artifact);
-                            outcomes[i] = Some(Outcome::Reused { artifact: rec.artifact.to_string() });
+                            outcomes[i] = Some(Outcome::Reused {
+                                artifact: rec.artifact.to_string(),
+                            });
                             continue;
                         }
                     }
@@ -254,7 +339,9 @@ impl Runner {
                         .inputs
                         .iter()
                         .filter_map(|(slot, &u)| match &state[u] {
-                            State::Done(a) => self.cache.artifact_dir(a).ok().map(|p| (slot.clone(), p)),
+                            State::Done(a) => {
+                                self.cache.artifact_dir(a).ok().map(|p| (slot.clone(), p))
+                            }
                             _ => None,
                         })
                         .collect();
@@ -266,7 +353,12 @@ impl Runner {
                         Ok(r) if self.inventory.check(&r).is_ok() => r,
                         _ => planned[i],
                     };
-                    prepared[i] = Some(Prepared { fp, key, resources, waiting_reported: false });
+                    prepared[i] = Some(Prepared {
+                        fp,
+                        key,
+                        resources,
+                        waiting_reported: false,
+                    });
                 }
                 if stop {
                     continue;
@@ -276,11 +368,20 @@ impl Runner {
                     if !p.waiting_reported && running > 0 {
                         p.waiting_reported = true;
                         let r = p.resources;
-                        self.reporter.event(&Event::Waiting { stage: stage.id.clone(), gpus: r.gpus, gpu_memory: r.gpu_memory, cpus: r.cpus });
+                        self.reporter.event(&Event::Waiting {
+                            stage: stage.id.clone(),
+                            gpus: r.gpus,
+                            gpu_memory: r.gpu_memory,
+                            cpus: r.cpus,
+                        });
                     }
                     continue;
                 };
-                self.reporter.event(&Event::Started { stage: stage.id.clone(), gpus: lease.gpus.clone(), threads: lease.cpus });
+                self.reporter.event(&Event::Started {
+                    stage: stage.id.clone(),
+                    gpus: lease.gpus.clone(),
+                    threads: lease.cpus,
+                });
                 state[i] = State::Running;
                 running += 1;
                 let job = Job {
@@ -303,7 +404,9 @@ impl Runner {
                         let result = job.execute();
                         let _ = tx.send((index, result));
                     })
-                    .map_err(|e| EngineError::Usage(format!("cannot start a worker thread: {e}")))?;
+                    .map_err(|e| {
+                        EngineError::Usage(format!("cannot start a worker thread: {e}"))
+                    })?;
             }
             if !lock_pending.is_empty() && running == 0 {
                 self.lock.update(&lock_pending)?;
@@ -319,23 +422,58 @@ impl Runner {
             match result {
                 JobResult::Ran { record } => {
                     let seconds = record.duration_s;
-                    self.reporter.event(&Event::Finished { stage: stage.id.clone(), artifact: record.artifact.to_string(), seconds });
-                    lock_pending.insert(stage.id.clone(), p.fp.lock_entry(&p.key, &record.artifact, metrics_of(&record.metrics), record.devices.clone()));
+                    self.reporter.event(&Event::Finished {
+                        stage: stage.id.clone(),
+                        artifact: record.artifact.to_string(),
+                        seconds,
+                    });
+                    lock_pending.insert(
+                        stage.id.clone(),
+                        p.fp.lock_entry(
+                            &p.key,
+                            &record.artifact,
+                            metrics_of(&record.metrics),
+                            record.devices.clone(),
+                        ),
+                    );
                     self.lock.update(&lock_pending)?;
                     lock_pending.clear();
                     state[i] = State::Done(record.artifact);
-                    outcomes[i] = Some(Outcome::Ran { artifact: record.artifact.to_string(), seconds });
+                    outcomes[i] = Some(Outcome::Ran {
+                        artifact: record.artifact.to_string(),
+                        seconds,
+                    });
                 }
                 JobResult::Joined { record } => {
-                    self.reporter.event(&Event::Joined { stage: stage.id.clone(), artifact: record.artifact.to_string() });
-                    lock_pending.insert(stage.id.clone(), p.fp.lock_entry(&p.key, &record.artifact, metrics_of(&record.metrics), record.devices.clone()));
+                    self.reporter.event(&Event::Joined {
+                        stage: stage.id.clone(),
+                        artifact: record.artifact.to_string(),
+                    });
+                    lock_pending.insert(
+                        stage.id.clone(),
+                        p.fp.lock_entry(
+                            &p.key,
+                            &record.artifact,
+                            metrics_of(&record.metrics),
+                            record.devices.clone(),
+                        ),
+                    );
                     state[i] = State::Done(record.artifact);
-                    outcomes[i] = Some(Outcome::Reused { artifact: record.artifact.to_string() });
+                    outcomes[i] = Some(Outcome::Reused {
+                        artifact: record.artifact.to_string(),
+                    });
                 }
                 JobResult::Failed(error) => {
                     let interrupted_now = self.cancel.load(Ordering::Relaxed);
-                    let error = if interrupted_now { "interrupted".to_string() } else { error };
-                    self.reporter.event(&Event::Failed { stage: stage.id.clone(), error: error.clone() });
+                    let error = if interrupted_now {
+                        "interrupted".to_string()
+                    } else {
+                        error
+                    };
+                    self.reporter.event(&Event::Failed {
+                        stage: stage.id.clone(),
+                        error: error.clone(),
+                    });
                     state[i] = State::Failed;
                     outcomes[i] = Some(Outcome::Failed { error });
                     if !interrupted_now {
@@ -359,20 +497,30 @@ impl Runner {
                     } else {
                         "not started".to_string()
                     };
-                    self.reporter.event(&Event::Skipped { stage: spec.stages[i].id.clone(), reason: reason.clone() });
+                    self.reporter.event(&Event::Skipped {
+                        stage: spec.stages[i].id.clone(),
+                        reason: reason.clone(),
+                    });
                     Outcome::Skipped { reason }
                 }
             };
             stages.push((spec.stages[i].id.clone(), outcome));
         }
-        Ok(RunSummary { stages, interrupted })
+        Ok(RunSummary {
+            stages,
+            interrupted,
+        })
     }
 }
 
 /// The headline metrics kept in the lock file: the numbers at the top level of `metrics.json`.
 fn metrics_of(m: &serde_json::Value) -> Option<serde_json::Value> {
     let obj = m.as_object()?;
-    let nums: serde_json::Map<String, serde_json::Value> = obj.iter().filter(|(_, v)| v.is_number()).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let nums: serde_json::Map<String, serde_json::Value> = obj
+        .iter()
+        .filter(|(_, v)| v.is_number())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     if nums.is_empty() {
         None
     } else {
@@ -400,7 +548,9 @@ impl ProgressSink for Capture {
         log.push('\n');
         if log.len() > 2 * LOG_LIMIT {
             let cut = log.len() - LOG_LIMIT;
-            let cut = (cut..log.len()).find(|&i| log.is_char_boundary(i)).unwrap_or(log.len());
+            let cut = (cut..log.len())
+                .find(|&i| log.is_char_boundary(i))
+                .unwrap_or(log.len());
             log.drain(..cut);
         }
     }
@@ -422,11 +572,17 @@ struct Job {
 impl Job {
     /// Saves a failed stage's output and says where.
     fn keep_log(&self, capture: &Capture, msg: String) -> String {
-        let log = capture.log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let log = capture
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if log.is_empty() {
             return msg;
         }
-        let path = self.failure_logs.join(format!("{}.log", self.spec.stages[self.index].id));
+        let path = self
+            .failure_logs
+            .join(format!("{}.log", self.spec.stages[self.index].id));
         match std::fs::create_dir_all(&self.failure_logs).and_then(|_| std::fs::write(&path, log)) {
             Ok(()) => format!("{msg} (output in {})", path.display()),
             Err(_) => msg,
@@ -453,12 +609,31 @@ impl Job {
         for (slot, &up) in &stage.inputs {
             let artifact = self.fp.inputs[slot];
             let path = self.cache.artifact_dir(&artifact)?;
-            inputs.slots.insert(slot.clone(), InputArtifact { stage: self.spec.stages[up].id.clone(), path, artifact: artifact.to_string() });
+            inputs.slots.insert(
+                slot.clone(),
+                InputArtifact {
+                    stage: self.spec.stages[up].id.clone(),
+                    path,
+                    artifact: artifact.to_string(),
+                },
+            );
         }
         let staging = self.cache.staging()?;
-        let scratch = self.cache.root().join("scratch").join(self.key.digest().to_hex());
-        std::fs::create_dir_all(&scratch).map_err(|e| EngineError::Usage(format!("cannot create scratch folder {}: {e}", scratch.display())))?;
-        let capture = Arc::new(Capture { inner: self.reporter.clone(), log: Mutex::new(String::new()) });
+        let scratch = self
+            .cache
+            .root()
+            .join("scratch")
+            .join(self.key.digest().to_hex());
+        std::fs::create_dir_all(&scratch).map_err(|e| {
+            EngineError::Usage(format!(
+                "cannot create scratch folder {}: {e}",
+                scratch.display()
+            ))
+        })?;
+        let capture = Arc::new(Capture {
+            inner: self.reporter.clone(),
+            log: Mutex::new(String::new()),
+        });
         let mut ctx = StageCtx::new(
             stage.id.clone(),
             staging.path().to_path_buf(),
@@ -471,7 +646,9 @@ impl Job {
         .with_workdir(self.spec.dir.clone());
         let started = Timestamp::now();
         let t0 = Instant::now();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| stage.stage.run(&mut ctx, &stage.params, &inputs)));
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            stage.stage.run(&mut ctx, &stage.params, &inputs)
+        }));
         let duration_s = t0.elapsed().as_secs_f64();
         match result {
             Ok(Ok(())) => {}
@@ -485,8 +662,14 @@ impl Job {
                 return Ok(JobResult::Failed(self.keep_log(&capture, msg)));
             }
             Err(panic) => {
-                let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-                return Ok(JobResult::Failed(self.keep_log(&capture, format!("the stage panicked: {what}"))));
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                return Ok(JobResult::Failed(
+                    self.keep_log(&capture, format!("the stage panicked: {what}")),
+                ));
             }
         }
         if self.cancel.load(Ordering::Relaxed) {
@@ -514,10 +697,18 @@ impl Job {
             finished: Timestamp::now(),
             duration_s,
             devices,
-            log: Some(capture.log.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            log: Some(
+                capture
+                    .log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            ),
         };
         self.cache.put_record(&record)?;
         let _ = std::fs::remove_dir_all(&scratch);
-        Ok(JobResult::Ran { record: Box::new(record) })
+        Ok(JobResult::Ran {
+            record: Box::new(record),
+        })
     }
 }

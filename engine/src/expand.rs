@@ -48,82 +48,138 @@ pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
     for entry in &m.entries {
         match entry {
             RawEntry::Stage(s) => {
-                let scope = Scope { params: &m.params, prev: None, round: None, matrix: None };
+                let scope = Scope {
+                    params: &m.params,
+                    prev: None,
+                    round: None,
+                    matrix: None,
+                };
                 out.push(flatten(c, s, &s.id, &scope, &|r: &str| r.to_string()));
             }
-            RawEntry::Group(g) => match &g.shape {
-                GroupShape::Repeat { from, rounds, result } => {
-                    let mut prev = from.clone();
-                    for (r, round) in rounds.iter().enumerate() {
-                        // A round's own fields may reference params (`target: ${params.t}`).
+            RawEntry::Group(g) => {
+                match &g.shape {
+                    GroupShape::Repeat {
+                        from,
+                        rounds,
+                        result,
+                    } => {
+                        let mut prev = from.clone();
+                        for (r, round) in rounds.iter().enumerate() {
+                            // A round's own fields may reference params (`target: ${params.t}`).
+                            let mut errs = Vec::new();
+                            let top = Scope {
+                                params: &m.params,
+                                prev: None,
+                                round: None,
+                                matrix: None,
+                            };
+                            let round = &interpolate(
+                                round,
+                                &top,
+                                &format!("{}.repeat.rounds.{r}", g.path),
+                                false,
+                                &mut errs,
+                            );
+                            for e in errs {
+                                c.at(&e.path, Some(&g.id), e.message);
+                            }
+                            let name = round.get("name").map(key_text).unwrap_or_default();
+                            let prefix = format!("{}.{}", g.id, name);
+                            let scope = Scope {
+                                params: &m.params,
+                                prev: Some(&prev),
+                                round: Some(round),
+                                matrix: None,
+                            };
+                            for s in &g.body {
+                                let id = format!("{prefix}.{}", s.id);
+                                let bind = sibling_binder(&prefix, &g.body);
+                                out.push(flatten(c, s, &id, &scope, &bind));
+                            }
+                            prev = format!("{prefix}.{result}");
+                        }
+                    }
+                    GroupShape::Matrix { axes } => {
                         let mut errs = Vec::new();
-                        let top = Scope { params: &m.params, prev: None, round: None, matrix: None };
-                        let round = &interpolate(round, &top, &format!("{}.repeat.rounds.{r}", g.path), false, &mut errs);
+                        let top = Scope {
+                            params: &m.params,
+                            prev: None,
+                            round: None,
+                            matrix: None,
+                        };
+                        let axes: Vec<(String, Vec<Value>)> = axes
+                            .iter()
+                            .map(|(axis, vals)| {
+                                let p = format!("{}.matrix.{axis}", g.path);
+                                let vals = vals
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, v)| {
+                                        interpolate(v, &top, &format!("{p}.{i}"), false, &mut errs)
+                                    })
+                                    .collect();
+                                (axis.clone(), vals)
+                            })
+                            .collect();
                         for e in errs {
                             c.at(&e.path, Some(&g.id), e.message);
                         }
-                        let name = round.get("name").map(key_text).unwrap_or_default();
-                        let prefix = format!("{}.{}", g.id, name);
-                        let scope = Scope { params: &m.params, prev: Some(&prev), round: Some(round), matrix: None };
-                        for s in &g.body {
-                            let id = format!("{prefix}.{}", s.id);
-                            let bind = sibling_binder(&prefix, &g.body);
-                            out.push(flatten(c, s, &id, &scope, &bind));
-                        }
-                        prev = format!("{prefix}.{result}");
-                    }
-                }
-                GroupShape::Matrix { axes } => {
-                    let mut errs = Vec::new();
-                    let top = Scope { params: &m.params, prev: None, round: None, matrix: None };
-                    let axes: Vec<(String, Vec<Value>)> = axes
-                        .iter()
-                        .map(|(axis, vals)| {
-                            let p = format!("{}.matrix.{axis}", g.path);
-                            let vals = vals.iter().enumerate().map(|(i, v)| interpolate(v, &top, &format!("{p}.{i}"), false, &mut errs)).collect();
-                            (axis.clone(), vals)
-                        })
-                        .collect();
-                    for e in errs {
-                        c.at(&e.path, Some(&g.id), e.message);
-                    }
-                    let axes = &axes;
-                    for combo in combinations(axes) {
-                        let scope = Scope { params: &m.params, prev: None, round: None, matrix: Some(&combo) };
-                        let name = match &g.name {
-                            Some(template) => {
-                                let mut errs = Vec::new();
-                                let v = interpolate(&Value::String(template.clone()), &scope, &join(&g.path, "name"), false, &mut errs);
-                                for e in errs {
-                                    c.at(&e.path, Some(&g.id), e.message);
-                                }
-                                match v {
-                                    Value::String(s) if valid_id(&s) => s,
-                                    other => {
-                                        let text = key_text(&other);
-                                        c.at(&join(&g.path, "name"), Some(&g.id), format!("matrix copy name `{text}` must match [a-z0-9_-]+"));
-                                        continue;
+                        let axes = &axes;
+                        for combo in combinations(axes) {
+                            let scope = Scope {
+                                params: &m.params,
+                                prev: None,
+                                round: None,
+                                matrix: Some(&combo),
+                            };
+                            let name = match &g.name {
+                                Some(template) => {
+                                    let mut errs = Vec::new();
+                                    let v = interpolate(
+                                        &Value::String(template.clone()),
+                                        &scope,
+                                        &join(&g.path, "name"),
+                                        false,
+                                        &mut errs,
+                                    );
+                                    for e in errs {
+                                        c.at(&e.path, Some(&g.id), e.message);
+                                    }
+                                    match v {
+                                        Value::String(s) if valid_id(&s) => s,
+                                        other => {
+                                            let text = key_text(&other);
+                                            c.at(&join(&g.path, "name"), Some(&g.id), format!("matrix copy name `{text}` must match [a-z0-9_-]+"));
+                                            continue;
+                                        }
                                     }
                                 }
+                                None => default_name(&combo),
+                            };
+                            let prefix = format!("{}.{}", g.id, name);
+                            for s in &g.body {
+                                let id = format!("{prefix}.{}", s.id);
+                                let bind = sibling_binder(&prefix, &g.body);
+                                out.push(flatten(c, s, &id, &scope, &bind));
                             }
-                            None => default_name(&combo),
-                        };
-                        let prefix = format!("{}.{}", g.id, name);
-                        for s in &g.body {
-                            let id = format!("{prefix}.{}", s.id);
-                            let bind = sibling_binder(&prefix, &g.body);
-                            out.push(flatten(c, s, &id, &scope, &bind));
                         }
                     }
                 }
-            },
+            }
         }
     }
     let mut first: HashMap<String, String> = HashMap::new();
     for s in &out {
         if let Some(other) = first.get(&s.id) {
             let line = c.src.spans.locate(other).line;
-            c.at_key(&s.path, Some(&s.id), format!("duplicate stage id `{}` after expansion (first defined at line {line})", s.id));
+            c.at_key(
+                &s.path,
+                Some(&s.id),
+                format!(
+                    "duplicate stage id `{}` after expansion (first defined at line {line})",
+                    s.id
+                ),
+            );
         } else {
             first.insert(s.id.clone(), s.path.clone());
         }
@@ -166,23 +222,52 @@ fn default_name(combo: &BTreeMap<String, Value>) -> String {
         .join("-")
         .to_ascii_lowercase()
         .chars()
-        .map(|ch| if ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-' { ch } else { '_' })
+        .map(|ch| {
+            if ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-' {
+                ch
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
-fn flatten(c: &mut Collector, s: &RawStage, id: &str, scope: &Scope, bind: &dyn Fn(&str) -> String) -> FlatStage {
+fn flatten(
+    c: &mut Collector,
+    s: &RawStage,
+    id: &str,
+    scope: &Scope,
+    bind: &dyn Fn(&str) -> String,
+) -> FlatStage {
     let mut errs = Vec::new();
     let mut inputs = Vec::new();
     for (slot, reference) in &s.inputs {
         let path = join(&join(&s.path, "inputs"), slot);
         let is_expr = reference.contains("${");
-        let v = interpolate(&Value::String(reference.clone()), scope, &path, false, &mut errs);
+        let v = interpolate(
+            &Value::String(reference.clone()),
+            scope,
+            &path,
+            false,
+            &mut errs,
+        );
         match v {
             Value::String(up) => {
                 let stage = if is_expr { up } else { bind(&up) };
-                inputs.push(FlatInput { slot: slot.clone(), stage, path });
+                inputs.push(FlatInput {
+                    slot: slot.clone(),
+                    stage,
+                    path,
+                });
             }
-            other => c.at(&path, Some(id), format!("input `{slot}` must name a stage, but `{reference}` is {}", key_text(&other))),
+            other => c.at(
+                &path,
+                Some(id),
+                format!(
+                    "input `{slot}` must name a stage, but `{reference}` is {}",
+                    key_text(&other)
+                ),
+            ),
         }
     }
     let with = match &s.with {
@@ -199,16 +284,25 @@ fn flatten(c: &mut Collector, s: &RawStage, id: &str, scope: &Scope, bind: &dyn 
     let with = if s.kind == "command" {
         let mut m = Mapping::new();
         if let Some(cmd) = &s.cmd {
-            m.insert("cmd".into(), interpolate(cmd, scope, &join(&s.path, "cmd"), true, &mut errs));
+            m.insert(
+                "cmd".into(),
+                interpolate(cmd, scope, &join(&s.path, "cmd"), true, &mut errs),
+            );
         }
         if let Some(deps) = &s.deps {
-            m.insert("deps".into(), interpolate(deps, scope, &join(&s.path, "deps"), false, &mut errs));
+            m.insert(
+                "deps".into(),
+                interpolate(deps, scope, &join(&s.path, "deps"), false, &mut errs),
+            );
         }
         if let Some(env) = &s.env {
             let raw = env;
             let env = interpolate(raw, scope, &join(&s.path, "env"), true, &mut errs);
             let env = expect_map(c, id, &join(&s.path, "env"), "env", env, raw);
-            m.insert("env".into(), stringify_env(c, id, &join(&s.path, "env"), env));
+            m.insert(
+                "env".into(),
+                stringify_env(c, id, &join(&s.path, "env"), env),
+            );
         }
         Value::Mapping(m)
     } else {
@@ -217,7 +311,15 @@ fn flatten(c: &mut Collector, s: &RawStage, id: &str, scope: &Scope, bind: &dyn 
     for e in errs {
         c.at(&e.path, Some(id), e.message);
     }
-    FlatStage { id: id.to_string(), path: s.path.clone(), kind: s.kind.clone(), inputs, with, resources, cache: s.cache }
+    FlatStage {
+        id: id.to_string(),
+        path: s.path.clone(),
+        kind: s.kind.clone(),
+        inputs,
+        with,
+        resources,
+        cache: s.cache,
+    }
 }
 
 /// A field that must be a map once references are resolved (`with: ${params.distill}`). An
@@ -235,7 +337,11 @@ fn expect_map(c: &mut Collector, id: &str, path: &str, name: &str, v: Value, raw
                 Value::Bool(_) => "a boolean",
                 _ => "not a map",
             };
-            c.at(path, Some(id), format!("`{name}` must be a map, but its reference gives {what}"));
+            c.at(
+                path,
+                Some(id),
+                format!("`{name}` must be a map, but its reference gives {what}"),
+            );
             Value::Mapping(Mapping::new())
         }
     }
@@ -251,7 +357,11 @@ fn stringify_env(c: &mut Collector, id: &str, path: &str, env: Value) -> Value {
             Value::String(s) => s.clone(),
             Value::Number(_) | Value::Bool(_) => key_text(&v),
             _ => {
-                c.at(&join(path, &name), Some(id), format!("env `{name}` must be a string, number or boolean"));
+                c.at(
+                    &join(path, &name),
+                    Some(id),
+                    format!("env `{name}` must be a string, number or boolean"),
+                );
                 continue;
             }
         };

@@ -22,7 +22,10 @@ impl Graph {
                 }
             }
         }
-        Graph { upstream, downstream }
+        Graph {
+            upstream,
+            downstream,
+        }
     }
 
     pub fn upstream(&self, i: usize) -> &[usize] {
@@ -46,7 +49,8 @@ impl Graph {
     pub fn topo_order(&self) -> Result<Vec<usize>, Vec<usize>> {
         let n = self.len();
         let mut indegree: Vec<usize> = (0..n).map(|i| dedup_len(&self.upstream[i])).collect();
-        let mut ready: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| indegree[i] == 0).map(Reverse).collect();
+        let mut ready: BinaryHeap<Reverse<usize>> =
+            (0..n).filter(|&i| indegree[i] == 0).map(Reverse).collect();
         let mut order = Vec::with_capacity(n);
         while let Some(Reverse(i)) = ready.pop() {
             order.push(i);

@@ -32,19 +32,32 @@ const ROOTS: &[&str] = &["params", "prev", "round", "matrix"];
 
 /// Interpolates every string inside `v`. `shell` strings (a command's `cmd` and `env`) leave
 /// `${NAME}` alone when NAME is not one of pollard's roots, since the shell expands those.
-pub fn interpolate(v: &Value, scope: &Scope, path: &str, shell: bool, errs: &mut Vec<InterpError>) -> Value {
+pub fn interpolate(
+    v: &Value,
+    scope: &Scope,
+    path: &str,
+    shell: bool,
+    errs: &mut Vec<InterpError>,
+) -> Value {
     match v {
         Value::String(s) => interpolate_str(s, scope, path, shell, errs),
         Value::Mapping(m) => {
             let mut out = serde_yaml::Mapping::new();
             for (k, val) in m {
                 let key = key_text(k);
-                out.insert(k.clone(), interpolate(val, scope, &join(path, &key), shell, errs));
+                out.insert(
+                    k.clone(),
+                    interpolate(val, scope, &join(path, &key), shell, errs),
+                );
             }
             Value::Mapping(out)
         }
         Value::Sequence(items) => Value::Sequence(
-            items.iter().enumerate().map(|(i, item)| interpolate(item, scope, &join(path, &i.to_string()), shell, errs)).collect(),
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| interpolate(item, scope, &join(path, &i.to_string()), shell, errs))
+                .collect(),
         ),
         Value::Tagged(t) => {
             let mut t = (**t).clone();
@@ -60,7 +73,10 @@ pub fn key_text(k: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
-        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
     }
 }
 
@@ -109,14 +125,23 @@ fn split(s: &str) -> Result<Vec<Piece<'_>>, String> {
     Ok(pieces)
 }
 
-fn interpolate_str(s: &str, scope: &Scope, path: &str, shell: bool, errs: &mut Vec<InterpError>) -> Value {
+fn interpolate_str(
+    s: &str,
+    scope: &Scope,
+    path: &str,
+    shell: bool,
+    errs: &mut Vec<InterpError>,
+) -> Value {
     if !s.contains("${") {
         return Value::String(s.to_string());
     }
     let pieces = match split(s) {
         Ok(p) => p,
         Err(message) => {
-            errs.push(InterpError { path: path.to_string(), message });
+            errs.push(InterpError {
+                path: path.to_string(),
+                message,
+            });
             return Value::String(s.to_string());
         }
     };
@@ -125,7 +150,10 @@ fn interpolate_str(s: &str, scope: &Scope, path: &str, shell: bool, errs: &mut V
             return match resolve(expr.trim(), scope) {
                 Ok(v) => v,
                 Err(message) => {
-                    errs.push(InterpError { path: path.to_string(), message });
+                    errs.push(InterpError {
+                        path: path.to_string(),
+                        message,
+                    });
                     Value::String(s.to_string())
                 }
             };
@@ -140,10 +168,15 @@ fn interpolate_str(s: &str, scope: &Scope, path: &str, shell: bool, errs: &mut V
                 out.push_str(expr);
                 out.push('}');
             }
-            Piece::Ref(expr) => match resolve(expr.trim(), scope).and_then(|v| format_scalar(expr.trim(), &v)) {
-                Ok(text) => out.push_str(&text),
-                Err(message) => errs.push(InterpError { path: path.to_string(), message }),
-            },
+            Piece::Ref(expr) => {
+                match resolve(expr.trim(), scope).and_then(|v| format_scalar(expr.trim(), &v)) {
+                    Ok(text) => out.push_str(&text),
+                    Err(message) => errs.push(InterpError {
+                        path: path.to_string(),
+                        message,
+                    }),
+                }
+            }
         }
     }
     Value::String(out)
@@ -180,23 +213,38 @@ pub fn resolve(expr: &str, scope: &Scope) -> Result<Value, String> {
                 return Err("`${prev}` is only available inside a `repeat` group's stages".into());
             };
             if !rest.is_empty() {
-                return Err(format!("`${{{expr}}}`: `prev` is a stage id and has no fields"));
+                return Err(format!(
+                    "`${{{expr}}}`: `prev` is a stage id and has no fields"
+                ));
             }
             return Ok(Value::String(prev.to_string()));
         }
         "round" => match scope.round {
             Some(r) => (r.clone(), "round"),
-            None => return Err(format!("`${{{expr}}}`: `round` is only available inside a `repeat` group's stages")),
-        },
-        "matrix" => match scope.matrix {
-            Some(m) => {
-                let map: serde_yaml::Mapping = m.iter().map(|(k, v)| (Value::String(k.clone()), v.clone())).collect();
-                (Value::Mapping(map), "matrix")
+            None => {
+                return Err(format!(
+                    "`${{{expr}}}`: `round` is only available inside a `repeat` group's stages"
+                ))
             }
-            None => return Err(format!("`${{{expr}}}`: `matrix` is only available inside a `matrix` group's stages")),
         },
+        "matrix" => {
+            match scope.matrix {
+                Some(m) => {
+                    let map: serde_yaml::Mapping = m
+                        .iter()
+                        .map(|(k, v)| (Value::String(k.clone()), v.clone()))
+                        .collect();
+                    (Value::Mapping(map), "matrix")
+                }
+                None => return Err(format!(
+                    "`${{{expr}}}`: `matrix` is only available inside a `matrix` group's stages"
+                )),
+            }
+        }
         other => {
-            let hint = closest(other, ROOTS.iter().copied()).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();
+            let hint = closest(other, ROOTS.iter().copied())
+                .map(|c| format!(" (did you mean `{c}`?)"))
+                .unwrap_or_default();
             return Err(format!("unknown reference `${{{expr}}}`: references start with `params.`, `prev`, `round.` or `matrix.`{hint}"));
         }
     };
@@ -239,7 +287,12 @@ mod tests {
     #[test]
     fn a_whole_reference_keeps_its_type() {
         let params = y("{ seed: 7, arch: { hidden: 256 } }");
-        let scope = Scope { params: &params, prev: None, round: None, matrix: None };
+        let scope = Scope {
+            params: &params,
+            prev: None,
+            round: None,
+            matrix: None,
+        };
         let (out, errs) = run("{ a: '${params.arch}', b: '${params.seed}', c: 'seed-${params.seed}-${params.arch.hidden}' }", &scope, false);
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(out, y("{ a: { hidden: 256 }, b: 7, c: seed-7-256 }"));
@@ -248,23 +301,53 @@ mod tests {
     #[test]
     fn unknown_references_are_errors_with_suggestions() {
         let params = y("{ seed: 7 }");
-        let scope = Scope { params: &params, prev: None, round: None, matrix: None };
-        let (_, errs) = run("{ a: '${params.sed}', b: '${prev}', c: '${parms.seed}', d: 'x ${params.seed' }", &scope, false);
+        let scope = Scope {
+            params: &params,
+            prev: None,
+            round: None,
+            matrix: None,
+        };
+        let (_, errs) = run(
+            "{ a: '${params.sed}', b: '${prev}', c: '${parms.seed}', d: 'x ${params.seed' }",
+            &scope,
+            false,
+        );
         let messages: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(errs[0].path, "x.a");
-        assert!(messages[0].contains("`params` has no `sed` (it has: seed); did you mean `seed`?"), "{messages:?}");
-        assert!(messages[1].contains("only available inside a `repeat`"), "{messages:?}");
-        assert!(messages[2].contains("did you mean `params`?"), "{messages:?}");
+        assert!(
+            messages[0].contains("`params` has no `sed` (it has: seed); did you mean `seed`?"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[1].contains("only available inside a `repeat`"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[2].contains("did you mean `params`?"),
+            "{messages:?}"
+        );
         assert!(messages[3].contains("without a closing"), "{messages:?}");
     }
 
     #[test]
     fn shell_strings_keep_shell_variables_and_escapes() {
         let params = y("{ n: 3 }");
-        let scope = Scope { params: &params, prev: None, round: None, matrix: None };
-        let (out, errs) = run("'echo ${POLLARD_OUT} ${params.n} $${params.n}'", &scope, true);
+        let scope = Scope {
+            params: &params,
+            prev: None,
+            round: None,
+            matrix: None,
+        };
+        let (out, errs) = run(
+            "'echo ${POLLARD_OUT} ${params.n} $${params.n}'",
+            &scope,
+            true,
+        );
         assert!(errs.is_empty(), "{errs:?}");
-        assert_eq!(out, Value::String("echo ${POLLARD_OUT} 3 ${params.n}".into()));
+        assert_eq!(
+            out,
+            Value::String("echo ${POLLARD_OUT} 3 ${params.n}".into())
+        );
         let (_, errs) = run("'${params.n'", &scope, true);
         assert_eq!(errs.len(), 1);
     }
@@ -274,8 +357,17 @@ mod tests {
         let params = Value::Null;
         let round = y("{ name: half, target: { hidden: 192 } }");
         let m = BTreeMap::from([("method".to_string(), y("magnitude"))]);
-        let scope = Scope { params: &params, prev: Some("teacher"), round: Some(&round), matrix: Some(&m) };
-        let (out, errs) = run("['${prev}', '${round.target}', '${matrix.method}', '${round.target.hidden}x']", &scope, false);
+        let scope = Scope {
+            params: &params,
+            prev: Some("teacher"),
+            round: Some(&round),
+            matrix: Some(&m),
+        };
+        let (out, errs) = run(
+            "['${prev}', '${round.target}', '${matrix.method}', '${round.target.hidden}x']",
+            &scope,
+            false,
+        );
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(out, y("[teacher, { hidden: 192 }, magnitude, 192x]"));
         let (_, errs) = run("'a ${round.target}'", &scope, false);

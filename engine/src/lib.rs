@@ -20,14 +20,17 @@ pub mod spec;
 pub mod stage;
 
 pub use command::{CommandParams, CommandStage};
-pub use quantity::{Bytes, Count};
-pub use registry::{DecodeError, DecodedParams, ErasedStage, Registry};
-pub use stage::{BoxError, InputArtifact, Inputs, ParamError, PlanInput, PlanInputs, Progress, ProgressSink, Resources, Slots, Stage, StageCtx};
 pub use diag::{Diagnostic, Diagnostics};
-pub use manifest::Source;
-pub use spec::{load, PipelineSpec, StageSpec};
 pub use error::EngineError;
 pub use exec::{Event, Outcome, Reporter, RunOptions, RunSummary, Runner};
 pub use lockfile::{lock_path_for, LockFile, LockWriter};
+pub use manifest::Source;
 pub use plan::{status, Reason, Selection, StageStatus};
+pub use quantity::{Bytes, Count};
+pub use registry::{DecodeError, DecodedParams, ErasedStage, Registry};
 pub use resources::Inventory;
+pub use spec::{load, PipelineSpec, StageSpec};
+pub use stage::{
+    BoxError, InputArtifact, Inputs, ParamError, PlanInput, PlanInputs, Progress, ProgressSink,
+    Resources, Slots, Stage, StageCtx,
+};

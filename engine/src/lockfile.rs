@@ -44,16 +44,25 @@ pub const LOCK_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("cannot read lock file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("lock file {path} is not valid: {message} (delete it to start afresh; the cache keeps the artifacts)")]
     Parse { path: PathBuf, message: String },
     #[error("cannot write lock file {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// `<dir>/<stem>.lock` for a manifest `<dir>/<stem>.yaml`.
 pub fn lock_path_for(manifest: &Path) -> PathBuf {
-    let stem = manifest.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pollard".into());
+    let stem = manifest
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pollard".into());
     manifest.with_file_name(format!("{stem}.lock"))
 }
 
@@ -63,11 +72,22 @@ impl LockFile {
         let text = match fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(LockError::Read { path: path.to_path_buf(), source }),
+            Err(source) => {
+                return Err(LockError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
         };
-        let lock: LockFile = serde_yaml::from_str(&text).map_err(|e| LockError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let lock: LockFile = serde_yaml::from_str(&text).map_err(|e| LockError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         if lock.version != LOCK_VERSION {
-            return Err(LockError::Parse { path: path.to_path_buf(), message: format!("version {} is not {LOCK_VERSION}", lock.version) });
+            return Err(LockError::Parse {
+                path: path.to_path_buf(),
+                message: format!("version {} is not {LOCK_VERSION}", lock.version),
+            });
         }
         Ok(Some(lock))
     }
@@ -93,9 +113,24 @@ pub struct LockWriter {
 
 impl LockWriter {
     /// `current`: the lock file as read when the command started.
-    pub fn new(path: PathBuf, guard_dir: &Path, pipeline: &str, known: Vec<String>, current: Option<LockFile>) -> LockWriter {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        LockWriter { guard: guard_dir.join(format!("{name}.guard")), path, pipeline: pipeline.to_string(), known, seen: std::sync::Mutex::new(current) }
+    pub fn new(
+        path: PathBuf,
+        guard_dir: &Path,
+        pipeline: &str,
+        known: Vec<String>,
+        current: Option<LockFile>,
+    ) -> LockWriter {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        LockWriter {
+            guard: guard_dir.join(format!("{name}.guard")),
+            path,
+            pipeline: pipeline.to_string(),
+            known,
+            seen: std::sync::Mutex::new(current),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -107,18 +142,33 @@ impl LockWriter {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(lock) = seen.as_ref() {
             let stale_ids = lock.stages.keys().any(|id| !self.known.contains(id));
-            if !stale_ids && lock.pipeline == self.pipeline && entries.iter().all(|(id, e)| lock.stages.get(id) == Some(e)) {
+            if !stale_ids
+                && lock.pipeline == self.pipeline
+                && entries.iter().all(|(id, e)| lock.stages.get(id) == Some(e))
+            {
                 return Ok(());
             }
         }
-        let werr = |source| LockError::Write { path: self.path.clone(), source };
+        let werr = |source| LockError::Write {
+            path: self.path.clone(),
+            source,
+        };
         if let Some(parent) = self.guard.parent() {
             fs::create_dir_all(parent).map_err(werr)?;
         }
-        let guard = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&self.guard).map_err(werr)?;
+        let guard = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.guard)
+            .map_err(werr)?;
         // Released when `guard` drops (and by the kernel if the process dies).
         guard.lock().map_err(werr)?;
-        let mut lock = LockFile::read(&self.path)?.unwrap_or(LockFile { version: LOCK_VERSION, pipeline: self.pipeline.clone(), stages: BTreeMap::new() });
+        let mut lock = LockFile::read(&self.path)?.unwrap_or(LockFile {
+            version: LOCK_VERSION,
+            pipeline: self.pipeline.clone(),
+            stages: BTreeMap::new(),
+        });
         let before = lock.clone();
         lock.pipeline = self.pipeline.clone();
         lock.stages.retain(|id, _| self.known.contains(id));
@@ -129,7 +179,9 @@ impl LockWriter {
             *seen = Some(lock);
             return Ok(());
         }
-        let tmp = self.path.with_extension(format!("lock.tmp{}", std::process::id()));
+        let tmp = self
+            .path
+            .with_extension(format!("lock.tmp{}", std::process::id()));
         let mut f = fs::File::create(&tmp).map_err(werr)?;
         f.write_all(lock.render().as_bytes()).map_err(werr)?;
         f.sync_all().map_err(werr)?;
@@ -162,13 +214,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.lock");
         std::fs::write(&path, "version: 1\npipeline: p\nstages:\n  gone:\n    kind: command\n    kind_version: 1\n    key: k\n    params: {}\n    output: o\n").unwrap();
-        let w = LockWriter::new(path.clone(), &dir.path().join(".pollard"), "p", vec!["a".into(), "b".into()], None);
-        w.update(&BTreeMap::from([("a".to_string(), entry("x"))])).unwrap();
-        w.update(&BTreeMap::from([("b".to_string(), entry("y"))])).unwrap();
+        let w = LockWriter::new(
+            path.clone(),
+            &dir.path().join(".pollard"),
+            "p",
+            vec!["a".into(), "b".into()],
+            None,
+        );
+        w.update(&BTreeMap::from([("a".to_string(), entry("x"))]))
+            .unwrap();
+        w.update(&BTreeMap::from([("b".to_string(), entry("y"))]))
+            .unwrap();
         let lock = LockFile::read(&path).unwrap().unwrap();
         assert_eq!(lock.stages.keys().collect::<Vec<_>>(), vec!["a", "b"]);
         assert_eq!(lock.stages["a"].output, "x");
-        assert!(std::fs::read_to_string(&path).unwrap().starts_with("# Written by pollard"));
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .starts_with("# Written by pollard"));
     }
 
     #[test]
@@ -178,6 +240,9 @@ mod tests {
         std::fs::write(&path, "version: 1\npipeline: p\nstages: 3\n").unwrap();
         let e = LockFile::read(&path).unwrap_err().to_string();
         assert!(e.contains("p.lock") && e.contains("not valid"), "{e}");
-        assert_eq!(lock_path_for(Path::new("/a/tiny.yaml")), PathBuf::from("/a/tiny.lock"));
+        assert_eq!(
+            lock_path_for(Path::new("/a/tiny.yaml")),
+            PathBuf::from("/a/tiny.lock")
+        );
     }
 }

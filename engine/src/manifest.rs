@@ -25,14 +25,22 @@ pub struct Source {
 impl Source {
     pub fn new(file: impl Into<String>, dir: PathBuf, text: String) -> Source {
         let spans = SpanMap::parse(&text);
-        Source { file: file.into(), dir, text, spans }
+        Source {
+            file: file.into(),
+            dir,
+            text,
+            spans,
+        }
     }
 
     /// Reads a manifest file. The error is the io error with the path.
     pub fn read(path: &Path) -> std::io::Result<Source> {
         let text = std::fs::read_to_string(path)?;
         let abs = std::path::absolute(path)?;
-        let dir = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+        let dir = abs
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
         Ok(Source::new(path.display().to_string(), dir, text))
     }
 }
@@ -45,7 +53,10 @@ pub struct Collector<'a> {
 
 impl<'a> Collector<'a> {
     pub fn new(src: &'a Source) -> Self {
-        Collector { src, diags: Diagnostics::default() }
+        Collector {
+            src,
+            diags: Diagnostics::default(),
+        }
     }
 
     pub fn at_pos(&mut self, pos: Pos, stage: Option<&str>, message: impl Into<String>) {
@@ -117,19 +128,37 @@ pub struct RawGroup {
 
 #[derive(Debug, Clone)]
 pub enum GroupShape {
-    Repeat { from: String, rounds: Vec<Value>, result: String },
-    Matrix { axes: Vec<(String, Vec<Value>)> },
+    Repeat {
+        from: String,
+        rounds: Vec<Value>,
+        result: String,
+    },
+    Matrix {
+        axes: Vec<(String, Vec<Value>)>,
+    },
 }
 
 const TOP_FIELDS: &[&str] = &["pipeline", "description", "params", "stages"];
-const STAGE_FIELDS: &[&str] = &["kind", "inputs", "with", "resources", "cache", "cmd", "deps", "env"];
+const STAGE_FIELDS: &[&str] = &[
+    "kind",
+    "inputs",
+    "with",
+    "resources",
+    "cache",
+    "cmd",
+    "deps",
+    "env",
+];
 const GROUP_FIELDS: &[&str] = &["repeat", "matrix", "name", "stages"];
 const REPEAT_FIELDS: &[&str] = &["from", "rounds", "result"];
 pub const COMMAND_FIELDS: &[&str] = &["cmd", "deps", "env"];
 
 /// Stage ids (and group and round names) match `[a-z0-9_-]+`.
 pub fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn join(parent: &str, child: &str) -> String {
@@ -140,9 +169,25 @@ fn join(parent: &str, child: &str) -> String {
     }
 }
 
-fn unknown_field(c: &mut Collector, path: &str, stage: Option<&str>, key: &str, allowed: &[&str], what: &str) {
-    let hint = closest(key, allowed.iter().copied()).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
-    c.at_key(&join(path, key), stage, format!("unknown field `{key}` in {what} (expected one of {}){hint}", allowed.join(", ")));
+fn unknown_field(
+    c: &mut Collector,
+    path: &str,
+    stage: Option<&str>,
+    key: &str,
+    allowed: &[&str],
+    what: &str,
+) {
+    let hint = closest(key, allowed.iter().copied())
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default();
+    c.at_key(
+        &join(path, key),
+        stage,
+        format!(
+            "unknown field `{key}` in {what} (expected one of {}){hint}",
+            allowed.join(", ")
+        ),
+    );
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -157,11 +202,21 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn as_str(c: &mut Collector, path: &str, stage: Option<&str>, v: &Value, what: &str) -> Option<String> {
+fn as_str(
+    c: &mut Collector,
+    path: &str,
+    stage: Option<&str>,
+    v: &Value,
+    what: &str,
+) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         other => {
-            c.at(path, stage, format!("{what} must be a string, found {}", type_name(other)));
+            c.at(
+                path,
+                stage,
+                format!("{what} must be a string, found {}", type_name(other)),
+            );
             None
         }
     }
@@ -173,7 +228,13 @@ pub fn parse(c: &mut Collector) -> Option<RawManifest> {
     let root: Value = match serde_yaml::from_str(&c.src.text) {
         Ok(v) => v,
         Err(e) => {
-            let pos = e.location().map(|l| Pos { line: l.line(), col: l.column() }).unwrap_or(Pos { line: 1, col: 1 });
+            let pos = e
+                .location()
+                .map(|l| Pos {
+                    line: l.line(),
+                    col: l.column(),
+                })
+                .unwrap_or(Pos { line: 1, col: 1 });
             let msg = e.to_string();
             // serde_yaml appends " at line L column C"; the position is already in front.
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
@@ -182,7 +243,14 @@ pub fn parse(c: &mut Collector) -> Option<RawManifest> {
         }
     };
     let Value::Mapping(top) = root else {
-        c.at_pos(Pos { line: 1, col: 1 }, None, format!("a manifest must be a map with `pipeline` and `stages`, found {}", type_name(&root)));
+        c.at_pos(
+            Pos { line: 1, col: 1 },
+            None,
+            format!(
+                "a manifest must be a map with `pipeline` and `stages`, found {}",
+                type_name(&root)
+            ),
+        );
         return None;
     };
     for key in top.keys() {
@@ -195,22 +263,36 @@ pub fn parse(c: &mut Collector) -> Option<RawManifest> {
         Some(v) => match as_str(c, "pipeline", None, v, "`pipeline`") {
             Some(s) if valid_id(&s) => s,
             Some(s) => {
-                c.at("pipeline", None, format!("pipeline name `{s}` must match [a-z0-9_-]+"));
+                c.at(
+                    "pipeline",
+                    None,
+                    format!("pipeline name `{s}` must match [a-z0-9_-]+"),
+                );
                 s
             }
             None => String::new(),
         },
         None => {
-            c.at_pos(Pos { line: 1, col: 1 }, None, "missing required field `pipeline` (the recipe's name)");
+            c.at_pos(
+                Pos { line: 1, col: 1 },
+                None,
+                "missing required field `pipeline` (the recipe's name)",
+            );
             String::new()
         }
     };
-    let description = top.get("description").and_then(|v| as_str(c, "description", None, v, "`description`"));
+    let description = top
+        .get("description")
+        .and_then(|v| as_str(c, "description", None, v, "`description`"));
     let params = match top.get("params") {
         None | Some(Value::Null) => Value::Mapping(Mapping::new()),
         Some(v @ Value::Mapping(_)) => v.clone(),
         Some(other) => {
-            c.at("params", None, format!("`params` must be a map, found {}", type_name(other)));
+            c.at(
+                "params",
+                None,
+                format!("`params` must be a map, found {}", type_name(other)),
+            );
             Value::Mapping(Mapping::new())
         }
     };
@@ -218,13 +300,21 @@ pub fn parse(c: &mut Collector) -> Option<RawManifest> {
     match top.get("stages") {
         Some(Value::Mapping(stages)) => {
             if stages.is_empty() {
-                c.at("stages", None, "`stages` is empty: a pipeline needs at least one stage");
+                c.at(
+                    "stages",
+                    None,
+                    "`stages` is empty: a pipeline needs at least one stage",
+                );
             }
             for (k, v) in stages {
                 let id = key_text(k);
                 let path = join("stages", &id);
                 if !valid_id(&id) {
-                    c.at_key(&path, None, format!("stage id `{id}` must match [a-z0-9_-]+"));
+                    c.at_key(
+                        &path,
+                        None,
+                        format!("stage id `{id}` must match [a-z0-9_-]+"),
+                    );
                     continue;
                 }
                 if let Some(entry) = parse_entry(c, &id, &path, v) {
@@ -232,15 +322,38 @@ pub fn parse(c: &mut Collector) -> Option<RawManifest> {
                 }
             }
         }
-        Some(other) => c.at("stages", None, format!("`stages` must be a map of stage id -> stage, found {}", type_name(other))),
-        None => c.at_pos(Pos { line: 1, col: 1 }, None, "missing required field `stages`"),
+        Some(other) => c.at(
+            "stages",
+            None,
+            format!(
+                "`stages` must be a map of stage id -> stage, found {}",
+                type_name(other)
+            ),
+        ),
+        None => c.at_pos(
+            Pos { line: 1, col: 1 },
+            None,
+            "missing required field `stages`",
+        ),
     }
-    Some(RawManifest { pipeline, description, params, entries })
+    Some(RawManifest {
+        pipeline,
+        description,
+        params,
+        entries,
+    })
 }
 
 fn parse_entry(c: &mut Collector, id: &str, path: &str, v: &Value) -> Option<RawEntry> {
     let Value::Mapping(m) = v else {
-        c.at(path, Some(id), format!("a stage must be a map with at least `kind`, found {}", type_name(v)));
+        c.at(
+            path,
+            Some(id),
+            format!(
+                "a stage must be a map with at least `kind`, found {}",
+                type_name(v)
+            ),
+        );
         return None;
     };
     if m.contains_key("repeat") || m.contains_key("matrix") || m.contains_key("stages") {
@@ -251,7 +364,13 @@ fn parse_entry(c: &mut Collector, id: &str, path: &str, v: &Value) -> Option<Raw
 }
 
 /// `display` is the id used in messages (the group-qualified id inside a body).
-fn parse_stage(c: &mut Collector, id: &str, display: &str, path: &str, m: &Mapping) -> Option<RawStage> {
+fn parse_stage(
+    c: &mut Collector,
+    id: &str,
+    display: &str,
+    path: &str,
+    m: &Mapping,
+) -> Option<RawStage> {
     let stage = Some(display);
     for key in m.keys() {
         let k = key_text(key);
@@ -278,7 +397,14 @@ fn parse_stage(c: &mut Collector, id: &str, display: &str, path: &str, m: &Mappi
                 }
             }
         }
-        Some(other) => c.at(&join(path, "inputs"), stage, format!("`inputs` must be a map of slot -> stage id, found {}", type_name(other))),
+        Some(other) => c.at(
+            &join(path, "inputs"),
+            stage,
+            format!(
+                "`inputs` must be a map of slot -> stage id, found {}",
+                type_name(other)
+            ),
+        ),
     }
     let map_field = |c: &mut Collector, name: &str| -> Option<Value> {
         match m.get(name) {
@@ -287,7 +413,11 @@ fn parse_stage(c: &mut Collector, id: &str, display: &str, path: &str, m: &Mappi
             // A whole-value reference (`with: ${params.distill}`) becomes a map when expanded.
             Some(v @ Value::String(s)) if s.contains("${") => Some(v.clone()),
             Some(other) => {
-                c.at(&join(path, name), stage, format!("`{name}` must be a map, found {}", type_name(other)));
+                c.at(
+                    &join(path, name),
+                    stage,
+                    format!("`{name}` must be a map, found {}", type_name(other)),
+                );
                 None
             }
         }
@@ -299,7 +429,11 @@ fn parse_stage(c: &mut Collector, id: &str, display: &str, path: &str, m: &Mappi
         None => true,
         Some(Value::Bool(b)) => *b,
         Some(other) => {
-            c.at(&join(path, "cache"), stage, format!("`cache` must be true or false, found {}", type_name(other)));
+            c.at(
+                &join(path, "cache"),
+                stage,
+                format!("`cache` must be true or false, found {}", type_name(other)),
+            );
             true
         }
     };
@@ -307,7 +441,11 @@ fn parse_stage(c: &mut Collector, id: &str, display: &str, path: &str, m: &Mappi
         None => None,
         Some(v @ Value::String(_)) => Some(v.clone()),
         Some(other) => {
-            c.at(&join(path, "cmd"), stage, format!("`cmd` must be a string, found {}", type_name(other)));
+            c.at(
+                &join(path, "cmd"),
+                stage,
+                format!("`cmd` must be a string, found {}", type_name(other)),
+            );
             None
         }
     };
@@ -316,7 +454,11 @@ fn parse_stage(c: &mut Collector, id: &str, display: &str, path: &str, m: &Mappi
         Some(Value::String(s)) => Some(Value::Sequence(vec![Value::String(s.clone())])),
         Some(v @ Value::Sequence(_)) => Some(v.clone()),
         Some(other) => {
-            c.at(&join(path, "deps"), stage, format!("`deps` must be a list of paths, found {}", type_name(other)));
+            c.at(
+                &join(path, "deps"),
+                stage,
+                format!("`deps` must be a list of paths, found {}", type_name(other)),
+            );
             None
         }
     };
@@ -325,16 +467,37 @@ fn parse_stage(c: &mut Collector, id: &str, display: &str, path: &str, m: &Mappi
             c.at_key(path, stage, "a `kind: command` stage needs `cmd`");
         }
         if with.is_some() {
-            c.at_key(&join(path, "with"), stage, "`kind: command` takes `cmd`, `deps` and `env` beside `with`, not `with`");
+            c.at_key(
+                &join(path, "with"),
+                stage,
+                "`kind: command` takes `cmd`, `deps` and `env` beside `with`, not `with`",
+            );
         }
     } else if !kind.is_empty() {
         for f in COMMAND_FIELDS {
             if m.contains_key(*f) {
-                c.at_key(&join(path, f), stage, format!("`{f}` is only for `kind: command` stages (this one is `kind: {kind}`)"));
+                c.at_key(
+                    &join(path, f),
+                    stage,
+                    format!(
+                        "`{f}` is only for `kind: command` stages (this one is `kind: {kind}`)"
+                    ),
+                );
             }
         }
     }
-    Some(RawStage { id: id.to_string(), path: path.to_string(), kind, inputs, with, resources, cache, cmd, deps, env })
+    Some(RawStage {
+        id: id.to_string(),
+        path: path.to_string(),
+        kind,
+        inputs,
+        with,
+        resources,
+        cache,
+        cmd,
+        deps,
+        env,
+    })
 }
 
 fn parse_group(c: &mut Collector, id: &str, path: &str, m: &Mapping) -> Option<RawGroup> {
@@ -342,24 +505,45 @@ fn parse_group(c: &mut Collector, id: &str, path: &str, m: &Mapping) -> Option<R
     for key in m.keys() {
         let k = key_text(key);
         if !GROUP_FIELDS.contains(&k.as_str()) {
-            unknown_field(c, path, stage, &k, GROUP_FIELDS, "a group (a group has `repeat` or `matrix`, and `stages`)");
+            unknown_field(
+                c,
+                path,
+                stage,
+                &k,
+                GROUP_FIELDS,
+                "a group (a group has `repeat` or `matrix`, and `stages`)",
+            );
         }
     }
     let shape = match (m.get("repeat"), m.get("matrix")) {
         (Some(_), Some(_)) => {
-            c.at_key(&join(path, "matrix"), stage, "a group has either `repeat` or `matrix`, not both");
+            c.at_key(
+                &join(path, "matrix"),
+                stage,
+                "a group has either `repeat` or `matrix`, not both",
+            );
             return None;
         }
         (None, None) => {
-            c.at_key(path, stage, "a group needs `repeat` or `matrix` beside `stages`");
+            c.at_key(
+                path,
+                stage,
+                "a group needs `repeat` or `matrix` beside `stages`",
+            );
             return None;
         }
         (Some(r), None) => parse_repeat(c, id, &join(path, "repeat"), r)?,
         (None, Some(mx)) => parse_matrix(c, id, &join(path, "matrix"), mx)?,
     };
-    let name = m.get("name").and_then(|v| as_str(c, &join(path, "name"), stage, v, "`name`"));
+    let name = m
+        .get("name")
+        .and_then(|v| as_str(c, &join(path, "name"), stage, v, "`name`"));
     if name.is_some() && matches!(shape, GroupShape::Repeat { .. }) {
-        c.at_key(&join(path, "name"), stage, "`name` names matrix copies; a repeat round is named by its `name` field");
+        c.at_key(
+            &join(path, "name"),
+            stage,
+            "`name` names matrix copies; a repeat round is named by its `name` field",
+        );
     }
     let body_path = join(path, "stages");
     let mut body = Vec::new();
@@ -370,11 +554,17 @@ fn parse_group(c: &mut Collector, id: &str, path: &str, m: &Mapping) -> Option<R
                 let p = join(&body_path, &local);
                 let display = format!("{id}.{local}");
                 if !valid_id(&local) {
-                    c.at_key(&p, stage, format!("stage id `{local}` must match [a-z0-9_-]+"));
+                    c.at_key(
+                        &p,
+                        stage,
+                        format!("stage id `{local}` must match [a-z0-9_-]+"),
+                    );
                     continue;
                 }
                 match v {
-                    Value::Mapping(sm) if sm.contains_key("repeat") || sm.contains_key("matrix") => {
+                    Value::Mapping(sm)
+                        if sm.contains_key("repeat") || sm.contains_key("matrix") =>
+                    {
                         c.at_key(&p, Some(&display), "groups cannot be nested");
                     }
                     Value::Mapping(sm) => {
@@ -382,26 +572,56 @@ fn parse_group(c: &mut Collector, id: &str, path: &str, m: &Mapping) -> Option<R
                             body.push(s);
                         }
                     }
-                    other => c.at(&p, Some(&display), format!("a stage must be a map with at least `kind`, found {}", type_name(other))),
+                    other => c.at(
+                        &p,
+                        Some(&display),
+                        format!(
+                            "a stage must be a map with at least `kind`, found {}",
+                            type_name(other)
+                        ),
+                    ),
                 }
             }
         }
-        Some(_) => c.at(&body_path, stage, "a group's `stages` must be a non-empty map of stage id -> stage"),
+        Some(_) => c.at(
+            &body_path,
+            stage,
+            "a group's `stages` must be a non-empty map of stage id -> stage",
+        ),
         None => c.at_key(path, stage, "a group needs `stages` (its body)"),
     }
     if let GroupShape::Repeat { result, .. } = &shape {
         if !result.is_empty() && !body.iter().any(|s| &s.id == result) {
-            let hint = closest(result, body.iter().map(|s| s.id.as_str())).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
-            c.at(&join(path, "repeat.result"), stage, format!("`result: {result}` is not a stage of this group's body{hint}"));
+            let hint = closest(result, body.iter().map(|s| s.id.as_str()))
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            c.at(
+                &join(path, "repeat.result"),
+                stage,
+                format!("`result: {result}` is not a stage of this group's body{hint}"),
+            );
         }
     }
-    Some(RawGroup { id: id.to_string(), path: path.to_string(), shape, name, body })
+    Some(RawGroup {
+        id: id.to_string(),
+        path: path.to_string(),
+        shape,
+        name,
+        body,
+    })
 }
 
 fn parse_repeat(c: &mut Collector, id: &str, path: &str, v: &Value) -> Option<GroupShape> {
     let stage = Some(id);
     let Value::Mapping(m) = v else {
-        c.at(path, stage, format!("`repeat` must be a map with `from`, `rounds` and `result`, found {}", type_name(v)));
+        c.at(
+            path,
+            stage,
+            format!(
+                "`repeat` must be a map with `from`, `rounds` and `result`, found {}",
+                type_name(v)
+            ),
+        );
         return None;
     };
     for key in m.keys() {
@@ -412,7 +632,8 @@ fn parse_repeat(c: &mut Collector, id: &str, path: &str, v: &Value) -> Option<Gr
     }
     let mut req = |name: &str| -> String {
         match m.get(name) {
-            Some(v) => as_str(c, &join(path, name), stage, v, &format!("`repeat.{name}`")).unwrap_or_default(),
+            Some(v) => as_str(c, &join(path, name), stage, v, &format!("`repeat.{name}`"))
+                .unwrap_or_default(),
             None => {
                 c.at_key(path, stage, format!("`repeat` needs `{name}`"));
                 String::new()
@@ -432,28 +653,69 @@ fn parse_repeat(c: &mut Collector, id: &str, path: &str, v: &Value) -> Option<Gr
                     Value::Mapping(rm) => match rm.get("name") {
                         Some(Value::String(n)) if valid_id(n) => {
                             if !seen.insert(n.clone()) {
-                                c.at(&join(&rp, "name"), stage, format!("two rounds are named `{n}`"));
+                                c.at(
+                                    &join(&rp, "name"),
+                                    stage,
+                                    format!("two rounds are named `{n}`"),
+                                );
                             }
                             rounds.push(r.clone());
                         }
-                        Some(Value::String(n)) => c.at(&join(&rp, "name"), stage, format!("round name `{n}` must match [a-z0-9_-]+")),
-                        Some(other) => c.at(&join(&rp, "name"), stage, format!("a round's `name` must be a string, found {}", type_name(other))),
-                        None => c.at(&rp, stage, "each round needs a `name` (it becomes part of the stage ids)"),
+                        Some(Value::String(n)) => c.at(
+                            &join(&rp, "name"),
+                            stage,
+                            format!("round name `{n}` must match [a-z0-9_-]+"),
+                        ),
+                        Some(other) => c.at(
+                            &join(&rp, "name"),
+                            stage,
+                            format!(
+                                "a round's `name` must be a string, found {}",
+                                type_name(other)
+                            ),
+                        ),
+                        None => c.at(
+                            &rp,
+                            stage,
+                            "each round needs a `name` (it becomes part of the stage ids)",
+                        ),
                     },
-                    other => c.at(&rp, stage, format!("a round must be a map with a `name`, found {}", type_name(other))),
+                    other => c.at(
+                        &rp,
+                        stage,
+                        format!(
+                            "a round must be a map with a `name`, found {}",
+                            type_name(other)
+                        ),
+                    ),
                 }
             }
         }
-        Some(_) => c.at(&rounds_path, stage, "`repeat.rounds` must be a non-empty list of rounds"),
+        Some(_) => c.at(
+            &rounds_path,
+            stage,
+            "`repeat.rounds` must be a non-empty list of rounds",
+        ),
         None => c.at_key(path, stage, "`repeat` needs `rounds`"),
     }
-    Some(GroupShape::Repeat { from, rounds, result })
+    Some(GroupShape::Repeat {
+        from,
+        rounds,
+        result,
+    })
 }
 
 fn parse_matrix(c: &mut Collector, id: &str, path: &str, v: &Value) -> Option<GroupShape> {
     let stage = Some(id);
     let Value::Mapping(m) = v else {
-        c.at(path, stage, format!("`matrix` must be a map of axis -> list of values, found {}", type_name(v)));
+        c.at(
+            path,
+            stage,
+            format!(
+                "`matrix` must be a map of axis -> list of values, found {}",
+                type_name(v)
+            ),
+        );
         return None;
     };
     let mut axes = Vec::new();
@@ -461,7 +723,11 @@ fn parse_matrix(c: &mut Collector, id: &str, path: &str, v: &Value) -> Option<Gr
         let axis = key_text(k);
         match vals {
             Value::Sequence(items) if !items.is_empty() => axes.push((axis, items.clone())),
-            _ => c.at(&join(path, &axis), stage, format!("matrix axis `{axis}` must be a non-empty list of values")),
+            _ => c.at(
+                &join(path, &axis),
+                stage,
+                format!("matrix axis `{axis}` must be a non-empty list of values"),
+            ),
         }
     }
     if axes.is_empty() {

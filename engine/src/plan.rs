@@ -31,8 +31,16 @@ pub struct Fingerprint {
 
 impl Fingerprint {
     pub fn parts(&self) -> BTreeMap<String, Json> {
-        let inputs: serde_json::Map<String, Json> = self.inputs.iter().map(|(k, v)| (k.clone(), Json::String(v.to_string()))).collect();
-        let deps: serde_json::Map<String, Json> = self.deps.iter().map(|(k, v)| (k.clone(), Json::String(v.clone()))).collect();
+        let inputs: serde_json::Map<String, Json> = self
+            .inputs
+            .iter()
+            .map(|(k, v)| (k.clone(), Json::String(v.to_string())))
+            .collect();
+        let deps: serde_json::Map<String, Json> = self
+            .deps
+            .iter()
+            .map(|(k, v)| (k.clone(), Json::String(v.clone())))
+            .collect();
         BTreeMap::from([
             ("format".to_string(), Json::from(FINGERPRINT_FORMAT)),
             ("kind".to_string(), Json::String(self.kind.clone())),
@@ -50,13 +58,23 @@ impl Fingerprint {
     }
 
     /// The lock entry for this fingerprint and its output.
-    pub fn lock_entry(&self, key: &CacheKey, output: &ArtifactId, metrics: Option<Json>, devices: Vec<String>) -> LockEntry {
+    pub fn lock_entry(
+        &self,
+        key: &CacheKey,
+        output: &ArtifactId,
+        metrics: Option<Json>,
+        devices: Vec<String>,
+    ) -> LockEntry {
         LockEntry {
             kind: self.kind.clone(),
             kind_version: self.kind_version,
             key: key.to_string(),
             params: self.params.clone(),
-            inputs: self.inputs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+            inputs: self
+                .inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
             deps: self.deps.clone(),
             output: output.to_string(),
             metrics,
@@ -67,29 +85,57 @@ impl Fingerprint {
 
 /// Digests of a stage's deps (relative paths are relative to the manifest's folder), through
 /// the cache's stat memo, so unchanged files cost a `stat`.
-pub fn deps_digests(spec: &PipelineSpec, stage: &StageSpec, cache: &Cache) -> Result<BTreeMap<String, String>, EngineError> {
+pub fn deps_digests(
+    spec: &PipelineSpec,
+    stage: &StageSpec,
+    cache: &Cache,
+) -> Result<BTreeMap<String, String>, EngineError> {
     let mut out = BTreeMap::new();
     for dep in &stage.deps {
-        let abs = if dep.is_absolute() { dep.clone() } else { spec.dir.join(dep) };
-        let digest = cache
-            .hash_tree(&abs)
-            .map_err(|source| EngineError::Deps { stage: stage.id.clone(), path: dep.display().to_string(), source: Box::new(source) })?;
+        let abs = if dep.is_absolute() {
+            dep.clone()
+        } else {
+            spec.dir.join(dep)
+        };
+        let digest = cache.hash_tree(&abs).map_err(|source| EngineError::Deps {
+            stage: stage.id.clone(),
+            path: dep.display().to_string(),
+            source: Box::new(source),
+        })?;
         out.insert(dep.display().to_string(), digest.to_string());
     }
     Ok(out)
 }
 
-pub fn fingerprint(stage: &StageSpec, inputs: BTreeMap<String, ArtifactId>, deps: BTreeMap<String, String>) -> Fingerprint {
-    Fingerprint { kind: stage.kind.clone(), kind_version: stage.stage.version(), params: stage.params.canonical.clone(), inputs, deps }
+pub fn fingerprint(
+    stage: &StageSpec,
+    inputs: BTreeMap<String, ArtifactId>,
+    deps: BTreeMap<String, String>,
+) -> Fingerprint {
+    Fingerprint {
+        kind: stage.kind.clone(),
+        kind_version: stage.stage.version(),
+        params: stage.params.canonical.clone(),
+        inputs,
+        deps,
+    }
 }
 
 /// The run record under `key` when its artifact is intact in the cache.
 pub fn lookup(cache: &Cache, key: &CacheKey) -> Result<Lookup, EngineError> {
-    let Some(rec) = cache.record(key)? else { return Ok(Lookup::Missing) };
+    let Some(rec) = cache.record(key)? else {
+        return Ok(Lookup::Missing);
+    };
     match cache.check_artifact(&rec.artifact)? {
         Health::Ok => Ok(Lookup::Hit(Box::new(rec))),
         Health::Missing => Ok(Lookup::Missing),
-        Health::Damaged(problems) => Ok(Lookup::Damaged(problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))),
+        Health::Damaged(problems) => Ok(Lookup::Damaged(
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
     }
 }
 
@@ -104,19 +150,47 @@ pub enum Lookup {
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum Reason {
     NeverRun,
-    NotInCache { pinned: Option<String> },
-    Damaged { detail: String },
+    NotInCache {
+        pinned: Option<String>,
+    },
+    Damaged {
+        detail: String,
+    },
     Forced,
     CacheDisabled,
-    Param { field: String, old: Option<Json>, new: Option<Json> },
-    Input { slot: String, stage: String, old: Option<String>, new: String },
-    UpstreamStale { slot: String, stage: String },
-    Dep { path: String, old: Option<String>, new: Option<String> },
-    KindVersion { old: String, new: String },
+    Param {
+        field: String,
+        old: Option<Json>,
+        new: Option<Json>,
+    },
+    Input {
+        slot: String,
+        stage: String,
+        old: Option<String>,
+        new: String,
+    },
+    UpstreamStale {
+        slot: String,
+        stage: String,
+    },
+    Dep {
+        path: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
+    KindVersion {
+        old: String,
+        new: String,
+    },
     Fingerprint,
-    DepUnreadable { path: String, error: String },
+    DepUnreadable {
+        path: String,
+        error: String,
+    },
     /// Said of a stage waiting on stale inputs whose own parts match the lock.
-    Pinned { output: String },
+    Pinned {
+        output: String,
+    },
 }
 
 fn short(d: &str) -> String {
@@ -151,12 +225,20 @@ fn show_pair(old: &Option<Json>, new: &Option<Json>) -> (String, String) {
     }
     let a_chars: Vec<char> = a.chars().collect();
     let b_chars: Vec<char> = b.chars().collect();
-    let first = a_chars.iter().zip(&b_chars).take_while(|(x, y)| x == y).count();
+    let first = a_chars
+        .iter()
+        .zip(&b_chars)
+        .take_while(|(x, y)| x == y)
+        .count();
     let start = first.saturating_sub(20);
     let cut = |v: &[char]| {
         let end = (start + 50).min(v.len());
         let body: String = v[start.min(v.len())..end].iter().collect();
-        format!("{}{body}{}", if start > 0 { "..." } else { "" }, if end < v.len() { "..." } else { "" })
+        format!(
+            "{}{body}{}",
+            if start > 0 { "..." } else { "" },
+            if end < v.len() { "..." } else { "" }
+        )
     };
     (cut(&a_chars), cut(&b_chars))
 }
@@ -165,7 +247,9 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::NeverRun => write!(f, "never run (not in the lock file)"),
-            Reason::NotInCache { pinned: Some(p) } => write!(f, "not in cache (the lock pins its output {})", short(p)),
+            Reason::NotInCache { pinned: Some(p) } => {
+                write!(f, "not in cache (the lock pins its output {})", short(p))
+            }
             Reason::NotInCache { pinned: None } => write!(f, "not in cache"),
             Reason::Damaged { detail } => write!(f, "cached artifact is damaged: {detail}"),
             Reason::Forced => write!(f, "forced"),
@@ -174,18 +258,51 @@ impl fmt::Display for Reason {
                 let (a, b) = show_pair(old, new);
                 write!(f, "param `{field}` changed: {a} -> {b}")
             }
-            Reason::Input { slot, stage, old: Some(old), new } => {
-                write!(f, "input `{slot}` (stage `{stage}`) changed: {} -> {}", short(old), short(new))
+            Reason::Input {
+                slot,
+                stage,
+                old: Some(old),
+                new,
+            } => {
+                write!(
+                    f,
+                    "input `{slot}` (stage `{stage}`) changed: {} -> {}",
+                    short(old),
+                    short(new)
+                )
             }
-            Reason::Input { slot, stage, old: None, new } => write!(f, "input `{slot}` (stage `{stage}`) is new: {}", short(new)),
-            Reason::UpstreamStale { slot, stage } => write!(f, "input `{slot}` will be rebuilt (stage `{stage}` is stale)"),
-            Reason::Dep { path, old: Some(_), new: Some(_) } => write!(f, "deps file `{path}` changed"),
-            Reason::Dep { path, old: None, .. } => write!(f, "deps `{path}` added"),
-            Reason::Dep { path, new: None, .. } => write!(f, "deps `{path}` removed"),
+            Reason::Input {
+                slot,
+                stage,
+                old: None,
+                new,
+            } => write!(f, "input `{slot}` (stage `{stage}`) is new: {}", short(new)),
+            Reason::UpstreamStale { slot, stage } => write!(
+                f,
+                "input `{slot}` will be rebuilt (stage `{stage}` is stale)"
+            ),
+            Reason::Dep {
+                path,
+                old: Some(_),
+                new: Some(_),
+            } => write!(f, "deps file `{path}` changed"),
+            Reason::Dep {
+                path, old: None, ..
+            } => write!(f, "deps `{path}` added"),
+            Reason::Dep {
+                path, new: None, ..
+            } => write!(f, "deps `{path}` removed"),
             Reason::KindVersion { old, new } => write!(f, "stage kind changed: {old} -> {new}"),
             Reason::Fingerprint => write!(f, "fingerprint changed"),
-            Reason::DepUnreadable { path, error } => write!(f, "deps `{path}` cannot be read, so the stage cannot run: {error}"),
-            Reason::Pinned { output } => write!(f, "otherwise as locked (the lock pins its output {})", short(output)),
+            Reason::DepUnreadable { path, error } => write!(
+                f,
+                "deps `{path}` cannot be read, so the stage cannot run: {error}"
+            ),
+            Reason::Pinned { output } => write!(
+                f,
+                "otherwise as locked (the lock pins its output {})",
+                short(output)
+            ),
         }
     }
 }
@@ -198,29 +315,55 @@ fn json_diff(prefix: &str, old: Option<&Json>, new: Option<&Json>, out: &mut Vec
             keys.sort();
             keys.dedup();
             for k in keys {
-                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 json_diff(&p, a.get(k), b.get(k), out);
             }
         }
         (Some(a), Some(b)) if a == b => {}
         (None, None) => {}
-        (a, b) => out.push(Reason::Param { field: if prefix.is_empty() { "(all)".into() } else { prefix.to_string() }, old: a.cloned(), new: b.cloned() }),
+        (a, b) => out.push(Reason::Param {
+            field: if prefix.is_empty() {
+                "(all)".into()
+            } else {
+                prefix.to_string()
+            },
+            old: a.cloned(),
+            new: b.cloned(),
+        }),
     }
 }
 
 /// Compares this stage's parts with what the lock says it last produced. `inputs` holds only
 /// the inputs whose artifact is known.
-pub fn diff_against_lock(entry: Option<&LockEntry>, stage: &StageSpec, params: &Json, inputs: &BTreeMap<String, ArtifactId>, deps: &BTreeMap<String, String>, key: Option<&CacheKey>) -> Vec<Reason> {
-    let Some(e) = entry else { return vec![Reason::NeverRun] };
+pub fn diff_against_lock(
+    entry: Option<&LockEntry>,
+    stage: &StageSpec,
+    params: &Json,
+    inputs: &BTreeMap<String, ArtifactId>,
+    deps: &BTreeMap<String, String>,
+    key: Option<&CacheKey>,
+) -> Vec<Reason> {
+    let Some(e) = entry else {
+        return vec![Reason::NeverRun];
+    };
     if let Some(k) = key {
         if e.key == k.to_string() {
-            return vec![Reason::NotInCache { pinned: Some(e.output.clone()) }];
+            return vec![Reason::NotInCache {
+                pinned: Some(e.output.clone()),
+            }];
         }
     }
     let mut out = Vec::new();
     let version = stage.stage.version();
     if e.kind != stage.kind || e.kind_version != version {
-        out.push(Reason::KindVersion { old: format!("{} v{}", e.kind, e.kind_version), new: format!("{} v{version}", stage.kind) });
+        out.push(Reason::KindVersion {
+            old: format!("{} v{}", e.kind, e.kind_version),
+            new: format!("{} v{version}", stage.kind),
+        });
     }
     json_diff("", Some(&e.params), Some(params), &mut out);
     for (slot, &up) in &stage.inputs {
@@ -229,19 +372,32 @@ pub fn diff_against_lock(entry: Option<&LockEntry>, stage: &StageSpec, params: &
             let new = new.to_string();
             match e.inputs.get(slot) {
                 Some(old) if *old == new => {}
-                old => out.push(Reason::Input { slot: slot.clone(), stage: String::new(), old: old.cloned(), new }),
+                old => out.push(Reason::Input {
+                    slot: slot.clone(),
+                    stage: String::new(),
+                    old: old.cloned(),
+                    new,
+                }),
             }
         }
     }
     for (path, new) in deps {
         match e.deps.get(path) {
             Some(old) if old == new => {}
-            old => out.push(Reason::Dep { path: path.clone(), old: old.cloned(), new: Some(new.clone()) }),
+            old => out.push(Reason::Dep {
+                path: path.clone(),
+                old: old.cloned(),
+                new: Some(new.clone()),
+            }),
         }
     }
     for (path, old) in &e.deps {
         if !deps.contains_key(path) {
-            out.push(Reason::Dep { path: path.clone(), old: Some(old.clone()), new: None });
+            out.push(Reason::Dep {
+                path: path.clone(),
+                old: Some(old.clone()),
+                new: None,
+            });
         }
     }
     if out.is_empty() && key.is_some() {
@@ -273,16 +429,25 @@ pub struct Selection {
 impl Selection {
     pub fn all(spec: &PipelineSpec) -> Selection {
         let n = spec.stages.len();
-        Selection { selected: vec![true; n], forced: vec![false; n] }
+        Selection {
+            selected: vec![true; n],
+            forced: vec![false; n],
+        }
     }
 
     /// `targets` (empty: every stage) plus what they need; `force` ids or every stage.
-    pub fn new(spec: &PipelineSpec, targets: &[String], force: &[String], force_all: bool) -> Result<Selection, EngineError> {
+    pub fn new(
+        spec: &PipelineSpec,
+        targets: &[String],
+        force: &[String],
+        force_all: bool,
+    ) -> Result<Selection, EngineError> {
         let n = spec.stages.len();
         let selected = if targets.is_empty() {
             vec![true; n]
         } else {
-            spec.graph.ancestors_of(&spec.resolve_ids(targets).map_err(EngineError::Usage)?)
+            spec.graph
+                .ancestors_of(&spec.resolve_ids(targets).map_err(EngineError::Usage)?)
         };
         let mut forced = vec![force_all; n];
         for i in spec.resolve_ids(force).map_err(EngineError::Usage)? {
@@ -295,7 +460,10 @@ impl Selection {
 /// Fills each stage's slot bindings for messages (`Reason::Input` carries the upstream id).
 fn name_inputs(spec: &PipelineSpec, stage: &StageSpec, reasons: &mut [Reason]) {
     for r in reasons.iter_mut() {
-        if let Reason::Input { slot, stage: up, .. } = r {
+        if let Reason::Input {
+            slot, stage: up, ..
+        } = r
+        {
             if let Some(&i) = stage.inputs.get(slot) {
                 *up = spec.stages[i].id.clone();
             }
@@ -305,7 +473,12 @@ fn name_inputs(spec: &PipelineSpec, stage: &StageSpec, reasons: &mut [Reason]) {
 
 /// The status of every selected stage, in topological order: what a `run` would reuse and what
 /// it would run, and why.
-pub fn status(spec: &PipelineSpec, cache: &Cache, lock: Option<&LockFile>, sel: &Selection) -> Result<Vec<StageStatus>, EngineError> {
+pub fn status(
+    spec: &PipelineSpec,
+    cache: &Cache,
+    lock: Option<&LockFile>,
+    sel: &Selection,
+) -> Result<Vec<StageStatus>, EngineError> {
     let mut known: Vec<Option<ArtifactId>> = vec![None; spec.stages.len()];
     let mut out = Vec::new();
     for &i in &spec.order {
@@ -317,8 +490,18 @@ pub fn status(spec: &PipelineSpec, cache: &Cache, lock: Option<&LockFile>, sel: 
             Ok(d) => d,
             Err(EngineError::Deps { path, source, .. }) => {
                 // Not fatal for a status or a dry run: the stage cannot run until the file exists.
-                let reasons = vec![Reason::DepUnreadable { path, error: source.to_string() }];
-                out.push(StageStatus { stage: stage.id.clone(), kind: stage.kind.clone(), up_to_date: false, key: None, artifact: None, reasons });
+                let reasons = vec![Reason::DepUnreadable {
+                    path,
+                    error: source.to_string(),
+                }];
+                out.push(StageStatus {
+                    stage: stage.id.clone(),
+                    kind: stage.kind.clone(),
+                    up_to_date: false,
+                    key: None,
+                    artifact: None,
+                    reasons,
+                });
                 continue;
             }
             Err(e) => return Err(e),
@@ -331,10 +514,20 @@ pub fn status(spec: &PipelineSpec, cache: &Cache, lock: Option<&LockFile>, sel: 
                 Some(a) => {
                     inputs.insert(slot.clone(), a);
                 }
-                None => upstream_stale.push(Reason::UpstreamStale { slot: slot.clone(), stage: spec.stages[up].id.clone() }),
+                None => upstream_stale.push(Reason::UpstreamStale {
+                    slot: slot.clone(),
+                    stage: spec.stages[up].id.clone(),
+                }),
             }
         }
-        let mut st = StageStatus { stage: stage.id.clone(), kind: stage.kind.clone(), up_to_date: false, key: None, artifact: None, reasons: Vec::new() };
+        let mut st = StageStatus {
+            stage: stage.id.clone(),
+            kind: stage.kind.clone(),
+            up_to_date: false,
+            key: None,
+            artifact: None,
+            reasons: Vec::new(),
+        };
         if upstream_stale.is_empty() {
             let fp = fingerprint(stage, inputs.clone(), deps.clone());
             let key = fp.key();
@@ -353,9 +546,18 @@ pub fn status(spec: &PipelineSpec, cache: &Cache, lock: Option<&LockFile>, sel: 
                         st.artifact = Some(rec.artifact.to_string());
                     }
                 }
-                Lookup::Damaged(detail) if st.reasons.is_empty() => st.reasons.push(Reason::Damaged { detail }),
+                Lookup::Damaged(detail) if st.reasons.is_empty() => {
+                    st.reasons.push(Reason::Damaged { detail })
+                }
                 _ if st.reasons.is_empty() => {
-                    st.reasons = diff_against_lock(entry, stage, &stage.params.canonical, &inputs, &deps, Some(&key));
+                    st.reasons = diff_against_lock(
+                        entry,
+                        stage,
+                        &stage.params.canonical,
+                        &inputs,
+                        &deps,
+                        Some(&key),
+                    );
                 }
                 _ => {}
             }
@@ -367,9 +569,12 @@ pub fn status(spec: &PipelineSpec, cache: &Cache, lock: Option<&LockFile>, sel: 
         } else {
             st.reasons = upstream_stale;
             if let Some(e) = entry {
-                let own = diff_against_lock(entry, stage, &stage.params.canonical, &inputs, &deps, None);
+                let own =
+                    diff_against_lock(entry, stage, &stage.params.canonical, &inputs, &deps, None);
                 if own.is_empty() {
-                    st.reasons.push(Reason::Pinned { output: e.output.clone() });
+                    st.reasons.push(Reason::Pinned {
+                        output: e.output.clone(),
+                    });
                 }
                 st.reasons.extend(own);
             }
@@ -390,8 +595,14 @@ mod tests {
             kind: "command".into(),
             kind_version: 1,
             params: json!({"cmd": "echo hi", "deps": [], "env": {}}),
-            inputs: BTreeMap::from([("a".to_string(), ArtifactId(pollard_cache::Digest::of(b"upstream")))]),
-            deps: BTreeMap::from([("x.txt".to_string(), pollard_cache::Digest::of(b"x").to_string())]),
+            inputs: BTreeMap::from([(
+                "a".to_string(),
+                ArtifactId(pollard_cache::Digest::of(b"upstream")),
+            )]),
+            deps: BTreeMap::from([(
+                "x.txt".to_string(),
+                pollard_cache::Digest::of(b"x").to_string(),
+            )]),
         }
     }
 
@@ -399,7 +610,10 @@ mod tests {
     fn golden_key() {
         // Pinned: a change here invalidates every user's cache, so it must be deliberate
         // (bump FINGERPRINT_FORMAT and say so).
-        assert_eq!(fp().key().to_string(), "blake3:0b1b5277a1ed6bcf958df7b5098cfd14e5a3b69ce01485f094479579797cd272");
+        assert_eq!(
+            fp().key().to_string(),
+            "blake3:0b1b5277a1ed6bcf958df7b5098cfd14e5a3b69ce01485f094479579797cd272"
+        );
     }
 
     #[test]
@@ -412,7 +626,8 @@ mod tests {
         f.kind_version = 2;
         assert_ne!(f.key(), base);
         let mut f = fp();
-        f.inputs.insert("a".into(), ArtifactId(pollard_cache::Digest::of(b"other")));
+        f.inputs
+            .insert("a".into(), ArtifactId(pollard_cache::Digest::of(b"other")));
         assert_ne!(f.key(), base);
         let mut f = fp();
         f.deps.insert("x.txt".into(), "blake3:00".into());
@@ -422,12 +637,26 @@ mod tests {
     #[test]
     fn param_diffs_name_leaf_fields() {
         let mut out = Vec::new();
-        json_diff("", Some(&json!({"lr": 0.001, "loss": {"t": 1}})), Some(&json!({"lr": 0.002, "loss": {"t": 1}, "new": true})), &mut out);
+        json_diff(
+            "",
+            Some(&json!({"lr": 0.001, "loss": {"t": 1}})),
+            Some(&json!({"lr": 0.002, "loss": {"t": 1}, "new": true})),
+            &mut out,
+        );
         let text: Vec<String> = out.iter().map(|r| r.to_string()).collect();
-        assert_eq!(text, vec!["param `lr` changed: 0.001 -> 0.002", "param `new` changed: (unset) -> true"]);
+        assert_eq!(
+            text,
+            vec![
+                "param `lr` changed: 0.001 -> 0.002",
+                "param `new` changed: (unset) -> true"
+            ]
+        );
         let long_a = json!("x".repeat(80) + "aaa" + &"y".repeat(40));
         let long_b = json!("x".repeat(80) + "bbb" + &"y".repeat(40));
         let (a, b) = show_pair(&Some(long_a), &Some(long_b));
-        assert!(a.contains("aaa") && b.contains("bbb") && a.starts_with("..."), "{a} {b}");
+        assert!(
+            a.contains("aaa") && b.contains("bbb") && a.starts_with("..."),
+            "{a} {b}"
+        );
     }
 }

@@ -32,7 +32,9 @@ impl Bytes {
 /// Parses `number[suffix]` where the suffix table maps a unit to its multiplier.
 fn parse_scaled(text: &str, units: &[(&str, f64)], what: &str) -> Result<u64, String> {
     let cleaned: String = text.trim().chars().filter(|c| *c != '_').collect();
-    let split = cleaned.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(cleaned.len());
+    let split = cleaned
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(cleaned.len());
     let (number, unit) = cleaned.split_at(split);
     let unit = unit.trim();
     let multiplier = if unit.is_empty() {
@@ -44,13 +46,20 @@ fn parse_scaled(text: &str, units: &[(&str, f64)], what: &str) -> Result<u64, St
             .map(|(_, m)| *m)
             .ok_or_else(|| {
                 let known: Vec<&str> = units.iter().map(|(n, _)| *n).collect();
-                format!("`{text}` is not a valid {what}: unknown unit `{unit}` (expected one of {})", known.join(", "))
+                format!(
+                    "`{text}` is not a valid {what}: unknown unit `{unit}` (expected one of {})",
+                    known.join(", ")
+                )
             })?
     };
-    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a valid {what}"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a valid {what}"))?;
     let scaled = value * multiplier;
     if !scaled.is_finite() || scaled < 0.0 || scaled > u64::MAX as f64 || scaled.fract() != 0.0 {
-        return Err(format!("`{text}` is not a valid {what}: it must be a whole, non-negative number"));
+        return Err(format!(
+            "`{text}` is not a valid {what}: it must be a whole, non-negative number"
+        ));
     }
     Ok(scaled as u64)
 }
@@ -112,19 +121,33 @@ struct ScaledVisitor<T>(std::marker::PhantomData<T>, &'static str);
 impl<'de, T: std::str::FromStr<Err = String> + From<u64>> Visitor<'de> for ScaledVisitor<T> {
     type Value = T;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "a {} (an integer or a string such as {})", self.1, if self.1 == "count" { "`20M`" } else { "`24GiB`" })
+        write!(
+            f,
+            "a {} (an integer or a string such as {})",
+            self.1,
+            if self.1 == "count" {
+                "`20M`"
+            } else {
+                "`24GiB`"
+            }
+        )
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
         Ok(T::from(v))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        u64::try_from(v).map(T::from).map_err(|_| E::custom(format!("`{v}` is not a valid {}: it is negative", self.1)))
+        u64::try_from(v)
+            .map(T::from)
+            .map_err(|_| E::custom(format!("`{v}` is not a valid {}: it is negative", self.1)))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
         if v >= 0.0 && v.fract() == 0.0 && v <= u64::MAX as f64 {
             Ok(T::from(v as u64))
         } else {
-            Err(E::custom(format!("`{v}` is not a valid {}: it must be a whole, non-negative number", self.1)))
+            Err(E::custom(format!(
+                "`{v}` is not a valid {}: it must be a whole, non-negative number",
+                self.1
+            )))
         }
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
@@ -179,7 +202,10 @@ mod tests {
         assert_eq!("1_000".parse::<Count>().unwrap(), Count(1000));
         assert_eq!("2.5K".parse::<Count>().unwrap(), Count(2500));
         assert!("2.5".parse::<Count>().is_err());
-        assert!("12Q".parse::<Count>().unwrap_err().contains("unknown unit `Q`"));
+        assert!("12Q"
+            .parse::<Count>()
+            .unwrap_err()
+            .contains("unknown unit `Q`"));
     }
 
     #[test]

@@ -41,7 +41,11 @@ pub trait ErasedStage: Send + Sync {
     fn decode(&self, with: &serde_yaml::Value) -> Result<DecodedParams, DecodeError>;
     fn validate(&self, p: &DecodedParams) -> Vec<ParamError>;
     fn deps(&self, p: &DecodedParams) -> Vec<PathBuf>;
-    fn describe(&self, p: &DecodedParams, inputs: &PlanInputs) -> Result<Option<serde_json::Value>, BoxError>;
+    fn describe(
+        &self,
+        p: &DecodedParams,
+        inputs: &PlanInputs,
+    ) -> Result<Option<serde_json::Value>, BoxError>;
     fn resources(&self, p: &DecodedParams, inputs: &PlanInputs) -> Result<Resources, BoxError>;
     fn run(&self, ctx: &mut StageCtx, p: &DecodedParams, inputs: &Inputs) -> Result<(), BoxError>;
 }
@@ -53,7 +57,9 @@ impl<S: Stage> Erased<S> {
     fn typed<'a>(&self, p: &'a DecodedParams) -> &'a S::Params {
         // Invariant: a DecodedParams reaches a kind only through the StageSpec that was decoded
         // by that same kind, so the downcast cannot fail.
-        p.typed.downcast_ref::<S::Params>().expect("params were decoded by this kind")
+        p.typed
+            .downcast_ref::<S::Params>()
+            .expect("params were decoded by this kind")
     }
 }
 
@@ -73,9 +79,14 @@ impl<S: Stage> ErasedStage for Erased<S> {
             let message = did_you_mean(&e.inner().to_string());
             DecodeError { field, message }
         })?;
-        let canonical = serde_json::to_value(&typed)
-            .map_err(|e| DecodeError { field: String::new(), message: format!("params do not serialise: {e}") })?;
-        Ok(DecodedParams { typed: Box::new(typed), canonical })
+        let canonical = serde_json::to_value(&typed).map_err(|e| DecodeError {
+            field: String::new(),
+            message: format!("params do not serialise: {e}"),
+        })?;
+        Ok(DecodedParams {
+            typed: Box::new(typed),
+            canonical,
+        })
     }
     fn validate(&self, p: &DecodedParams) -> Vec<ParamError> {
         self.0.validate(self.typed(p)).err().unwrap_or_default()
@@ -83,7 +94,11 @@ impl<S: Stage> ErasedStage for Erased<S> {
     fn deps(&self, p: &DecodedParams) -> Vec<PathBuf> {
         self.0.deps(self.typed(p))
     }
-    fn describe(&self, p: &DecodedParams, inputs: &PlanInputs) -> Result<Option<serde_json::Value>, BoxError> {
+    fn describe(
+        &self,
+        p: &DecodedParams,
+        inputs: &PlanInputs,
+    ) -> Result<Option<serde_json::Value>, BoxError> {
         self.0.describe(self.typed(p), inputs)
     }
     fn resources(&self, p: &DecodedParams, inputs: &PlanInputs) -> Result<Resources, BoxError> {
@@ -112,12 +127,16 @@ fn path_string(path: &serde_path_to_error::Path) -> String {
 /// Adds "did you mean `x`?" to serde's "unknown field `a`, expected one of `b`, `c`" (and the
 /// same for variants) when a known name is close.
 pub fn did_you_mean(message: &str) -> String {
-    let Some(suggestion) = closest_from_serde_message(message) else { return message.to_string() };
+    let Some(suggestion) = closest_from_serde_message(message) else {
+        return message.to_string();
+    };
     format!("{message} (did you mean `{suggestion}`?)")
 }
 
 fn closest_from_serde_message(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `").or_else(|| message.strip_prefix("unknown variant `"))?;
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))?;
     let (bad, rest) = rest.split_once('`')?;
     let (_, expected) = rest.split_once("expected")?;
     let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
@@ -148,7 +167,9 @@ impl Default for Registry {
 impl Registry {
     /// A registry holding the built-in `command` kind.
     pub fn new() -> Self {
-        let mut reg = Registry { kinds: BTreeMap::new() };
+        let mut reg = Registry {
+            kinds: BTreeMap::new(),
+        };
         reg.register(CommandStage);
         reg
     }
@@ -156,7 +177,11 @@ impl Registry {
     /// Adds a kind. Registering two kinds under one name is a programming error of the binary.
     pub fn register<S: Stage>(&mut self, stage: S) {
         let previous = self.kinds.insert(S::KIND, Arc::new(Erased(stage)));
-        assert!(previous.is_none(), "stage kind `{}` registered twice", S::KIND);
+        assert!(
+            previous.is_none(),
+            "stage kind `{}` registered twice",
+            S::KIND
+        );
     }
 
     pub fn get(&self, kind: &str) -> Option<Arc<dyn ErasedStage>> {
@@ -229,7 +254,10 @@ mod tests {
         let a = k.decode(&yaml("{ tokens: 20M }")).unwrap();
         let b = k.decode(&yaml("{ tokens: 20000000, seed: 1 }")).unwrap();
         assert_eq!(a.canonical, b.canonical);
-        assert_eq!(canonical_json(&a.canonical), r#"{"seed":1,"target":null,"tokens":20000000}"#);
+        assert_eq!(
+            canonical_json(&a.canonical),
+            r#"{"seed":1,"target":null,"tokens":20000000}"#
+        );
     }
 
     #[test]
@@ -237,19 +265,31 @@ mod tests {
         let mut reg = Registry::new();
         reg.register(K);
         let k = reg.get("k").unwrap();
-        let e = k.decode(&yaml("{ tokens: 1, target: { hiden: 3 } }")).unwrap_err();
+        let e = k
+            .decode(&yaml("{ tokens: 1, target: { hiden: 3 } }"))
+            .unwrap_err();
         assert_eq!(e.field, "target.hiden");
-        assert!(e.message.contains("did you mean `hidden`?"), "{}", e.message);
+        assert!(
+            e.message.contains("did you mean `hidden`?"),
+            "{}",
+            e.message
+        );
         let e = k.decode(&yaml("{ tokens: 12Q }")).unwrap_err();
         assert_eq!(e.field, "tokens");
         assert!(e.message.contains("unknown unit `Q`"), "{}", e.message);
         let p = k.decode(&yaml("{ tokens: 0 }")).unwrap();
-        assert_eq!(k.validate(&p), vec![ParamError::new("tokens", "must be positive")]);
+        assert_eq!(
+            k.validate(&p),
+            vec![ParamError::new("tokens", "must be positive")]
+        );
     }
 
     #[test]
     fn closest_ignores_far_names() {
-        assert_eq!(closest("tokns", ["tokens", "seed"].into_iter()), Some("tokens".into()));
+        assert_eq!(
+            closest("tokns", ["tokens", "seed"].into_iter()),
+            Some("tokens".into())
+        );
         assert_eq!(closest("zzz", ["tokens", "seed"].into_iter()), None);
     }
 

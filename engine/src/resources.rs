@@ -37,11 +37,18 @@ pub fn parse_gpu_spec(spec: &str) -> Result<Vec<Gpu>, String> {
     spec.split(',')
         .enumerate()
         .map(|(i, part)| {
-            let mem: Bytes = part.trim().parse().map_err(|e| format!("--gpus `{spec}`: device {i}: {e}"))?;
+            let mem: Bytes = part
+                .trim()
+                .parse()
+                .map_err(|e| format!("--gpus `{spec}`: device {i}: {e}"))?;
             if mem.0 == 0 {
                 return Err(format!("--gpus `{spec}`: device {i} has no memory"));
             }
-            Ok(Gpu { ordinal: i as u32, name: format!("gpu{i}"), memory: mem.0 })
+            Ok(Gpu {
+                ordinal: i as u32,
+                name: format!("gpu{i}"),
+                memory: mem.0,
+            })
         })
         .collect()
 }
@@ -49,13 +56,23 @@ pub fn parse_gpu_spec(spec: &str) -> Result<Vec<Gpu>, String> {
 impl Inventory {
     /// `--gpus` wins, then `POLLARD_GPUS`, then probing.
     pub fn resolve(flag: Option<&str>) -> Result<Inventory, String> {
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         if let Some(spec) = flag {
-            return Ok(Inventory { gpus: parse_gpu_spec(spec)?, cpus, source: "--gpus".into() });
+            return Ok(Inventory {
+                gpus: parse_gpu_spec(spec)?,
+                cpus,
+                source: "--gpus".into(),
+            });
         }
         if let Ok(spec) = std::env::var(GPUS_ENV) {
             if !spec.trim().is_empty() {
-                return Ok(Inventory { gpus: parse_gpu_spec(&spec)?, cpus, source: GPUS_ENV.into() });
+                return Ok(Inventory {
+                    gpus: parse_gpu_spec(&spec)?,
+                    cpus,
+                    source: GPUS_ENV.into(),
+                });
             }
         }
         let (gpus, source) = probe();
@@ -69,14 +86,28 @@ impl Inventory {
         }
         let want = r.gpus as usize;
         let mem = Bytes(r.gpu_memory);
-        let need = if r.gpu_memory > 0 { format!("{} GPU{} with {mem}", want, plural(want)) } else { format!("{} GPU{}", want, plural(want)) };
+        let need = if r.gpu_memory > 0 {
+            format!("{} GPU{} with {mem}", want, plural(want))
+        } else {
+            format!("{} GPU{}", want, plural(want))
+        };
         if self.gpus.is_empty() {
-            return Err(format!("needs {need}, but there are no GPUs (set --gpus or {GPUS_ENV} to declare some)"));
+            return Err(format!(
+                "needs {need}, but there are no GPUs (set --gpus or {GPUS_ENV} to declare some)"
+            ));
         }
         if self.gpus.len() < want {
-            return Err(format!("needs {need}, but there {} only {}", if self.gpus.len() == 1 { "is" } else { "are" }, self.gpus.len()));
+            return Err(format!(
+                "needs {need}, but there {} only {}",
+                if self.gpus.len() == 1 { "is" } else { "are" },
+                self.gpus.len()
+            ));
         }
-        let big_enough = self.gpus.iter().filter(|g| g.memory >= r.gpu_memory).count();
+        let big_enough = self
+            .gpus
+            .iter()
+            .filter(|g| g.memory >= r.gpu_memory)
+            .count();
         if big_enough < want {
             let largest = Bytes(self.gpus.iter().map(|g| g.memory).max().unwrap_or(0));
             return Err(format!("needs {need}, largest has {largest}"));
@@ -104,7 +135,11 @@ fn probe() -> (Vec<Gpu>, String) {
             let dev = result::device::get(i)?;
             let memory = unsafe { result::device::total_mem(dev)? } as u64;
             let name = result::device::get_name(dev).unwrap_or_else(|_| format!("cuda{i}"));
-            gpus.push(Gpu { ordinal: i as u32, name, memory });
+            gpus.push(Gpu {
+                ordinal: i as u32,
+                name,
+                memory,
+            });
         }
         Ok(gpus)
     };
@@ -154,8 +189,16 @@ impl Drop for Lease {
 impl Pool {
     /// `jobs`: at most this many stages at once (None: as many as resources allow).
     pub fn new(inventory: Inventory, jobs: Option<usize>) -> Pool {
-        let state = PoolState { gpu_busy: vec![false; inventory.gpus.len()], cpus_free: inventory.cpus, running: 0 };
-        Pool { jobs: jobs.unwrap_or(usize::MAX).max(1), inventory: Arc::new(inventory), state: Arc::new(Mutex::new(state)) }
+        let state = PoolState {
+            gpu_busy: vec![false; inventory.gpus.len()],
+            cpus_free: inventory.cpus,
+            running: 0,
+        };
+        Pool {
+            jobs: jobs.unwrap_or(usize::MAX).max(1),
+            inventory: Arc::new(inventory),
+            state: Arc::new(Mutex::new(state)),
+        }
     }
 
     pub fn inventory(&self) -> &Inventory {
@@ -202,7 +245,14 @@ impl Pool {
         }
         s.cpus_free -= cpus;
         s.running += 1;
-        Some(Lease { state: self.state.clone(), gpus: gpus.into_iter().map(|g| self.inventory.gpus[g].ordinal).collect(), cpus })
+        Some(Lease {
+            state: self.state.clone(),
+            gpus: gpus
+                .into_iter()
+                .map(|g| self.inventory.gpus[g].ordinal)
+                .collect(),
+            cpus,
+        })
     }
 
     pub fn running(&self) -> usize {
@@ -215,11 +265,20 @@ mod tests {
     use super::*;
 
     fn inv(spec: &str, cpus: usize) -> Inventory {
-        Inventory { gpus: parse_gpu_spec(spec).unwrap(), cpus, source: "test".into() }
+        Inventory {
+            gpus: parse_gpu_spec(spec).unwrap(),
+            cpus,
+            source: "test".into(),
+        }
     }
 
     fn gpu(n: u32, mem: &str) -> Resources {
-        Resources { gpus: n, gpu_memory: mem.parse::<Bytes>().unwrap().0, cpus: 1, host_memory: 0 }
+        Resources {
+            gpus: n,
+            gpu_memory: mem.parse::<Bytes>().unwrap().0,
+            cpus: 1,
+            host_memory: 0,
+        }
     }
 
     #[test]
@@ -228,16 +287,27 @@ mod tests {
         let g = parse_gpu_spec("80GiB, 40GiB").unwrap();
         assert_eq!(g.len(), 2);
         assert_eq!(g[1].memory, 40 << 30);
-        assert!(parse_gpu_spec("80GiB,lots").unwrap_err().contains("device 1"));
+        assert!(parse_gpu_spec("80GiB,lots")
+            .unwrap_err()
+            .contains("device 1"));
     }
 
     #[test]
     fn impossible_requests_are_refused_with_numbers() {
         let i = inv("80GiB,80GiB", 4);
-        assert_eq!(i.check(&gpu(2, "96GiB")).unwrap_err(), "needs 2 GPUs with 96.0 GiB, largest has 80.0 GiB");
-        assert_eq!(i.check(&gpu(3, "0")).unwrap_err(), "needs 3 GPUs, but there are only 2");
+        assert_eq!(
+            i.check(&gpu(2, "96GiB")).unwrap_err(),
+            "needs 2 GPUs with 96.0 GiB, largest has 80.0 GiB"
+        );
+        assert_eq!(
+            i.check(&gpu(3, "0")).unwrap_err(),
+            "needs 3 GPUs, but there are only 2"
+        );
         assert!(i.check(&gpu(2, "80GiB")).is_ok());
-        assert!(inv("none", 4).check(&gpu(1, "0")).unwrap_err().contains("no GPUs"));
+        assert!(inv("none", 4)
+            .check(&gpu(1, "0"))
+            .unwrap_err()
+            .contains("no GPUs"));
     }
 
     #[test]
@@ -246,26 +316,41 @@ mod tests {
         let a = pool.try_grant(&gpu(1, "10GiB")).unwrap();
         let b = pool.try_grant(&gpu(1, "10GiB")).unwrap();
         assert_ne!(a.gpus, b.gpus);
-        assert!(pool.try_grant(&gpu(1, "10GiB")).is_none(), "a third must wait");
+        assert!(
+            pool.try_grant(&gpu(1, "10GiB")).is_none(),
+            "a third must wait"
+        );
         drop(a);
         let c = pool.try_grant(&gpu(1, "10GiB")).unwrap();
         assert_eq!(c.gpus, vec![0]);
-        assert!(pool.try_grant(&gpu(0, "0")).is_some(), "CPU stages do not wait for GPUs");
+        assert!(
+            pool.try_grant(&gpu(0, "0")).is_some(),
+            "CPU stages do not wait for GPUs"
+        );
     }
 
     #[test]
     fn cores_and_jobs_limit_concurrency() {
         let pool = Pool::new(inv("none", 2), None);
-        let cpu = |n| Resources { cpus: n, ..Resources::default() };
+        let cpu = |n| Resources {
+            cpus: n,
+            ..Resources::default()
+        };
         let a = pool.try_grant(&cpu(1)).unwrap();
         let _b = pool.try_grant(&cpu(1)).unwrap();
         assert!(pool.try_grant(&cpu(1)).is_none());
         drop(a);
         assert!(pool.try_grant(&cpu(0)).is_none(), "0 wants every core");
         let pool = Pool::new(inv("80GiB,80GiB", 4), None);
-        let gpu_all = Resources { gpus: 1, cpus: 0, ..Resources::default() };
+        let gpu_all = Resources {
+            gpus: 1,
+            cpus: 0,
+            ..Resources::default()
+        };
         let _a = pool.try_grant(&gpu_all).unwrap();
-        let b = pool.try_grant(&gpu_all).expect("GPU stages asking for `all` cores still share them");
+        let b = pool
+            .try_grant(&gpu_all)
+            .expect("GPU stages asking for `all` cores still share them");
         assert_eq!(b.cpus, 2);
         let pool = Pool::new(inv("none", 8), Some(1));
         let _a = pool.try_grant(&cpu(1)).unwrap();

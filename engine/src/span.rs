@@ -44,7 +44,10 @@ fn join(parent: &str, child: &str) -> String {
 
 fn pos(m: Marker) -> Pos {
     // yaml-rust2 reports 1-based lines and 0-based columns.
-    Pos { line: m.line(), col: m.col() + 1 }
+    Pos {
+        line: m.line(),
+        col: m.col() + 1,
+    }
 }
 
 impl Recorder {

@@ -73,7 +73,9 @@ impl PipelineSpec {
         ids.iter()
             .map(|id| {
                 self.index_of(id).ok_or_else(|| {
-                    let hint = closest(id, self.ids()).map(|c| format!("; did you mean `{c}`?")).unwrap_or_default();
+                    let hint = closest(id, self.ids())
+                        .map(|c| format!("; did you mean `{c}`?"))
+                        .unwrap_or_default();
                     format!("no stage `{id}` in {}{hint}", self.file)
                 })
             })
@@ -96,7 +98,11 @@ pub fn load(src: &Source, registry: &Registry) -> Result<PipelineSpec, Diagnosti
         return Err(c.diags);
     };
     let flat = expand(&mut c, &raw);
-    let index: HashMap<String, usize> = flat.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+    let index: HashMap<String, usize> = flat
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.clone(), i))
+        .collect();
     let mut stages = Vec::new();
     for s in &flat {
         if let Some(spec) = check_stage(&mut c, registry, s, &flat, &index) {
@@ -104,14 +110,27 @@ pub fn load(src: &Source, registry: &Registry) -> Result<PipelineSpec, Diagnosti
         }
     }
     // The graph over every input that names a stage, so a cycle is reported with the rest.
-    let graph = Graph::new(flat.iter().map(|s| s.inputs.iter().filter_map(|i| index.get(&i.stage).copied()).collect()).collect());
+    let graph = Graph::new(
+        flat.iter()
+            .map(|s| {
+                s.inputs
+                    .iter()
+                    .filter_map(|i| index.get(&i.stage).copied())
+                    .collect()
+            })
+            .collect(),
+    );
     let order = match graph.topo_order() {
         Ok(order) => order,
         Err(cycle) => {
             let names: Vec<&str> = cycle.iter().map(|&i| flat[i].id.as_str()).collect();
             let first = &flat[cycle[0]];
             let pos = c.src.spans.locate_key(&first.path);
-            c.at_pos(pos, Some(&first.id), format!("the inputs form a cycle: {}", names.join(" -> ")));
+            c.at_pos(
+                pos,
+                Some(&first.id),
+                format!("the inputs form a cycle: {}", names.join(" -> ")),
+            );
             Vec::new()
         }
     };
@@ -132,7 +151,13 @@ pub fn load(src: &Source, registry: &Registry) -> Result<PipelineSpec, Diagnosti
     })
 }
 
-fn check_stage(c: &mut Collector, registry: &Registry, s: &FlatStage, flat: &[FlatStage], index: &HashMap<String, usize>) -> Option<StageSpec> {
+fn check_stage(
+    c: &mut Collector,
+    registry: &Registry,
+    s: &FlatStage,
+    flat: &[FlatStage],
+    index: &HashMap<String, usize>,
+) -> Option<StageSpec> {
     let id = Some(s.id.as_str());
     let pos = c.src.spans.locate_key(&s.path);
     let mut inputs = BTreeMap::new();
@@ -142,8 +167,17 @@ fn check_stage(c: &mut Collector, registry: &Registry, s: &FlatStage, flat: &[Fl
                 inputs.insert(input.slot.clone(), i);
             }
             None => {
-                let hint = closest(&input.stage, flat.iter().map(|f| f.id.as_str())).map(|h| format!("; did you mean `{h}`?")).unwrap_or_default();
-                c.at(&input.path, id, format!("input `{}` names unknown stage `{}`{hint}", input.slot, input.stage));
+                let hint = closest(&input.stage, flat.iter().map(|f| f.id.as_str()))
+                    .map(|h| format!("; did you mean `{h}`?"))
+                    .unwrap_or_default();
+                c.at(
+                    &input.path,
+                    id,
+                    format!(
+                        "input `{}` names unknown stage `{}`{hint}",
+                        input.slot, input.stage
+                    ),
+                );
             }
         }
     }
@@ -153,8 +187,19 @@ fn check_stage(c: &mut Collector, registry: &Registry, s: &FlatStage, flat: &[Fl
             Ok(r) => r,
             Err(e) => {
                 let field = e.path().to_string();
-                let path = if field == "." { join(&s.path, "resources") } else { join(&join(&s.path, "resources"), &field) };
-                c.at(&path, id, format!("resources: {}", crate::registry::did_you_mean(&e.inner().to_string())));
+                let path = if field == "." {
+                    join(&s.path, "resources")
+                } else {
+                    join(&join(&s.path, "resources"), &field)
+                };
+                c.at(
+                    &path,
+                    id,
+                    format!(
+                        "resources: {}",
+                        crate::registry::did_you_mean(&e.inner().to_string())
+                    ),
+                );
                 ResourceOverride::default()
             }
         },
@@ -164,32 +209,71 @@ fn check_stage(c: &mut Collector, registry: &Registry, s: &FlatStage, flat: &[Fl
     }
     let Some(kind) = registry.get(&s.kind) else {
         let known: Vec<&str> = registry.kinds().collect();
-        let hint = closest(&s.kind, known.iter().copied()).map(|h| format!("; did you mean `{h}`?")).unwrap_or_default();
-        c.at(&join(&s.path, "kind"), id, format!("unknown stage kind `{}` (known kinds: {}){hint}", s.kind, known.join(", ")));
+        let hint = closest(&s.kind, known.iter().copied())
+            .map(|h| format!("; did you mean `{h}`?"))
+            .unwrap_or_default();
+        c.at(
+            &join(&s.path, "kind"),
+            id,
+            format!(
+                "unknown stage kind `{}` (known kinds: {}){hint}",
+                s.kind,
+                known.join(", ")
+            ),
+        );
         return None;
     };
     if let Slots::Fixed { required, optional } = kind.slots() {
         let takes: Vec<&str> = required.iter().chain(optional.iter()).copied().collect();
         for input in &s.inputs {
             if !takes.contains(&input.slot.as_str()) {
-                let hint = closest(&input.slot, takes.iter().copied()).map(|h| format!("; did you mean `{h}`?")).unwrap_or_default();
-                let list = if takes.is_empty() { "none".to_string() } else { takes.join(", ") };
-                c.at_key(&input.path, id, format!("kind `{}` takes no input `{}` (its inputs: {list}){hint}", s.kind, input.slot));
+                let hint = closest(&input.slot, takes.iter().copied())
+                    .map(|h| format!("; did you mean `{h}`?"))
+                    .unwrap_or_default();
+                let list = if takes.is_empty() {
+                    "none".to_string()
+                } else {
+                    takes.join(", ")
+                };
+                c.at_key(
+                    &input.path,
+                    id,
+                    format!(
+                        "kind `{}` takes no input `{}` (its inputs: {list}){hint}",
+                        s.kind, input.slot
+                    ),
+                );
             }
         }
         for req in required {
             if !s.inputs.iter().any(|i| i.slot == *req) {
-                c.at_key(&s.path, id, format!("kind `{}` needs input `{req}`", s.kind));
+                c.at_key(
+                    &s.path,
+                    id,
+                    format!("kind `{}` needs input `{req}`", s.kind),
+                );
             }
         }
     }
     // For commands the decoded fields sit beside `with`; elsewhere inside it.
-    let field_base = if s.kind == "command" { s.path.clone() } else { join(&s.path, "with") };
+    let field_base = if s.kind == "command" {
+        s.path.clone()
+    } else {
+        join(&s.path, "with")
+    };
     let params = match kind.decode(&s.with) {
         Ok(p) => p,
         Err(e) => {
-            let path = if e.field.is_empty() { field_base.clone() } else { join(&field_base, &e.field) };
-            let label = if e.field.is_empty() || s.kind == "command" { String::new() } else { format!("with.{}: ", e.field) };
+            let path = if e.field.is_empty() {
+                field_base.clone()
+            } else {
+                join(&field_base, &e.field)
+            };
+            let label = if e.field.is_empty() || s.kind == "command" {
+                String::new()
+            } else {
+                format!("with.{}: ", e.field)
+            };
             if e.message.starts_with("unknown field") {
                 c.at_key(&path, id, format!("{label}{}", e.message));
             } else {
@@ -199,12 +283,30 @@ fn check_stage(c: &mut Collector, registry: &Registry, s: &FlatStage, flat: &[Fl
         }
     };
     for e in kind.validate(&params) {
-        let path = if e.field.is_empty() { field_base.clone() } else { join(&field_base, &e.field) };
-        let label = if e.field.is_empty() { String::new() } else { format!("with.{}: ", e.field) };
+        let path = if e.field.is_empty() {
+            field_base.clone()
+        } else {
+            join(&field_base, &e.field)
+        };
+        let label = if e.field.is_empty() {
+            String::new()
+        } else {
+            format!("with.{}: ", e.field)
+        };
         c.at(&path, id, format!("{label}{}", e.message));
     }
     let deps = kind.deps(&params);
-    Some(StageSpec { id: s.id.clone(), kind: s.kind.clone(), stage: kind, params, inputs, resources, cache: s.cache, deps, pos })
+    Some(StageSpec {
+        id: s.id.clone(),
+        kind: s.kind.clone(),
+        stage: kind,
+        params,
+        inputs,
+        resources,
+        cache: s.cache,
+        deps,
+        pos,
+    })
 }
 
 #[cfg(test)]

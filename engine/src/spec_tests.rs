@@ -22,7 +22,10 @@ impl Stage for Prune {
     const VERSION: u32 = 1;
     type Params = PruneParams;
     fn slots(&self) -> Slots {
-        Slots::Fixed { required: &["model"], optional: &["scores", "data"] }
+        Slots::Fixed {
+            required: &["model"],
+            optional: &["scores", "data"],
+        }
     }
     fn validate(&self, p: &PruneParams) -> Result<(), Vec<ParamError>> {
         match p.method.as_deref() {
@@ -86,20 +89,42 @@ fn groups_expand_into_ids_and_bindings() {
     let ids: Vec<&str> = spec.ids().collect();
     assert_eq!(
         ids,
-        vec!["teacher", "data", "shrink.half.score", "shrink.half.distill", "shrink.quarter.score", "shrink.quarter.distill", "arms.m-activation.prune", "arms.m-magnitude.prune"]
+        vec![
+            "teacher",
+            "data",
+            "shrink.half.score",
+            "shrink.half.distill",
+            "shrink.quarter.score",
+            "shrink.quarter.distill",
+            "arms.m-activation.prune",
+            "arms.m-magnitude.prune"
+        ]
     );
-    let up = |id: &str, slot: &str| spec.stages[spec.stages[spec.index_of(id).unwrap()].inputs[slot]].id.clone();
+    let up = |id: &str, slot: &str| {
+        spec.stages[spec.stages[spec.index_of(id).unwrap()].inputs[slot]]
+            .id
+            .clone()
+    };
     assert_eq!(up("shrink.half.score", "model"), "teacher");
     assert_eq!(up("shrink.quarter.score", "model"), "shrink.half.distill");
-    assert_eq!(up("shrink.quarter.distill", "model"), "shrink.quarter.score");
+    assert_eq!(
+        up("shrink.quarter.distill", "model"),
+        "shrink.quarter.score"
+    );
     assert_eq!(up("shrink.half.score", "data"), "data");
     assert_eq!(up("arms.m-magnitude.prune", "scores"), "shrink.half.score");
-    let p = &spec.stages[spec.index_of("shrink.half.distill").unwrap()].params.canonical;
+    let p = &spec.stages[spec.index_of("shrink.half.distill").unwrap()]
+        .params
+        .canonical;
     assert_eq!(p["target"], serde_json::json!({"hidden": 192}));
-    let p = &spec.stages[spec.index_of("arms.m-magnitude.prune").unwrap()].params.canonical;
+    let p = &spec.stages[spec.index_of("arms.m-magnitude.prune").unwrap()]
+        .params
+        .canonical;
     assert_eq!(p["method"], "magnitude");
     assert_eq!(p["tokens"], 2000);
-    let c = &spec.stages[spec.index_of("shrink.quarter.score").unwrap()].params.canonical;
+    let c = &spec.stages[spec.index_of("shrink.quarter.score").unwrap()]
+        .params
+        .canonical;
     assert_eq!(c["cmd"], "echo quarter");
 }
 
@@ -134,12 +159,17 @@ fn cycles_print_their_path() {
     let errs = errors(
         "pipeline: c\nstages:\n  a: { kind: command, cmd: x, inputs: { i: c } }\n  b: { kind: command, cmd: x, inputs: { i: a } }\n  c: { kind: command, cmd: x, inputs: { i: b } }\n",
     );
-    assert_eq!(errs, vec!["m.yaml:3:3: stage `a`: the inputs form a cycle: a -> b -> c -> a"]);
+    assert_eq!(
+        errs,
+        vec!["m.yaml:3:3: stage `a`: the inputs form a cycle: a -> b -> c -> a"]
+    );
 }
 
 #[test]
 fn bad_ids_and_missing_fields() {
-    let errs = errors("pipeline: Bad Name\nstages:\n  Up: { kind: command, cmd: x }\n  ok: { inputs: {} }\n");
+    let errs = errors(
+        "pipeline: Bad Name\nstages:\n  Up: { kind: command, cmd: x }\n  ok: { inputs: {} }\n",
+    );
     assert_eq!(
         errs,
         vec![
@@ -149,8 +179,15 @@ fn bad_ids_and_missing_fields() {
         ]
     );
     let errs = errors("stages: {}\nextra: 1\n");
-    assert!(errs.iter().any(|e| e.contains("missing required field `pipeline`")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.contains("unknown field `extra`")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("missing required field `pipeline`")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("unknown field `extra`")),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -165,7 +202,12 @@ fn duplicate_ids_after_expansion() {
 fn quantities_are_checked_while_decoding() {
     let errs = errors("pipeline: q\nstages:\n  t: { kind: command, cmd: x }\n  p: { kind: prune, inputs: { model: t }, with: { tokens: 20Q } }\n");
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].starts_with("m.yaml:4:59: stage `p`: with.tokens: `20Q` is not a valid count: unknown unit `Q`"), "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "m.yaml:4:59: stage `p`: with.tokens: `20Q` is not a valid count: unknown unit `Q`"
+        ),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -181,6 +223,9 @@ fn command_fields_are_interpolated_and_typed() {
 fn a_cycle_is_reported_with_the_other_errors() {
     let errs = errors("pipeline: c\nstages:\n  a: { kind: command, cmd: x, inputs: { i: b } }\n  b: { kind: command, cmd: x, inputs: { i: a } }\n  c: { kind: comand }\n");
     assert_eq!(errs.len(), 2, "{errs:?}");
-    assert_eq!(errs[0], "m.yaml:3:3: stage `a`: the inputs form a cycle: a -> b -> a");
+    assert_eq!(
+        errs[0],
+        "m.yaml:3:3: stage `a`: the inputs form a cycle: a -> b -> a"
+    );
     assert!(errs[1].contains("unknown stage kind `comand`"), "{errs:?}");
 }

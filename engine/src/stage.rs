@@ -34,7 +34,10 @@ pub struct Resources {
 #[derive(Debug, Clone, Copy)]
 pub enum Slots {
     /// Exactly these names: each required one must be bound, each optional one may be.
-    Fixed { required: &'static [&'static str], optional: &'static [&'static str] },
+    Fixed {
+        required: &'static [&'static str],
+        optional: &'static [&'static str],
+    },
     /// Any slot names (e.g. `command`, `report`).
     Any,
 }
@@ -50,7 +53,10 @@ pub struct ParamError {
 
 impl ParamError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -185,7 +191,15 @@ impl StageCtx {
 
     /// A context for unit tests: silent, CPU only, never cancelled.
     pub fn detached(stage_id: &str, out_dir: PathBuf, scratch_dir: PathBuf) -> Self {
-        Self::new(stage_id, out_dir, scratch_dir, Vec::new(), 1, Arc::new(SilentSink), Arc::new(AtomicBool::new(false)))
+        Self::new(
+            stage_id,
+            out_dir,
+            scratch_dir,
+            Vec::new(),
+            1,
+            Arc::new(SilentSink),
+            Arc::new(AtomicBool::new(false)),
+        )
     }
 
     pub fn stage_id(&self) -> &str {
@@ -252,7 +266,11 @@ pub trait Stage: Send + Sync + 'static {
 
     /// What the output will be, as far as it is known before running (e.g. a model's shape as
     /// `{"model": {...}}`), so downstream kinds can estimate resources for a dry run.
-    fn describe(&self, _p: &Self::Params, _inputs: &PlanInputs) -> Result<Option<serde_json::Value>, BoxError> {
+    fn describe(
+        &self,
+        _p: &Self::Params,
+        _inputs: &PlanInputs,
+    ) -> Result<Option<serde_json::Value>, BoxError> {
         Ok(None)
     }
 

@@ -22,7 +22,10 @@ pub struct Checkpoint {
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| StageError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| StageError::Json { path: path.to_path_buf(), source })
+    serde_json::from_str(&text).map_err(|source| StageError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The safetensors files of a checkpoint folder: the single file, or every shard of the index.
@@ -35,15 +38,21 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if !index.is_file() {
         return Err(StageError::io(
             &single,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no model.safetensors and no model.safetensors.index.json"),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no model.safetensors and no model.safetensors.index.json",
+            ),
         ));
     }
     let v = read_json(&index)?;
-    let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| StageError::Config {
-        path: index.clone(),
-        field: "weight_map".into(),
-        message: "missing or not an object".into(),
-    })?;
+    let map = v
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| StageError::Config {
+            path: index.clone(),
+            field: "weight_map".into(),
+            message: "missing or not an object".into(),
+        })?;
     let mut files: Vec<PathBuf> = Vec::new();
     for (name, file) in map {
         let file = file.as_str().ok_or_else(|| StageError::Config {
@@ -53,7 +62,11 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         })?;
         // A shard name is a plain file name inside the folder; refuse paths that escape it.
         if file.contains('/') || file.contains('\\') || file == ".." {
-            return Err(StageError::Config { path: index.clone(), field: format!("weight_map.{name}"), message: format!("`{file}` is not a file in the folder") });
+            return Err(StageError::Config {
+                path: index.clone(),
+                field: format!("weight_map.{name}"),
+                message: format!("`{file}` is not a file in the folder"),
+            });
         }
         let p = dir.join(file);
         if !files.contains(&p) {
@@ -77,25 +90,36 @@ impl Checkpoint {
         })?;
         let mut tensors = BTreeMap::new();
         for file in weight_files(dir)? {
-            let loaded: HashMap<String, Tensor> =
-                candle_core::safetensors::load(&file, device).ctx(|| format!("reading {}", file.display()))?;
+            let loaded: HashMap<String, Tensor> = candle_core::safetensors::load(&file, device)
+                .ctx(|| format!("reading {}", file.display()))?;
             for (name, t) in loaded {
                 let t = match dtype {
-                    Some(dt) if t.dtype().is_float() && t.dtype() != dt => t.to_dtype(dt).ctx(|| format!("converting `{name}` to {dt:?}"))?,
+                    Some(dt) if t.dtype().is_float() && t.dtype() != dt => t
+                        .to_dtype(dt)
+                        .ctx(|| format!("converting `{name}` to {dt:?}"))?,
                     _ => t,
                 };
                 if tensors.insert(name.clone(), t).is_some() {
-                    return Err(StageError::tensor(name, format!("appears in more than one shard of {}", dir.display())));
+                    return Err(StageError::tensor(
+                        name,
+                        format!("appears in more than one shard of {}", dir.display()),
+                    ));
                 }
             }
         }
-        let ck = Self { config, shape, tensors };
+        let ck = Self {
+            config,
+            shape,
+            tensors,
+        };
         ck.check_shapes()?;
         Ok(ck)
     }
 
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors.get(name).ok_or_else(|| StageError::tensor(name, "missing from the checkpoint"))
+        self.tensors
+            .get(name)
+            .ok_or_else(|| StageError::tensor(name, "missing from the checkpoint"))
     }
 
     /// Checks every tensor the Llama layout needs against the config's sizes, so a
@@ -115,7 +139,10 @@ impl Checkpoint {
             let p = format!("model.layers.{i}.");
             want.extend([
                 (format!("{p}input_layernorm.weight"), vec![s.hidden]),
-                (format!("{p}post_attention_layernorm.weight"), vec![s.hidden]),
+                (
+                    format!("{p}post_attention_layernorm.weight"),
+                    vec![s.hidden],
+                ),
                 (format!("{p}self_attn.q_proj.weight"), vec![q, s.hidden]),
                 (format!("{p}self_attn.k_proj.weight"), vec![kv, s.hidden]),
                 (format!("{p}self_attn.v_proj.weight"), vec![kv, s.hidden]),
@@ -128,7 +155,10 @@ impl Checkpoint {
         for (name, dims) in want {
             let t = self.get(&name)?;
             if t.dims() != dims.as_slice() {
-                return Err(StageError::tensor(name, format!("has shape {:?}, config.json implies {:?}", t.dims(), dims)));
+                return Err(StageError::tensor(
+                    name,
+                    format!("has shape {:?}, config.json implies {:?}", t.dims(), dims),
+                ));
             }
         }
         Ok(())
@@ -147,15 +177,24 @@ impl Checkpoint {
                 _ => "float32",
             };
             // transformers 5 writes `dtype`, older versions `torch_dtype`; keep whichever is there.
-            let key = if cfg.contains_key("dtype") { "dtype" } else { "torch_dtype" };
+            let key = if cfg.contains_key("dtype") {
+                "dtype"
+            } else {
+                "torch_dtype"
+            };
             cfg.insert(key.into(), name.into());
         }
         let cfg_path = dir.join("config.json");
-        let text = serde_json::to_string_pretty(&Value::Object(cfg)).expect("a JSON map always serializes");
+        let text = serde_json::to_string_pretty(&Value::Object(cfg))
+            .expect("a JSON map always serializes");
         std::fs::write(&cfg_path, text + "\n").map_err(|e| StageError::io(&cfg_path, e))?;
         let st = dir.join("model.safetensors");
         // safetensors orders tensors itself (by dtype, then name), so the bytes are deterministic.
-        let map: HashMap<&str, Tensor> = self.tensors.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let map: HashMap<&str, Tensor> = self
+            .tensors
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
         candle_core::safetensors::save(&map, &st).ctx(|| format!("writing {}", st.display()))?;
         Ok(())
     }
@@ -164,7 +203,12 @@ impl Checkpoint {
 /// Copies `tokenizer.json` (and its companions) from one model folder to another when present,
 /// so a pruned or trained model stays usable with its tokenizer.
 pub fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
-    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ] {
         let src = from.join(name);
         if src.is_file() {
             let dst = to.join(name);

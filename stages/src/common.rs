@@ -42,14 +42,20 @@ impl Dtype {
 pub fn device(ctx: &StageCtx) -> Result<Device> {
     match ctx.gpus().first() {
         None => Ok(Device::Cpu),
-        Some(&ordinal) => Device::new_cuda(ordinal as usize)
-            .map_err(|e| StageError::Device(format!("cannot open GPU {ordinal} (was pollard built with --features cuda?): {e}"))),
+        Some(&ordinal) => Device::new_cuda(ordinal as usize).map_err(|e| {
+            StageError::Device(format!(
+                "cannot open GPU {ordinal} (was pollard built with --features cuda?): {e}"
+            ))
+        }),
     }
 }
 
 /// The shape of the model bound to `slot`, when planning can know it.
 pub fn plan_shape(inputs: &PlanInputs, slot: &str) -> Option<ModelShape> {
-    if let Some(s) = inputs.description(slot).and_then(ModelShape::from_description) {
+    if let Some(s) = inputs
+        .description(slot)
+        .and_then(ModelShape::from_description)
+    {
         return Some(s);
     }
     // An already-cached upstream artifact can be read directly.
@@ -62,12 +68,18 @@ pub fn plan_shape(inputs: &PlanInputs, slot: &str) -> Option<ModelShape> {
 pub fn plan_vocab(inputs: &PlanInputs, slot: &str) -> Option<usize> {
     if let Some(d) = inputs.description(slot) {
         let d = d.get("dataset").unwrap_or(d);
-        if let Some(v) = d.get("vocab_size").or_else(|| d.get("vocab")).and_then(Value::as_u64) {
+        if let Some(v) = d
+            .get("vocab_size")
+            .or_else(|| d.get("vocab"))
+            .and_then(Value::as_u64)
+        {
             return Some(v as usize);
         }
     }
     let dir = inputs.slots.get(slot)?.path.as_ref()?;
-    pollard_data::read_meta(dir).ok().map(|m| m.vocab_size as usize)
+    pollard_data::read_meta(dir)
+        .ok()
+        .map(|m| m.vocab_size as usize)
 }
 
 /// Resolves a path from `with` against the manifest's folder.
@@ -81,7 +93,10 @@ pub fn resolve(ctx: &StageCtx, p: &Path) -> PathBuf {
 
 pub fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| StageError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| StageError::Json { path: path.to_path_buf(), source })
+    serde_json::from_str(&text).map_err(|source| StageError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 pub fn write_json(path: &Path, v: &Value) -> Result<()> {
@@ -94,18 +109,35 @@ pub fn write_json(path: &Path, v: &Value) -> Result<()> {
 pub const PROVENANCE: &str = "pollard.json";
 
 pub fn tokens_seen(model_dir: &Path) -> u64 {
-    read_json(&model_dir.join(PROVENANCE)).ok().and_then(|v| v.get("tokens").and_then(Value::as_u64)).unwrap_or(0)
+    read_json(&model_dir.join(PROVENANCE))
+        .ok()
+        .and_then(|v| v.get("tokens").and_then(Value::as_u64))
+        .unwrap_or(0)
 }
 
 /// Learning-rate and step sanity shared by `train` and `distill`.
-pub fn check_optim(errs: &mut Vec<pollard_engine::ParamError>, lr: f64, min_lr: Option<f64>, batch: usize, micro: Option<usize>, seq_len: usize, tokens: u64) {
+pub fn check_optim(
+    errs: &mut Vec<pollard_engine::ParamError>,
+    lr: f64,
+    min_lr: Option<f64>,
+    batch: usize,
+    micro: Option<usize>,
+    seq_len: usize,
+    tokens: u64,
+) {
     use pollard_engine::ParamError;
     if !(lr.is_finite() && lr > 0.0) {
-        errs.push(ParamError::new("lr", format!("must be a positive number, got {lr}")));
+        errs.push(ParamError::new(
+            "lr",
+            format!("must be a positive number, got {lr}"),
+        ));
     }
     if let Some(m) = min_lr {
         if !(m.is_finite() && m >= 0.0 && m <= lr) {
-            errs.push(ParamError::new("min_lr", format!("must be between 0 and lr ({lr}), got {m}")));
+            errs.push(ParamError::new(
+                "min_lr",
+                format!("must be between 0 and lr ({lr}), got {m}"),
+            ));
         }
     }
     if batch == 0 {
@@ -113,16 +145,28 @@ pub fn check_optim(errs: &mut Vec<pollard_engine::ParamError>, lr: f64, min_lr: 
     }
     if let Some(m) = micro {
         if m == 0 || (batch > 0 && batch % m != 0) {
-            errs.push(ParamError::new("micro_batch", format!("must divide batch ({batch}), got {m}")));
+            errs.push(ParamError::new(
+                "micro_batch",
+                format!("must divide batch ({batch}), got {m}"),
+            ));
         }
     }
     if seq_len < 2 {
-        errs.push(ParamError::new("seq_len", format!("must be at least 2, got {seq_len}")));
+        errs.push(ParamError::new(
+            "seq_len",
+            format!("must be at least 2, got {seq_len}"),
+        ));
     }
     if tokens == 0 {
         errs.push(ParamError::new("tokens", "must be positive"));
     } else if batch > 0 && seq_len > 0 && tokens < (batch * seq_len) as u64 {
-        errs.push(ParamError::new("tokens", format!("{tokens} is less than one step of batch x seq_len = {}", batch * seq_len)));
+        errs.push(ParamError::new(
+            "tokens",
+            format!(
+                "{tokens} is less than one step of batch x seq_len = {}",
+                batch * seq_len
+            ),
+        ));
     }
 }
 
@@ -131,5 +175,10 @@ pub fn check_optim(errs: &mut Vec<pollard_engine::ParamError>, lr: f64, min_lr: 
 /// wants the stage on a GPU says `resources: { gpus: 1 }`, and the scheduler then checks the
 /// estimate against the devices.
 pub fn gpu_estimate(bytes: u64) -> pollard_engine::Resources {
-    pollard_engine::Resources { gpus: 0, gpu_memory: bytes, cpus: 0, host_memory: bytes }
+    pollard_engine::Resources {
+        gpus: 0,
+        gpu_memory: bytes,
+        cpus: 0,
+        host_memory: bytes,
+    }
 }

@@ -6,14 +6,24 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("{path}: invalid JSON: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 
     /// A model's `config.json` lacks a field or holds an impossible value.
     #[error("{path}: config field `{field}`: {message}")]
-    Config { path: PathBuf, field: String, message: String },
+    Config {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
 
     /// A checkpoint tensor is missing, misnamed or has the wrong shape.
     #[error("tensor `{name}`: {message}")]
@@ -21,7 +31,10 @@ pub enum StageError {
 
     /// A tensor operation failed; `context` says which step.
     #[error("{context}: {source}")]
-    Candle { context: String, source: candle_core::Error },
+    Candle {
+        context: String,
+        source: candle_core::Error,
+    },
 
     /// A parameter that is valid on its own but impossible for this input (a target larger than
     /// the model, a layer index past the end); `field` is the dotted path inside `with`.
@@ -61,19 +74,31 @@ pub type Result<T, E = StageError> = std::result::Result<T, E>;
 
 impl StageError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn param(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Param { field: field.into(), message: message.into() }
+        Self::Param {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     pub fn tensor(name: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Tensor { name: name.into(), message: message.into() }
+        Self::Tensor {
+            name: name.into(),
+            message: message.into(),
+        }
     }
 
     pub fn input(slot: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Input { slot: slot.into(), message: message.into() }
+        Self::Input {
+            slot: slot.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -84,6 +109,9 @@ pub trait CandleContext<T> {
 
 impl<T> CandleContext<T> for std::result::Result<T, candle_core::Error> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| StageError::Candle { context: context(), source })
+        self.map_err(|source| StageError::Candle {
+            context: context(),
+            source,
+        })
     }
 }

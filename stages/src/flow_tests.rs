@@ -29,7 +29,16 @@ fn fixture() -> Fixture {
     let text = pollard_data::synthetic::generate(20_000, 3);
     let docs = pollard_data::split::documents(&text);
     let tok = pollard_data::Tokenizer::byte();
-    pollard_data::write_dataset(&data, &docs, &tok, tok.vocab_size(), 0.1, "synthetic".into(), Some(3)).unwrap();
+    pollard_data::write_dataset(
+        &data,
+        &docs,
+        &tok,
+        tok.vocab_size(),
+        0.1,
+        "synthetic".into(),
+        Some(3),
+    )
+    .unwrap();
     let vocab = pollard_data::Dataset::open(&data).unwrap().vocab_size();
     let cfg = LlamaConfig::new(vocab, 32, 64, 3, 4, 2, 8);
     let model = Llama::init(&cfg, 7, &Device::Cpu).unwrap();
@@ -39,19 +48,34 @@ fn fixture() -> Fixture {
         .unwrap()
         .into_iter()
         .map(|(n, t)| {
-            let t = if n.ends_with("norm.weight") { t } else { t.affine(10.0, 0.0).unwrap() };
+            let t = if n.ends_with("norm.weight") {
+                t
+            } else {
+                t.affine(10.0, 0.0).unwrap()
+            };
             (n, t)
         })
         .collect();
     let dir = tmp.path().join("model");
     pollard_model::save_hf(&dir, &cfg, &weights, None).unwrap();
-    Fixture { _tmp: tmp, data, model: dir }
+    Fixture {
+        _tmp: tmp,
+        data,
+        model: dir,
+    }
 }
 
 fn inputs(pairs: &[(&str, &Path)]) -> Inputs {
     let mut i = Inputs::default();
     for (slot, path) in pairs {
-        i.slots.insert((*slot).into(), InputArtifact { stage: (*slot).into(), path: path.to_path_buf(), artifact: "blake3:test".into() });
+        i.slots.insert(
+            (*slot).into(),
+            InputArtifact {
+                stage: (*slot).into(),
+                path: path.to_path_buf(),
+                artifact: "blake3:test".into(),
+            },
+        );
     }
     i
 }
@@ -73,25 +97,40 @@ fn scores_match_a_naive_per_unit_computation() {
     let f = fixture();
     let model = frozen(&f.model);
     let data = pollard_data::Dataset::open(&f.data).unwrap();
-    let p: ScoreParams = serde_yaml::from_str("{ samples: 5, seq_len: 12, batch: 2, val_samples: 4 }").unwrap();
+    let p: ScoreParams =
+        serde_yaml::from_str("{ samples: 5, seq_len: 12, batch: 2, val_samples: 4 }").unwrap();
     let out = tempfile::tempdir().unwrap();
     let scores = compute(&ctx(out.path(), out.path()), &model, &data, &p).unwrap();
 
     // Naive: one window at a time, plain loops over the activations as nested Vecs.
     let sampler = pollard_data::WindowSampler::new(data.train(), 12, 2, 0).unwrap();
-    let windows: Vec<Vec<u32>> = (0..3).flat_map(|s| {
-        let b = sampler.batch_at(s);
-        (0..2).map(move |i| b.window(i)[..12].to_vec()).collect::<Vec<_>>()
-    }).take(5).collect();
+    let windows: Vec<Vec<u32>> = (0..3)
+        .flat_map(|s| {
+            let b = sampler.batch_at(s);
+            (0..2)
+                .map(move |i| b.window(i)[..12].to_vec())
+                .collect::<Vec<_>>()
+        })
+        .take(5)
+        .collect();
     let (layers, ffn, heads, hd, hidden) = (3, 64, 4, 8, 32);
     let mut neuron_sq = vec![vec![0f64; ffn]; layers];
     let mut chan_sq = vec![vec![0f64; hidden]; 2 * layers];
     let mut head_chan_sq = vec![vec![0f64; heads * hd]; layers];
     for w in &windows {
-        let ids = Tensor::new(w.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let ids = Tensor::new(w.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let (_, taps) = model.forward_with_taps(&ids, &TapSpec::all()).unwrap();
         let mean_abs = |t: &Tensor| -> Vec<f64> {
-            let rows: Vec<Vec<f32>> = t.flatten_to(1).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+            let rows: Vec<Vec<f32>> = t
+                .flatten_to(1)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec2()
+                .unwrap();
             let mut m = vec![0f64; rows[0].len()];
             for r in &rows {
                 for (k, x) in r.iter().enumerate() {
@@ -110,7 +149,10 @@ fn scores_match_a_naive_per_unit_computation() {
             for (k, v) in mean_abs(&h).iter().enumerate() {
                 head_chan_sq[l][k] += v * v;
             }
-            for (hook, t) in [(2 * l, lt.attn_norm.as_ref().unwrap()), (2 * l + 1, lt.mlp_norm.as_ref().unwrap())] {
+            for (hook, t) in [
+                (2 * l, lt.attn_norm.as_ref().unwrap()),
+                (2 * l + 1, lt.mlp_norm.as_ref().unwrap()),
+            ] {
                 for (k, v) in mean_abs(t).iter().enumerate() {
                     chan_sq[hook][k] += v * v;
                 }
@@ -120,24 +162,42 @@ fn scores_match_a_naive_per_unit_computation() {
     let got_n = scores.neurons.as_ref().unwrap();
     for l in 0..layers {
         for k in 0..ffn {
-            assert!(close(got_n[l][k] as f64, neuron_sq[l][k].sqrt(), 1e-4), "neuron {l}/{k}: {} vs {}", got_n[l][k], neuron_sq[l][k].sqrt());
+            assert!(
+                close(got_n[l][k] as f64, neuron_sq[l][k].sqrt(), 1e-4),
+                "neuron {l}/{k}: {} vs {}",
+                got_n[l][k],
+                neuron_sq[l][k].sqrt()
+            );
         }
         for h in 0..heads {
-            let naive: f64 = head_chan_sq[l][h * hd..(h + 1) * hd].iter().map(|s| s).sum::<f64>().sqrt();
+            let naive: f64 = head_chan_sq[l][h * hd..(h + 1) * hd]
+                .iter()
+                .map(|s| s)
+                .sum::<f64>()
+                .sqrt();
             let got = scores.heads.as_ref().unwrap()[l][h] as f64;
             assert!(close(got, naive, 1e-4), "head {l}/{h}: {got} vs {naive}");
         }
     }
     for k in 0..hidden {
         let naive: f64 = chan_sq.iter().map(|hook| hook[k].sqrt()).sum();
-        assert!(close(scores.channels.as_ref().unwrap()[k] as f64, naive, 1e-4), "channel {k}");
+        assert!(
+            close(scores.channels.as_ref().unwrap()[k] as f64, naive, 1e-4),
+            "channel {k}"
+        );
     }
     // lm_loss: validation loss without the layer minus the full model's.
     let val = pollard_data::validation_windows(data.val(), 12, Some(4)).unwrap();
     let base = crate::runtime::evaluate(&model, &val, 1, &[]).unwrap().loss;
     for l in 0..layers {
-        let without = crate::runtime::evaluate(&model, &val, 1, &[l]).unwrap().loss;
-        assert!(close(scores.layer_lm_loss.as_ref().unwrap()[l] as f64, without - base, 1e-3));
+        let without = crate::runtime::evaluate(&model, &val, 1, &[l])
+            .unwrap()
+            .loss;
+        assert!(close(
+            scores.layer_lm_loss.as_ref().unwrap()[l] as f64,
+            without - base,
+            1e-3
+        ));
     }
     let bi = scores.layer_block_influence.as_ref().unwrap();
     assert!(bi.iter().all(|b| (0.0..=2.0).contains(b)), "{bi:?}");
@@ -147,8 +207,17 @@ fn scores_match_a_naive_per_unit_computation() {
 fn pruned_models_load_and_keep_the_kept_units_outputs() {
     let f = fixture();
     let out = tempfile::tempdir().unwrap();
-    let p: PruneParams = serde_yaml::from_str("{ method: magnitude, target: { ffn: 40, heads: 2 }, depth: { drop: [1] } }").unwrap();
-    Prune.run(&mut ctx(out.path(), out.path()), &p, &inputs(&[("model", &f.model)])).unwrap();
+    let p: PruneParams = serde_yaml::from_str(
+        "{ method: magnitude, target: { ffn: 40, heads: 2 }, depth: { drop: [1] } }",
+    )
+    .unwrap();
+    Prune
+        .run(
+            &mut ctx(out.path(), out.path()),
+            &p,
+            &inputs(&[("model", &f.model)]),
+        )
+        .unwrap();
     let pruned = frozen(out.path());
     assert_eq!(pruned.config().num_hidden_layers, 2);
     assert_eq!(pruned.config().num_attention_heads, 2);
@@ -156,35 +225,78 @@ fn pruned_models_load_and_keep_the_kept_units_outputs() {
 
     // The same function without slicing: dropped neurons' down_proj columns and dropped heads'
     // o_proj columns zeroed in the original, the dropped layer skipped.
-    let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("pruning.json")).unwrap()).unwrap();
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("pruning.json")).unwrap())
+            .unwrap();
     let (cfg, mut w) = pollard_model::load_hf(&f.model, DType::F32, &Device::Cpu).unwrap();
     for (pos, layer) in [0usize, 2].iter().enumerate() {
-        let neurons: Vec<usize> = serde_json::from_value(rec["kept_neurons_per_layer"][pos].clone()).unwrap();
-        let heads: Vec<usize> = serde_json::from_value(rec["kept_heads_per_layer"][pos].clone()).unwrap();
+        let neurons: Vec<usize> =
+            serde_json::from_value(rec["kept_neurons_per_layer"][pos].clone()).unwrap();
+        let heads: Vec<usize> =
+            serde_json::from_value(rec["kept_heads_per_layer"][pos].clone()).unwrap();
         let mask_cols = |t: &Tensor, keep: &dyn Fn(usize) -> bool| -> Tensor {
             let cols = t.dim(1).unwrap();
             let m: Vec<f32> = (0..cols).map(|c| if keep(c) { 1.0 } else { 0.0 }).collect();
-            t.broadcast_mul(&Tensor::new(m.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap()
+            t.broadcast_mul(
+                &Tensor::new(m.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+            )
+            .unwrap()
         };
         let down = format!("model.layers.{layer}.mlp.down_proj.weight");
         let o = format!("model.layers.{layer}.self_attn.o_proj.weight");
-        w.insert(down.clone(), mask_cols(&w[&down], &|c| neurons.contains(&c)));
+        w.insert(
+            down.clone(),
+            mask_cols(&w[&down], &|c| neurons.contains(&c)),
+        );
         w.insert(o.clone(), mask_cols(&w[&o], &|c| heads.contains(&(c / 8))));
     }
     let masked = Llama::new(cfg, w, Mode::Frozen).unwrap();
     let ids = Tensor::new(&[[5u32, 60, 70, 80, 90, 100, 33, 44, 55, 66]], &Device::Cpu).unwrap();
     let a = pruned.forward(&ids).unwrap();
-    let (b, _) = masked.forward_with_taps(&ids, &TapSpec::skipping([1])).unwrap();
-    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let (b, _) = masked
+        .forward_with_taps(&ids, &TapSpec::skipping([1]))
+        .unwrap();
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff < 1e-4, "max |pruned - masked| = {diff}");
 
     // Hidden-size pruning changes RMSNorm statistics, so only loading and finiteness are checked.
     let out2 = tempfile::tempdir().unwrap();
-    let p: PruneParams = serde_yaml::from_str("{ method: random, seed: 3, target: { hidden: 16, kv_heads: 1 } }").unwrap();
-    Prune.run(&mut ctx(out2.path(), out2.path()), &p, &inputs(&[("model", &f.model)])).unwrap();
+    let p: PruneParams =
+        serde_yaml::from_str("{ method: random, seed: 3, target: { hidden: 16, kv_heads: 1 } }")
+            .unwrap();
+    Prune
+        .run(
+            &mut ctx(out2.path(), out2.path()),
+            &p,
+            &inputs(&[("model", &f.model)]),
+        )
+        .unwrap();
     let m = frozen(out2.path());
-    assert_eq!((m.config().hidden_size, m.config().head_dim, m.config().num_attention_heads), (16, 8, 2));
-    let l = m.forward(&ids).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(
+        (
+            m.config().hidden_size,
+            m.config().head_dim,
+            m.config().num_attention_heads
+        ),
+        (16, 8, 2)
+    );
+    let l = m
+        .forward(&ids)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(l.is_finite());
 }
 
@@ -193,7 +305,10 @@ fn kl(teacher: &Llama, student: &Llama, windows: &[&[u32]]) -> f64 {
     let (ids, _) = crate::runtime::window_tensors(windows, &Device::Cpu).unwrap();
     let t = candle_nn::ops::log_softmax(&teacher.forward(&ids).unwrap(), D::Minus1).unwrap();
     let s = candle_nn::ops::log_softmax(&student.forward(&ids).unwrap(), D::Minus1).unwrap();
-    let kl = (t.exp().unwrap() * (t - s).unwrap()).unwrap().sum(D::Minus1).unwrap();
+    let kl = (t.exp().unwrap() * (t - s).unwrap())
+        .unwrap()
+        .sum(D::Minus1)
+        .unwrap();
     kl.mean_all().unwrap().to_scalar::<f32>().unwrap() as f64
 }
 
@@ -205,8 +320,16 @@ fn distill_params(extra: &str) -> DistillParams {
 fn distillation_lowers_kl_to_the_teacher() {
     let f = fixture();
     let pruned = tempfile::tempdir().unwrap();
-    let p: PruneParams = serde_yaml::from_str("{ method: magnitude, target: { ffn: 32 }, depth: { drop: [1] } }").unwrap();
-    Prune.run(&mut ctx(pruned.path(), pruned.path()), &p, &inputs(&[("model", &f.model)])).unwrap();
+    let p: PruneParams =
+        serde_yaml::from_str("{ method: magnitude, target: { ffn: 32 }, depth: { drop: [1] } }")
+            .unwrap();
+    Prune
+        .run(
+            &mut ctx(pruned.path(), pruned.path()),
+            &p,
+            &inputs(&[("model", &f.model)]),
+        )
+        .unwrap();
     let data = pollard_data::Dataset::open(&f.data).unwrap();
     let val = pollard_data::validation_windows(data.val(), 20, Some(8)).unwrap();
     let teacher = frozen(&f.model);
@@ -214,8 +337,18 @@ fn distillation_lowers_kl_to_the_teacher() {
 
     let out = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let ins = inputs(&[("student", pruned.path()), ("teacher", &f.model), ("data", &f.data)]);
-    Distill.run(&mut ctx(out.path(), scratch.path()), &distill_params(""), &ins).unwrap();
+    let ins = inputs(&[
+        ("student", pruned.path()),
+        ("teacher", &f.model),
+        ("data", &f.data),
+    ]);
+    Distill
+        .run(
+            &mut ctx(out.path(), scratch.path()),
+            &distill_params(""),
+            &ins,
+        )
+        .unwrap();
     let after = kl(&teacher, &frozen(out.path()), &val);
     assert!(after < 0.8 * before, "KL before {before}, after {after}");
     let log = std::fs::read_to_string(out.path().join("log.jsonl")).unwrap();
@@ -226,12 +359,19 @@ fn distillation_lowers_kl_to_the_teacher() {
     // and a CE mix, the loop still runs and logs every part.
     let out = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let p = distill_params(", loss: { ce_weight: 0.5, intermediate: { layers: [[2, 1]], kind: cosine } }");
-    Distill.run(&mut ctx(out.path(), scratch.path()), &p, &ins).unwrap();
+    let p = distill_params(
+        ", loss: { ce_weight: 0.5, intermediate: { layers: [[2, 1]], kind: cosine } }",
+    );
+    Distill
+        .run(&mut ctx(out.path(), scratch.path()), &p, &ins)
+        .unwrap();
     let last = std::fs::read_to_string(out.path().join("log.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
     for k in ["kl", "ce", "intermediate", "val_loss"] {
-        assert!(last[k].as_f64().is_some_and(f64::is_finite), "{k} missing in {last}");
+        assert!(
+            last[k].as_f64().is_some_and(f64::is_finite),
+            "{k} missing in {last}"
+        );
     }
 }
 
@@ -253,41 +393,96 @@ impl ProgressSink for CancelAt {
 #[test]
 fn resume_after_an_interruption_gives_the_same_final_weights() {
     let f = fixture();
-    let ins = inputs(&[("student", &f.model), ("teacher", &f.model), ("data", &f.data)]);
+    let ins = inputs(&[
+        ("student", &f.model),
+        ("teacher", &f.model),
+        ("data", &f.data),
+    ]);
     let p = distill_params(", checkpoint_every: 4, seed: 5");
     // Student = a pruned copy so the loss is not zero.
     let pruned = tempfile::tempdir().unwrap();
-    let pp: PruneParams = serde_yaml::from_str("{ method: magnitude, target: { ffn: 48 } }").unwrap();
-    Prune.run(&mut ctx(pruned.path(), pruned.path()), &pp, &inputs(&[("model", &f.model)])).unwrap();
+    let pp: PruneParams =
+        serde_yaml::from_str("{ method: magnitude, target: { ffn: 48 } }").unwrap();
+    Prune
+        .run(
+            &mut ctx(pruned.path(), pruned.path()),
+            &pp,
+            &inputs(&[("model", &f.model)]),
+        )
+        .unwrap();
     let mut ins = ins;
     ins.slots.get_mut("student").unwrap().path = pruned.path().to_path_buf();
 
     let straight = tempfile::tempdir().unwrap();
     let s1 = tempfile::tempdir().unwrap();
-    Distill.run(&mut ctx(straight.path(), s1.path()), &p, &ins).unwrap();
+    Distill
+        .run(&mut ctx(straight.path(), s1.path()), &p, &ins)
+        .unwrap();
 
     let interrupted = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let flag = Arc::new(AtomicBool::new(false));
-    let sink = Arc::new(CancelAt { at: 10, flag: flag.clone() });
-    let mut c = StageCtx::new("test", interrupted.path().to_path_buf(), scratch.path().to_path_buf(), vec![], 1, sink, flag);
+    let sink = Arc::new(CancelAt {
+        at: 10,
+        flag: flag.clone(),
+    });
+    let mut c = StageCtx::new(
+        "test",
+        interrupted.path().to_path_buf(),
+        scratch.path().to_path_buf(),
+        vec![],
+        1,
+        sink,
+        flag,
+    );
     let err = Distill.run(&mut c, &p, &ins).unwrap_err().to_string();
     assert!(err.contains("cancelled"), "{err}");
-    assert!(scratch.path().join("checkpoint/state.json").is_file());
+    // pollard-train's layout: one `step-N` folder per checkpoint, each with its `state.json`.
+    let ckpts: Vec<_> = std::fs::read_dir(scratch.path().join("checkpoint"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        ckpts.iter().any(|d| d.join("state.json").is_file()),
+        "{ckpts:?}"
+    );
 
     // A fresh process would start the stage again with the same scratch folder.
     let resumed = tempfile::tempdir().unwrap();
-    Distill.run(&mut ctx(resumed.path(), scratch.path()), &p, &ins).unwrap();
-    let a = candle_core::safetensors::load(straight.path().join("model.safetensors"), &Device::Cpu).unwrap();
-    let b = candle_core::safetensors::load(resumed.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    Distill
+        .run(&mut ctx(resumed.path(), scratch.path()), &p, &ins)
+        .unwrap();
+    let a = candle_core::safetensors::load(straight.path().join("model.safetensors"), &Device::Cpu)
+        .unwrap();
+    let b = candle_core::safetensors::load(resumed.path().join("model.safetensors"), &Device::Cpu)
+        .unwrap();
     assert_eq!(a.len(), b.len());
     for (n, t) in &a {
-        let x: Vec<u32> = t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect();
-        let y: Vec<u32> = b[n].flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect();
+        let x: Vec<u32> = t
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        let y: Vec<u32> = b[n]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
         assert!(x == y, "tensor {n} differs after resume");
     }
     let la = std::fs::read_to_string(straight.path().join("log.jsonl")).unwrap();
     let lb = std::fs::read_to_string(resumed.path().join("log.jsonl")).unwrap();
     let strip = |s: &str| -> Vec<String> { s.lines().map(|l| l.to_string()).collect() };
-    assert_eq!(strip(&la), strip(&lb), "the resumed log continues the interrupted one exactly");
+    assert_eq!(
+        strip(&la),
+        strip(&lb),
+        "the resumed log continues the interrupted one exactly"
+    );
 }

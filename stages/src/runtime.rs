@@ -32,8 +32,10 @@ pub fn window_tensors(windows: &[&[u32]], dev: &Device) -> Result<(Tensor, Tenso
 
 /// A training batch -> (inputs, targets) tensors `[batch, seq_len]`.
 pub fn batch_tensors(b: &pollard_data::Batch, dev: &Device) -> Result<(Tensor, Tensor)> {
-    let i = Tensor::from_vec(b.inputs(), (b.batch, b.seq_len), dev).ctx(|| "building input ids".into())?;
-    let o = Tensor::from_vec(b.targets(), (b.batch, b.seq_len), dev).ctx(|| "building target ids".into())?;
+    let i = Tensor::from_vec(b.inputs(), (b.batch, b.seq_len), dev)
+        .ctx(|| "building input ids".into())?;
+    let o = Tensor::from_vec(b.targets(), (b.batch, b.seq_len), dev)
+        .ctx(|| "building target ids".into())?;
     Ok((i, o))
 }
 
@@ -55,9 +57,20 @@ fn score_logits(logits: &Tensor, targets: &Tensor) -> Result<(f64, u64)> {
     let logits = logits.to_dtype(DType::F32).ctx(|| "logits to f32".into())?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).ctx(|| "log_softmax".into())?;
     let picked = logp
-        .gather(&targets.unsqueeze(2).ctx(|| "targets".into())?.contiguous().ctx(|| "targets".into())?, 2)
+        .gather(
+            &targets
+                .unsqueeze(2)
+                .ctx(|| "targets".into())?
+                .contiguous()
+                .ctx(|| "targets".into())?,
+            2,
+        )
         .ctx(|| "gathering target log-probs".into())?;
-    let lp = picked.to_dtype(DType::F64).and_then(|t| t.sum_all()).and_then(|t| t.to_scalar::<f64>()).ctx(|| "summing log-probs".into())?;
+    let lp = picked
+        .to_dtype(DType::F64)
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.to_scalar::<f64>())
+        .ctx(|| "summing log-probs".into())?;
     let hits = logits
         .argmax(D::Minus1)
         .and_then(|a| a.eq(targets))
@@ -70,7 +83,12 @@ fn score_logits(logits: &Tensor, targets: &Tensor) -> Result<(f64, u64)> {
 
 /// Validation loss and accuracy of `model` on `windows`, `batch` windows per forward.
 /// `skip` layers are treated as identity (depth importance).
-pub fn evaluate(model: &Llama, windows: &[&[u32]], batch: usize, skip: &[usize]) -> Result<EvalResult> {
+pub fn evaluate(
+    model: &Llama,
+    windows: &[&[u32]],
+    batch: usize,
+    skip: &[usize],
+) -> Result<EvalResult> {
     let start = Instant::now();
     let spec = pollard_model::TapSpec::skipping(skip.iter().copied());
     let (mut lp, mut hits, mut n) = (0f64, 0u64, 0u64);
@@ -83,9 +101,17 @@ pub fn evaluate(model: &Llama, windows: &[&[u32]], batch: usize, skip: &[usize])
         n += targets.elem_count() as u64;
     }
     if n == 0 {
-        return Err(StageError::input("data", "no validation windows to evaluate on"));
+        return Err(StageError::input(
+            "data",
+            "no validation windows to evaluate on",
+        ));
     }
-    Ok(EvalResult { loss: -lp / n as f64, accuracy: hits as f64 / n as f64, tokens: n, seconds: start.elapsed().as_secs_f64() })
+    Ok(EvalResult {
+        loss: -lp / n as f64,
+        accuracy: hits as f64 / n as f64,
+        tokens: n,
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }
 
 /// Number of parameters a loaded model really holds (counted from its tensors).
@@ -101,8 +127,11 @@ mod tests {
     fn validation_loss_matches_the_reference_mean_logprob() {
         // tiny-llama's reference.json holds transformers' mean next-token log-prob on its ids.
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-llama");
-        let model = Llama::load_hf(&dir, DType::F32, &Device::Cpu, pollard_model::Mode::Frozen).unwrap();
-        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let model =
+            Llama::load_hf(&dir, DType::F32, &Device::Cpu, pollard_model::Mode::Frozen).unwrap();
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                .unwrap();
         let ids: Vec<Vec<u32>> = serde_json::from_value(r["input_ids"].clone()).unwrap();
         let windows: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
         let e = evaluate(&model, &windows, 1, &[]).unwrap();

@@ -31,19 +31,26 @@ pub struct Scores {
 }
 
 fn to_2d(name: &str, t: &Tensor) -> Result<Vec<Vec<f32>>> {
-    let t = t.to_dtype(candle_core::DType::F32).ctx(|| format!("scores `{name}`"))?;
-    t.to_vec2::<f32>().map_err(|e| StageError::tensor(name, format!("expected a 2-D score tensor: {e}")))
+    let t = t
+        .to_dtype(candle_core::DType::F32)
+        .ctx(|| format!("scores `{name}`"))?;
+    t.to_vec2::<f32>()
+        .map_err(|e| StageError::tensor(name, format!("expected a 2-D score tensor: {e}")))
 }
 
 fn to_1d(name: &str, t: &Tensor) -> Result<Vec<f32>> {
-    let t = t.to_dtype(candle_core::DType::F32).ctx(|| format!("scores `{name}`"))?;
-    t.to_vec1::<f32>().map_err(|e| StageError::tensor(name, format!("expected a 1-D score tensor: {e}")))
+    let t = t
+        .to_dtype(candle_core::DType::F32)
+        .ctx(|| format!("scores `{name}`"))?;
+    t.to_vec1::<f32>()
+        .map_err(|e| StageError::tensor(name, format!("expected a 1-D score tensor: {e}")))
 }
 
 impl Scores {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(FILE);
-        let m = candle_core::safetensors::load(&path, &Device::Cpu).ctx(|| format!("reading {}", path.display()))?;
+        let m = candle_core::safetensors::load(&path, &Device::Cpu)
+            .ctx(|| format!("reading {}", path.display()))?;
         let mut s = Scores::default();
         for (name, t) in &m {
             match name.as_str() {
@@ -52,7 +59,12 @@ impl Scores {
                 "channels" => s.channels = Some(to_1d(name, t)?),
                 "layers.lm_loss" => s.layer_lm_loss = Some(to_1d(name, t)?),
                 "layers.block_influence" => s.layer_block_influence = Some(to_1d(name, t)?),
-                other => return Err(StageError::tensor(other, format!("unknown score tensor in {}", path.display()))),
+                other => {
+                    return Err(StageError::tensor(
+                        other,
+                        format!("unknown score tensor in {}", path.display()),
+                    ))
+                }
             }
         }
         Ok(s)
@@ -74,13 +86,22 @@ impl Scores {
             m.insert("neurons".into(), two(v)?);
         }
         if let Some(v) = &self.channels {
-            m.insert("channels".into(), Tensor::new(v.as_slice(), &dev).ctx(|| "packing channel scores".into())?);
+            m.insert(
+                "channels".into(),
+                Tensor::new(v.as_slice(), &dev).ctx(|| "packing channel scores".into())?,
+            );
         }
         if let Some(v) = &self.layer_lm_loss {
-            m.insert("layers.lm_loss".into(), Tensor::new(v.as_slice(), &dev).ctx(|| "packing layer scores".into())?);
+            m.insert(
+                "layers.lm_loss".into(),
+                Tensor::new(v.as_slice(), &dev).ctx(|| "packing layer scores".into())?,
+            );
         }
         if let Some(v) = &self.layer_block_influence {
-            m.insert("layers.block_influence".into(), Tensor::new(v.as_slice(), &dev).ctx(|| "packing layer scores".into())?);
+            m.insert(
+                "layers.block_influence".into(),
+                Tensor::new(v.as_slice(), &dev).ctx(|| "packing layer scores".into())?,
+            );
         }
         let path = dir.join(FILE);
         let m: std::collections::HashMap<String, Tensor> = m.into_iter().collect();
@@ -104,7 +125,12 @@ impl Scores {
 /// Indices sorted by score, most important first; ties keep the lower index first.
 pub fn ranking<T: Copy + Into<f64>>(scores: &[T]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[b].into().total_cmp(&scores[a].into()).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| {
+        scores[b]
+            .into()
+            .total_cmp(&scores[a].into())
+            .then(a.cmp(&b))
+    });
     idx
 }
 
@@ -112,10 +138,16 @@ pub fn ranking<T: Copy + Into<f64>>(scores: &[T]) -> Vec<usize> {
 /// Refuses NaN scores, which would make the selection arbitrary.
 pub fn top_k<T: Copy + Into<f64>>(what: &str, scores: &[T], k: usize) -> Result<Vec<usize>> {
     if let Some(i) = scores.iter().position(|s| (*s).into().is_nan()) {
-        return Err(StageError::tensor(what, format!("score of unit {i} is NaN")));
+        return Err(StageError::tensor(
+            what,
+            format!("score of unit {i} is NaN"),
+        ));
     }
     if k > scores.len() {
-        return Err(StageError::tensor(what, format!("cannot keep {k} of {} units", scores.len())));
+        return Err(StageError::tensor(
+            what,
+            format!("cannot keep {k} of {} units", scores.len()),
+        ));
     }
     let mut keep: Vec<usize> = ranking(scores).into_iter().take(k).collect();
     keep.sort_unstable();
@@ -130,7 +162,10 @@ mod tests {
     fn top_k_keeps_the_largest_in_index_order_and_breaks_ties_low() {
         assert_eq!(top_k("x", &[0.1f32, 3.0, 2.0, 3.0], 2).unwrap(), vec![1, 3]);
         assert_eq!(top_k("x", &[1.0f32, 1.0, 1.0], 2).unwrap(), vec![0, 1]);
-        assert!(top_k("x", &[1.0f64, f64::NAN], 1).unwrap_err().to_string().contains("NaN"));
+        assert!(top_k("x", &[1.0f64, f64::NAN], 1)
+            .unwrap_err()
+            .to_string()
+            .contains("NaN"));
     }
 
     #[test]
@@ -145,7 +180,8 @@ mod tests {
         };
         s.save(dir.path()).unwrap();
         assert_eq!(Scores::load(dir.path()).unwrap(), s);
-        let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join(JSON)).unwrap()).unwrap();
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(JSON)).unwrap()).unwrap();
         assert_eq!(j["channels"], serde_json::json!([2, 0, 1]));
     }
 }

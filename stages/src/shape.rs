@@ -29,11 +29,14 @@ pub struct ModelShape {
 fn field(cfg: &Value, path: &Path, name: &str) -> Result<Option<usize>> {
     match cfg.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| StageError::Config {
-            path: path.to_path_buf(),
-            field: name.into(),
-            message: format!("expected a non-negative integer, found {v}"),
-        }),
+        Some(v) => v
+            .as_u64()
+            .map(|n| Some(n as usize))
+            .ok_or_else(|| StageError::Config {
+                path: path.to_path_buf(),
+                field: name.into(),
+                message: format!("expected a non-negative integer, found {v}"),
+            }),
     }
 }
 
@@ -70,9 +73,18 @@ impl ModelShape {
             kv_heads,
             head_dim,
             layers: required(cfg, path, "num_hidden_layers")?,
-            tied: cfg.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            tied: cfg
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         };
-        shape.check().map_err(|(field, message)| StageError::Config { path: path.to_path_buf(), field, message })?;
+        shape
+            .check()
+            .map_err(|(field, message)| StageError::Config {
+                path: path.to_path_buf(),
+                field,
+                message,
+            })?;
         Ok(shape)
     }
 
@@ -80,7 +92,10 @@ impl ModelShape {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| StageError::io(&path, e))?;
-        let cfg: Value = serde_json::from_str(&text).map_err(|source| StageError::Json { path: path.clone(), source })?;
+        let cfg: Value = serde_json::from_str(&text).map_err(|source| StageError::Json {
+            path: path.clone(),
+            source,
+        })?;
         Self::from_hf_config(&cfg, &path)
     }
 
@@ -103,7 +118,10 @@ impl ModelShape {
         if self.heads % self.kv_heads != 0 {
             return Err((
                 "num_key_value_heads".into(),
-                format!("num_attention_heads {} is not divisible by num_key_value_heads {}", self.heads, self.kv_heads),
+                format!(
+                    "num_attention_heads {} is not divisible by num_key_value_heads {}",
+                    self.heads, self.kv_heads
+                ),
             ));
         }
         Ok(())
@@ -204,7 +222,8 @@ pub mod memory {
         let h = s.hidden as u64;
         let q = (s.heads * s.head_dim) as u64;
         let kv = (s.kv_heads * s.head_dim) as u64;
-        let per_layer = tokens * (4 * h + 2 * q + 2 * kv + 4 * s.ffn as u64) + micro_batch * s.heads as u64 * seq * seq * 2;
+        let per_layer = tokens * (4 * h + 2 * q + 2 * kv + 4 * s.ffn as u64)
+            + micro_batch * s.heads as u64 * seq * seq * 2;
         let logits = tokens * s.vocab as u64 * 3;
         (s.layers as u64 * per_layer + logits) * bytes
     }
@@ -227,7 +246,16 @@ mod tests {
     use super::*;
 
     fn llama_8b() -> ModelShape {
-        ModelShape { vocab: 128256, hidden: 4096, ffn: 14336, heads: 32, kv_heads: 8, head_dim: 128, layers: 32, tied: false }
+        ModelShape {
+            vocab: 128256,
+            hidden: 4096,
+            ffn: 14336,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            layers: 32,
+            tied: false,
+        }
     }
 
     #[test]
@@ -238,7 +266,11 @@ mod tests {
 
     #[test]
     fn minitron_4b_width_has_4_5b_params() {
-        let s = ModelShape { hidden: 3072, ffn: 9216, ..llama_8b() };
+        let s = ModelShape {
+            hidden: 3072,
+            ffn: 9216,
+            ..llama_8b()
+        };
         let p = s.params() as f64 / 1e9;
         assert!((4.4..4.6).contains(&p), "{p}");
         let ne = s.non_embedding_params() as f64 / 1e9;
@@ -255,8 +287,13 @@ mod tests {
     fn config_without_head_dim_derives_it_and_bad_groups_are_named() {
         let cfg = serde_json::json!({"vocab_size": 10, "hidden_size": 64, "intermediate_size": 100,
             "num_attention_heads": 8, "num_key_value_heads": 3, "num_hidden_layers": 2});
-        let err = ModelShape::from_hf_config(&cfg, Path::new("c.json")).unwrap_err().to_string();
-        assert!(err.contains("num_key_value_heads") && err.contains("not divisible"), "{err}");
+        let err = ModelShape::from_hf_config(&cfg, Path::new("c.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("num_key_value_heads") && err.contains("not divisible"),
+            "{err}"
+        );
         let cfg = serde_json::json!({"vocab_size": 10, "hidden_size": 64, "intermediate_size": 100,
             "num_attention_heads": 8, "num_hidden_layers": 2});
         let s = ModelShape::from_hf_config(&cfg, Path::new("c.json")).unwrap();

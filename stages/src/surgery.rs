@@ -102,7 +102,10 @@ pub struct KeepPlan {
 /// by `describe()` (which has only the shape, no weights).
 pub fn target_shape(s: &ModelShape, t: &Target, depth: Option<&Depth>) -> Result<ModelShape> {
     let over = |field: &str, want: usize, have: usize| {
-        StageError::param(format!("target.{field}"), format!("{want} is larger than the model's {have}"))
+        StageError::param(
+            format!("target.{field}"),
+            format!("{want} is larger than the model's {have}"),
+        )
     };
     let zero = |field: &str| StageError::param(format!("target.{field}"), "must be positive");
     let mut n = *s;
@@ -171,22 +174,35 @@ fn head_targets(s: &ModelShape, t: &Target) -> Result<(usize, usize)> {
         return Err(StageError::param("target.kv_heads", "must be positive"));
     }
     if groups > s.kv_heads {
-        return Err(StageError::param("target.kv_heads", format!("{groups} is larger than the model's {}", s.kv_heads)));
+        return Err(StageError::param(
+            "target.kv_heads",
+            format!("{groups} is larger than the model's {}", s.kv_heads),
+        ));
     }
     let heads = t.heads.unwrap_or(groups * s.group_size());
     if heads == 0 {
         return Err(StageError::param("target.heads", "must be positive"));
     }
     if heads > s.heads {
-        return Err(StageError::param("target.heads", format!("{heads} is larger than the model's {}", s.heads)));
+        return Err(StageError::param(
+            "target.heads",
+            format!("{heads} is larger than the model's {}", s.heads),
+        ));
     }
     if heads % groups != 0 {
-        return Err(StageError::param("target.heads", format!("{heads} heads cannot be split evenly over {groups} KV groups")));
+        return Err(StageError::param(
+            "target.heads",
+            format!("{heads} heads cannot be split evenly over {groups} KV groups"),
+        ));
     }
     if heads / groups > s.group_size() {
         return Err(StageError::param(
             "target.heads",
-            format!("{heads} heads over {groups} KV groups needs {} per group, the model has {}", heads / groups, s.group_size()),
+            format!(
+                "{heads} heads over {groups} KV groups needs {} per group, the model has {}",
+                heads / groups,
+                s.group_size()
+            ),
         ));
     }
     Ok((heads, groups))
@@ -204,7 +220,9 @@ fn norms(t: &Tensor, sum_dim: usize, what: &str) -> Result<Vec<f64>> {
 
 /// Sum of squares of consecutive blocks of `size` entries (per-head rows/columns).
 fn block_sq(v: &[f64], size: usize) -> Vec<f64> {
-    v.chunks(size).map(|c| c.iter().map(|x| x * x).sum()).collect()
+    v.chunks(size)
+        .map(|c| c.iter().map(|x| x * x).sum())
+        .collect()
 }
 
 /// Per-unit importance for the axes being pruned.
@@ -221,8 +239,17 @@ fn layer_name(i: usize, rest: &str) -> String {
 
 fn magnitude(ck: &Checkpoint) -> Result<Importance> {
     let s = ck.shape;
-    let channels = norms(ck.get("model.embed_tokens.weight")?, 0, "model.embed_tokens.weight")?;
-    let mut imp = Importance { channels, heads: vec![], groups: vec![], neurons: vec![] };
+    let channels = norms(
+        ck.get("model.embed_tokens.weight")?,
+        0,
+        "model.embed_tokens.weight",
+    )?;
+    let mut imp = Importance {
+        channels,
+        heads: vec![],
+        groups: vec![],
+        neurons: vec![],
+    };
     for l in 0..s.layers {
         let gate = layer_name(l, "mlp.gate_proj.weight");
         imp.neurons.push(norms(ck.get(&gate)?, 1, &gate)?);
@@ -237,7 +264,9 @@ fn magnitude(ck: &Checkpoint) -> Result<Importance> {
         let head_sq: Vec<f64> = q_rows.iter().zip(&o_cols).map(|(a, b)| a + b).collect();
         let groups = (0..s.kv_heads)
             .map(|g| {
-                let heads: f64 = head_sq[g * s.group_size()..(g + 1) * s.group_size()].iter().sum();
+                let heads: f64 = head_sq[g * s.group_size()..(g + 1) * s.group_size()]
+                    .iter()
+                    .sum();
                 (heads + k_rows[g] + v_rows[g]).sqrt()
             })
             .collect();
@@ -255,7 +284,11 @@ fn random(s: &ModelShape, seed: u64) -> Importance {
         rng.set_stream(stream);
         (0..n).map(|_| rng.random::<f64>()).collect()
     };
-    let per_layer = |axis: u64, n: usize| -> Vec<Vec<f64>> { (0..s.layers).map(|l| draw(axis << 32 | l as u64, n)).collect() };
+    let per_layer = |axis: u64, n: usize| -> Vec<Vec<f64>> {
+        (0..s.layers)
+            .map(|l| draw(axis << 32 | l as u64, n))
+            .collect()
+    };
     Importance {
         channels: draw(0, s.hidden),
         heads: per_layer(1, s.heads),
@@ -268,7 +301,11 @@ fn activation(s: &ModelShape, sc: &Scores, t: &ModelShape) -> Result<Importance>
     let mismatch = |name: &str, got: String, want: String| {
         StageError::input("scores", format!("`{name}` has shape {got} but the model needs {want}: were the scores computed on this model?"))
     };
-    let need_2d = |name: &str, v: &Option<Vec<Vec<f32>>>, cols: usize, used: bool| -> Result<Vec<Vec<f64>>> {
+    let need_2d = |name: &str,
+                   v: &Option<Vec<Vec<f32>>>,
+                   cols: usize,
+                   used: bool|
+     -> Result<Vec<Vec<f64>>> {
         match v {
             None if used => Err(StageError::input("scores", format!("no `{name}` scores: add `{name}` to the score stage's axes, or use method magnitude"))),
             None => Ok(vec![]),
@@ -280,7 +317,12 @@ fn activation(s: &ModelShape, sc: &Scores, t: &ModelShape) -> Result<Importance>
             }
         }
     };
-    let heads = need_2d("heads", &sc.heads, s.heads, t.heads != s.heads || t.kv_heads != s.kv_heads)?;
+    let heads = need_2d(
+        "heads",
+        &sc.heads,
+        s.heads,
+        t.heads != s.heads || t.kv_heads != s.kv_heads,
+    )?;
     let neurons = need_2d("neurons", &sc.neurons, s.ffn, t.ffn != s.ffn)?;
     let channels: Vec<f64> = match &sc.channels {
         None if t.hidden != s.hidden => {
@@ -293,13 +335,33 @@ fn activation(s: &ModelShape, sc: &Scores, t: &ModelShape) -> Result<Importance>
     // A group's score is the L2 norm over its heads' scores (ModelOpt's query-group score).
     let groups = heads
         .iter()
-        .map(|row| (0..s.kv_heads).map(|g| row[g * s.group_size()..(g + 1) * s.group_size()].iter().map(|x| x * x).sum::<f64>().sqrt()).collect())
+        .map(|row| {
+            (0..s.kv_heads)
+                .map(|g| {
+                    row[g * s.group_size()..(g + 1) * s.group_size()]
+                        .iter()
+                        .map(|x| x * x)
+                        .sum::<f64>()
+                        .sqrt()
+                })
+                .collect()
+        })
         .collect();
-    Ok(Importance { channels, heads, groups, neurons })
+    Ok(Importance {
+        channels,
+        heads,
+        groups,
+        neurons,
+    })
 }
 
 /// Which layers survive.
-fn keep_layers(s: &ModelShape, new_layers: usize, depth: Option<&Depth>, scores: Option<&Scores>) -> Result<Vec<usize>> {
+fn keep_layers(
+    s: &ModelShape,
+    new_layers: usize,
+    depth: Option<&Depth>,
+    scores: Option<&Scores>,
+) -> Result<Vec<usize>> {
     let n_drop = s.layers - new_layers;
     if let Some(drop) = depth.and_then(|d| d.drop.as_ref()) {
         return Ok((0..s.layers).filter(|i| !drop.contains(i)).collect());
@@ -308,17 +370,35 @@ fn keep_layers(s: &ModelShape, new_layers: usize, depth: Option<&Depth>, scores:
         return Ok((0..s.layers).collect());
     }
     let d = depth.expect("target_shape refuses fewer layers without a depth rule");
-    let metric = d.by.expect("target_shape refuses fewer layers without a depth rule");
+    let metric =
+        d.by.expect("target_shape refuses fewer layers without a depth rule");
     let name = metric.tensor_name();
-    let sc = scores.ok_or_else(|| StageError::input("scores", format!("`depth.by` needs a scores input with `{name}`")))?;
+    let sc = scores.ok_or_else(|| {
+        StageError::input(
+            "scores",
+            format!("`depth.by` needs a scores input with `{name}`"),
+        )
+    })?;
     let v = match metric {
         LayerMetric::LmLoss => &sc.layer_lm_loss,
         LayerMetric::BlockInfluence => &sc.layer_block_influence,
     }
     .as_ref()
-    .ok_or_else(|| StageError::input("scores", format!("no `{name}` scores: set the score stage's layer_metric accordingly")))?;
+    .ok_or_else(|| {
+        StageError::input(
+            "scores",
+            format!("no `{name}` scores: set the score stage's layer_metric accordingly"),
+        )
+    })?;
     if v.len() != s.layers {
-        return Err(StageError::input("scores", format!("`{name}` scores {} layers, the model has {}", v.len(), s.layers)));
+        return Err(StageError::input(
+            "scores",
+            format!(
+                "`{name}` scores {} layers, the model has {}",
+                v.len(),
+                s.layers
+            ),
+        ));
     }
     if d.contiguous {
         // The block whose summed importance is smallest; the earliest on ties.
@@ -329,18 +409,28 @@ fn keep_layers(s: &ModelShape, new_layers: usize, depth: Option<&Depth>, scores:
                 sa.total_cmp(&sb).then(a.cmp(&b))
             })
             .expect("at least one window exists since n_drop <= layers");
-        Ok((0..s.layers).filter(|i| *i < start || *i >= start + n_drop).collect())
+        Ok((0..s.layers)
+            .filter(|i| *i < start || *i >= start + n_drop)
+            .collect())
     } else {
         top_k(name, v, new_layers)
     }
 }
 
 /// Decides what to keep. `scores` is needed for `Method::Activation` and `depth.by`.
-pub fn plan(ck: &Checkpoint, target: &Target, method: Method, depth: Option<&Depth>, scores: Option<&Scores>, seed: u64) -> Result<KeepPlan> {
+pub fn plan(
+    ck: &Checkpoint,
+    target: &Target,
+    method: Method,
+    depth: Option<&Depth>,
+    scores: Option<&Scores>,
+    seed: u64,
+) -> Result<KeepPlan> {
     let s = ck.shape;
     let t = target_shape(&s, target, depth)?;
     let layers = keep_layers(&s, t.layers, depth, scores)?;
-    let width_pruned = t.hidden != s.hidden || t.ffn != s.ffn || t.heads != s.heads || t.kv_heads != s.kv_heads;
+    let width_pruned =
+        t.hidden != s.hidden || t.ffn != s.ffn || t.heads != s.heads || t.kv_heads != s.kv_heads;
     let imp = if !width_pruned {
         None
     } else {
@@ -358,11 +448,20 @@ pub fn plan(ck: &Checkpoint, target: &Target, method: Method, depth: Option<&Dep
         Some(i) if t.hidden != s.hidden => top_k("channels", &i.channels, t.hidden)?,
         _ => all(s.hidden),
     };
-    let mut plan = KeepPlan { layers: layers.clone(), channels, neurons: vec![], heads: vec![], groups: vec![], shape: t };
+    let mut plan = KeepPlan {
+        layers: layers.clone(),
+        channels,
+        neurons: vec![],
+        heads: vec![],
+        groups: vec![],
+        shape: t,
+    };
     let per_group = t.heads / t.kv_heads;
     for &l in &layers {
         plan.neurons.push(match &imp {
-            Some(i) if t.ffn != s.ffn => top_k(&format!("neurons of layer {l}"), &i.neurons[l], t.ffn)?,
+            Some(i) if t.ffn != s.ffn => {
+                top_k(&format!("neurons of layer {l}"), &i.neurons[l], t.ffn)?
+            }
             _ => all(s.ffn),
         });
         let (groups, heads) = match &imp {
@@ -371,7 +470,11 @@ pub fn plan(ck: &Checkpoint, target: &Target, method: Method, depth: Option<&Dep
                 let mut heads = Vec::with_capacity(t.heads);
                 for &g in &groups {
                     let base = g * s.group_size();
-                    let within = top_k(&format!("heads of layer {l} group {g}"), &i.heads[l][base..base + s.group_size()], per_group)?;
+                    let within = top_k(
+                        &format!("heads of layer {l} group {g}"),
+                        &i.heads[l][base..base + s.group_size()],
+                        per_group,
+                    )?;
                     heads.extend(within.into_iter().map(|h| base + h));
                 }
                 (groups, heads)
@@ -386,7 +489,10 @@ pub fn plan(ck: &Checkpoint, target: &Target, method: Method, depth: Option<&Dep
 
 /// Rows (or columns) of whole heads: head `h` owns `h*head_dim .. (h+1)*head_dim`.
 fn head_rows(heads: &[usize], head_dim: usize) -> Vec<usize> {
-    heads.iter().flat_map(|&h| h * head_dim..(h + 1) * head_dim).collect()
+    heads
+        .iter()
+        .flat_map(|&h| h * head_dim..(h + 1) * head_dim)
+        .collect()
 }
 
 /// Keeps `idx` along `dim`, unless that is every index (then the tensor is returned as is, so
@@ -398,7 +504,8 @@ fn select(t: &Tensor, dim: usize, idx: &[usize], name: &str) -> Result<Tensor> {
     }
     let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
     let ids = Tensor::new(ids.as_slice(), t.device()).ctx(|| format!("indices for `{name}`"))?;
-    t.index_select(&ids, dim).ctx(|| format!("slicing `{name}` along dimension {dim}"))
+    t.index_select(&ids, dim)
+        .ctx(|| format!("slicing `{name}` along dimension {dim}"))
 }
 
 /// Slices every tensor of `ck` according to `plan`, renumbering kept layers from 0.
@@ -409,29 +516,49 @@ pub fn apply(ck: &Checkpoint, plan: &KeepPlan) -> Result<Checkpoint> {
     let mut out = std::collections::BTreeMap::new();
     for (name, t) in &ck.tensors {
         let new = if let Some(rest) = name.strip_prefix("model.layers.") {
-            let (idx, field) = rest.split_once('.').ok_or_else(|| StageError::tensor(name, "not a `model.layers.N.*` name"))?;
-            let old: usize = idx.parse().map_err(|_| StageError::tensor(name, format!("layer index `{idx}` is not a number")))?;
+            let (idx, field) = rest
+                .split_once('.')
+                .ok_or_else(|| StageError::tensor(name, "not a `model.layers.N.*` name"))?;
+            let old: usize = idx.parse().map_err(|_| {
+                StageError::tensor(name, format!("layer index `{idx}` is not a number"))
+            })?;
             if old >= s.layers {
-                return Err(StageError::tensor(name, format!("layer {old} is past num_hidden_layers {}", s.layers)));
+                return Err(StageError::tensor(
+                    name,
+                    format!("layer {old} is past num_hidden_layers {}", s.layers),
+                ));
             }
-            let Some(pos) = plan.layers.iter().position(|&l| l == old) else { continue };
+            let Some(pos) = plan.layers.iter().position(|&l| l == old) else {
+                continue;
+            };
             let q_rows = head_rows(&plan.heads[pos], hd);
             let kv_rows = head_rows(&plan.groups[pos], hd);
             let neurons = &plan.neurons[pos];
             let sliced = match field {
-                "input_layernorm.weight" | "post_attention_layernorm.weight" => select(t, 0, ch, name)?,
+                "input_layernorm.weight" | "post_attention_layernorm.weight" => {
+                    select(t, 0, ch, name)?
+                }
                 "self_attn.q_proj.weight" => select(&select(t, 0, &q_rows, name)?, 1, ch, name)?,
                 "self_attn.q_proj.bias" => select(t, 0, &q_rows, name)?,
-                "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => select(&select(t, 0, &kv_rows, name)?, 1, ch, name)?,
+                "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => {
+                    select(&select(t, 0, &kv_rows, name)?, 1, ch, name)?
+                }
                 "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => select(t, 0, &kv_rows, name)?,
                 "self_attn.o_proj.weight" => select(&select(t, 0, ch, name)?, 1, &q_rows, name)?,
                 "self_attn.o_proj.bias" | "mlp.down_proj.bias" => select(t, 0, ch, name)?,
-                "mlp.gate_proj.weight" | "mlp.up_proj.weight" => select(&select(t, 0, neurons, name)?, 1, ch, name)?,
+                "mlp.gate_proj.weight" | "mlp.up_proj.weight" => {
+                    select(&select(t, 0, neurons, name)?, 1, ch, name)?
+                }
                 "mlp.gate_proj.bias" | "mlp.up_proj.bias" => select(t, 0, neurons, name)?,
                 "mlp.down_proj.weight" => select(&select(t, 0, ch, name)?, 1, neurons, name)?,
                 // Old checkpoints store RoPE frequencies; they depend on head_dim only.
                 "self_attn.rotary_emb.inv_freq" => t.clone(),
-                _ => return Err(StageError::tensor(name, "unknown Llama layer tensor: cannot tell how to prune it")),
+                _ => {
+                    return Err(StageError::tensor(
+                        name,
+                        "unknown Llama layer tensor: cannot tell how to prune it",
+                    ))
+                }
             };
             out.insert(format!("model.layers.{pos}.{field}"), sliced);
             continue;
@@ -439,12 +566,21 @@ pub fn apply(ck: &Checkpoint, plan: &KeepPlan) -> Result<Checkpoint> {
             match name.as_str() {
                 "model.embed_tokens.weight" | "lm_head.weight" => select(t, 1, ch, name)?,
                 "model.norm.weight" => select(t, 0, ch, name)?,
-                _ => return Err(StageError::tensor(name, "unknown Llama tensor: cannot tell how to prune it")),
+                _ => {
+                    return Err(StageError::tensor(
+                        name,
+                        "unknown Llama tensor: cannot tell how to prune it",
+                    ))
+                }
             }
         };
         out.insert(name.clone(), new);
     }
-    let pruned = Checkpoint { config: ck.config.clone(), shape: plan.shape, tensors: out };
+    let pruned = Checkpoint {
+        config: ck.config.clone(),
+        shape: plan.shape,
+        tensors: out,
+    };
     pruned.check_shapes()?;
     Ok(pruned)
 }
@@ -455,7 +591,16 @@ mod tests {
     use candle_core::Device;
 
     fn shape() -> ModelShape {
-        ModelShape { vocab: 16, hidden: 8, ffn: 12, heads: 4, kv_heads: 2, head_dim: 2, layers: 3, tied: false }
+        ModelShape {
+            vocab: 16,
+            hidden: 8,
+            ffn: 12,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 2,
+            layers: 3,
+            tied: false,
+        }
     }
 
     /// A small random checkpoint with the Llama layout.
@@ -471,7 +616,10 @@ mod tests {
             Tensor::from_vec(v, dims, &dev).unwrap()
         };
         let (q, kv) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
-        tensors.insert("model.embed_tokens.weight".to_string(), rnd(&[s.vocab, s.hidden]));
+        tensors.insert(
+            "model.embed_tokens.weight".to_string(),
+            rnd(&[s.vocab, s.hidden]),
+        );
         tensors.insert("lm_head.weight".to_string(), rnd(&[s.vocab, s.hidden]));
         tensors.insert("model.norm.weight".to_string(), rnd(&[s.hidden]));
         for l in 0..s.layers {
@@ -489,21 +637,55 @@ mod tests {
                 tensors.insert(layer_name(l, f), rnd(&d));
             }
         }
-        Checkpoint { config: serde_json::Map::new(), shape: s, tensors }
+        Checkpoint {
+            config: serde_json::Map::new(),
+            shape: s,
+            tensors,
+        }
     }
 
     #[test]
     fn targets_larger_than_the_model_or_uneven_groups_are_refused_by_field() {
         let s = shape();
         let e = |t: Target| target_shape(&s, &t, None).unwrap_err().to_string();
-        assert!(e(Target { hidden: Some(9), ..Default::default() }).contains("target.hidden"));
-        assert!(e(Target { heads: Some(3), ..Default::default() }).contains("cannot be split evenly over 2"));
-        assert!(e(Target { kv_heads: Some(3), ..Default::default() }).contains("target.kv_heads"));
-        assert!(e(Target { layers: Some(2), ..Default::default() }).contains("needs `depth"));
-        let drop = Depth { drop: Some(vec![3]), ..Default::default() };
-        assert!(target_shape(&s, &Target::default(), Some(&drop)).unwrap_err().to_string().contains("layer 3 does not exist"));
+        assert!(e(Target {
+            hidden: Some(9),
+            ..Default::default()
+        })
+        .contains("target.hidden"));
+        assert!(e(Target {
+            heads: Some(3),
+            ..Default::default()
+        })
+        .contains("cannot be split evenly over 2"));
+        assert!(e(Target {
+            kv_heads: Some(3),
+            ..Default::default()
+        })
+        .contains("target.kv_heads"));
+        assert!(e(Target {
+            layers: Some(2),
+            ..Default::default()
+        })
+        .contains("needs `depth"));
+        let drop = Depth {
+            drop: Some(vec![3]),
+            ..Default::default()
+        };
+        assert!(target_shape(&s, &Target::default(), Some(&drop))
+            .unwrap_err()
+            .to_string()
+            .contains("layer 3 does not exist"));
         // Only kv_heads given: the per-group head count is kept.
-        let t = target_shape(&s, &Target { kv_heads: Some(1), ..Default::default() }, None).unwrap();
+        let t = target_shape(
+            &s,
+            &Target {
+                kv_heads: Some(1),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
         assert_eq!((t.heads, t.kv_heads), (2, 1));
     }
 
@@ -512,32 +694,98 @@ mod tests {
         let s = shape();
         let ck = synthetic(s);
         // Head scores: group 0 = heads {0,1}, group 1 = heads {2,3}.
-        let scores = Scores { heads: Some(vec![vec![1.0, 5.0, 3.0, 2.0]; 3]), ..Default::default() };
-        let p = plan(&ck, &Target { heads: Some(2), ..Default::default() }, Method::Activation, None, Some(&scores), 0).unwrap();
+        let scores = Scores {
+            heads: Some(vec![vec![1.0, 5.0, 3.0, 2.0]; 3]),
+            ..Default::default()
+        };
+        let p = plan(
+            &ck,
+            &Target {
+                heads: Some(2),
+                ..Default::default()
+            },
+            Method::Activation,
+            None,
+            Some(&scores),
+            0,
+        )
+        .unwrap();
         assert_eq!(p.heads[0], vec![1, 2], "the best head of each group");
         assert_eq!(p.groups[0], vec![0, 1]);
-        let p = plan(&ck, &Target { kv_heads: Some(1), ..Default::default() }, Method::Activation, None, Some(&scores), 0).unwrap();
-        assert_eq!((p.groups[0].clone(), p.heads[0].clone()), (vec![0], vec![0, 1]), "group 0 scores sqrt(26) > sqrt(13)");
+        let p = plan(
+            &ck,
+            &Target {
+                kv_heads: Some(1),
+                ..Default::default()
+            },
+            Method::Activation,
+            None,
+            Some(&scores),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.groups[0].clone(), p.heads[0].clone()),
+            (vec![0], vec![0, 1]),
+            "group 0 scores sqrt(26) > sqrt(13)"
+        );
         let pruned = apply(&ck, &p).unwrap();
         // k_proj keeps group 0's rows (head_dim 2), q keeps heads 0 and 1 (rows 0..4).
-        let k = pruned.get("model.layers.0.self_attn.k_proj.weight").unwrap();
-        let k0 = ck.get("model.layers.0.self_attn.k_proj.weight").unwrap().narrow(0, 0, 2).unwrap();
+        let k = pruned
+            .get("model.layers.0.self_attn.k_proj.weight")
+            .unwrap();
+        let k0 = ck
+            .get("model.layers.0.self_attn.k_proj.weight")
+            .unwrap()
+            .narrow(0, 0, 2)
+            .unwrap();
         assert_eq!(k.to_vec2::<f32>().unwrap(), k0.to_vec2::<f32>().unwrap());
-        assert_eq!(pruned.get("model.layers.0.self_attn.o_proj.weight").unwrap().dims(), &[8, 4]);
+        assert_eq!(
+            pruned
+                .get("model.layers.0.self_attn.o_proj.weight")
+                .unwrap()
+                .dims(),
+            &[8, 4]
+        );
     }
 
     #[test]
     fn hidden_pruning_trims_every_tensor_consistently() {
         let s = shape();
         let ck = synthetic(s);
-        let scores = Scores { channels: Some(vec![8.0, 1.0, 7.0, 2.0, 6.0, 3.0, 5.0, 4.0]), ..Default::default() };
-        let p = plan(&ck, &Target { hidden: Some(4), ..Default::default() }, Method::Activation, None, Some(&scores), 0).unwrap();
+        let scores = Scores {
+            channels: Some(vec![8.0, 1.0, 7.0, 2.0, 6.0, 3.0, 5.0, 4.0]),
+            ..Default::default()
+        };
+        let p = plan(
+            &ck,
+            &Target {
+                hidden: Some(4),
+                ..Default::default()
+            },
+            Method::Activation,
+            None,
+            Some(&scores),
+            0,
+        )
+        .unwrap();
         assert_eq!(p.channels, vec![0, 2, 4, 6]);
         let pruned = apply(&ck, &p).unwrap();
         assert_eq!(pruned.shape.hidden, 4);
-        assert_eq!(pruned.shape.head_dim, 2, "head_dim is kept under hidden pruning");
-        let emb = pruned.get("model.embed_tokens.weight").unwrap().to_vec2::<f32>().unwrap();
-        let orig = ck.get("model.embed_tokens.weight").unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(
+            pruned.shape.head_dim, 2,
+            "head_dim is kept under hidden pruning"
+        );
+        let emb = pruned
+            .get("model.embed_tokens.weight")
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let orig = ck
+            .get("model.embed_tokens.weight")
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(emb[3], vec![orig[3][0], orig[3][2], orig[3][4], orig[3][6]]);
         let down = pruned.get("model.layers.2.mlp.down_proj.weight").unwrap();
         assert_eq!(down.dims(), &[4, 12]);
@@ -545,34 +793,77 @@ mod tests {
 
     #[test]
     fn depth_by_metric_drops_least_important_or_best_contiguous_block() {
-        let s = ModelShape { layers: 5, ..shape() };
+        let s = ModelShape {
+            layers: 5,
+            ..shape()
+        };
         let ck = synthetic(s);
-        let scores = Scores { layer_lm_loss: Some(vec![5.0, 0.1, 3.0, 0.2, 4.0]), ..Default::default() };
-        let by = |contiguous| Depth { by: Some(LayerMetric::LmLoss), contiguous, ..Default::default() };
-        let t = Target { layers: Some(3), ..Default::default() };
-        let p = plan(&ck, &t, Method::Magnitude, Some(&by(false)), Some(&scores), 0).unwrap();
+        let scores = Scores {
+            layer_lm_loss: Some(vec![5.0, 0.1, 3.0, 0.2, 4.0]),
+            ..Default::default()
+        };
+        let by = |contiguous| Depth {
+            by: Some(LayerMetric::LmLoss),
+            contiguous,
+            ..Default::default()
+        };
+        let t = Target {
+            layers: Some(3),
+            ..Default::default()
+        };
+        let p = plan(
+            &ck,
+            &t,
+            Method::Magnitude,
+            Some(&by(false)),
+            Some(&scores),
+            0,
+        )
+        .unwrap();
         assert_eq!(p.layers, vec![0, 2, 4]);
         // Contiguous pairs: (0,1)=5.1 (1,2)=3.1 (2,3)=3.2 (3,4)=4.2 -> drop 1,2.
-        let p = plan(&ck, &t, Method::Magnitude, Some(&by(true)), Some(&scores), 0).unwrap();
+        let p = plan(
+            &ck,
+            &t,
+            Method::Magnitude,
+            Some(&by(true)),
+            Some(&scores),
+            0,
+        )
+        .unwrap();
         assert_eq!(p.layers, vec![0, 3, 4]);
         let pruned = apply(&ck, &p).unwrap();
         assert_eq!(
-            pruned.get("model.layers.1.mlp.up_proj.weight").unwrap().to_vec2::<f32>().unwrap(),
-            ck.get("model.layers.3.mlp.up_proj.weight").unwrap().to_vec2::<f32>().unwrap()
+            pruned
+                .get("model.layers.1.mlp.up_proj.weight")
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+            ck.get("model.layers.3.mlp.up_proj.weight")
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
         );
-        assert!(!pruned.tensors.contains_key("model.layers.3.mlp.up_proj.weight"));
+        assert!(!pruned
+            .tensors
+            .contains_key("model.layers.3.mlp.up_proj.weight"));
     }
 
     #[test]
     fn random_is_seeded_and_activation_without_scores_is_refused() {
         let ck = synthetic(shape());
-        let t = Target { ffn: Some(6), ..Default::default() };
+        let t = Target {
+            ffn: Some(6),
+            ..Default::default()
+        };
         let a = plan(&ck, &t, Method::Random, None, None, 7).unwrap();
         let b = plan(&ck, &t, Method::Random, None, None, 7).unwrap();
         let c = plan(&ck, &t, Method::Random, None, None, 8).unwrap();
         assert_eq!(a, b);
         assert_ne!(a.neurons, c.neurons);
-        let err = plan(&ck, &t, Method::Activation, None, None, 0).unwrap_err().to_string();
+        let err = plan(&ck, &t, Method::Activation, None, None, 0)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("scores"), "{err}");
     }
 }

@@ -23,7 +23,11 @@ impl Run {
 
 impl From<Output> for Run {
     fn from(o: Output) -> Run {
-        Run { code: o.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&o.stdout).into(), stderr: String::from_utf8_lossy(&o.stderr).into() }
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into(),
+            stderr: String::from_utf8_lossy(&o.stderr).into(),
+        }
     }
 }
 
@@ -33,7 +37,9 @@ pub fn bin() -> &'static str {
 
 impl Ws {
     pub fn new(manifest: &str) -> Ws {
-        let ws = Ws { dir: tempfile::tempdir().expect("temp dir") };
+        let ws = Ws {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
         ws.write("pollard.yaml", manifest);
         ws
     }
@@ -60,7 +66,11 @@ impl Ws {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
-        c.args(args).current_dir(self.path()).env_remove("POLLARD_GPUS").env_remove("POLLARD_CACHE_DIR").env("NO_COLOR", "1");
+        c.args(args)
+            .current_dir(self.path())
+            .env_remove("POLLARD_GPUS")
+            .env_remove("POLLARD_CACHE_DIR")
+            .env("NO_COLOR", "1");
         c
     }
 
@@ -85,7 +95,8 @@ impl Ws {
 
 /// Stage ids whose outcome is `kind` in a `run --json` summary.
 pub fn outcomes(json: &str, kind: &str) -> Vec<String> {
-    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("bad json ({e}):\n{json}"));
+    let v: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("bad json ({e}):\n{json}"));
     v["stages"]
         .as_array()
         .expect("stages")

@@ -6,14 +6,21 @@
 //! resumption of `train`.
 
 use candle_core::{DType, Tensor, Var};
-use pollard_engine::{BoxError, Count, Inputs, ParamError, PlanInputs, Resources, Slots, Stage, StageCtx};
+use pollard_engine::{
+    BoxError, Count, Inputs, ParamError, PlanInputs, Resources, Slots, Stage, StageCtx,
+};
 use pollard_model::{Llama, Mode, TapSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::common::{gpu_estimate, check_optim, device, plan_shape, tokens_seen, write_json, Dtype, PROVENANCE};
+use crate::common::{
+    check_optim, device, gpu_estimate, plan_shape, tokens_seen, write_json, Dtype, PROVENANCE,
+};
 use crate::error::{CandleContext, Result, StageError};
-use crate::kinds::train::{default_batch, default_ckpt, default_clip, default_log_every, default_seq_len, default_val_samples, default_wd, save_model, schedule};
+use crate::kinds::train::{
+    default_batch, default_ckpt, default_clip, default_log_every, default_seq_len,
+    default_val_samples, default_wd, save_model, schedule,
+};
 use crate::runtime::{batch_tensors, evaluate, open_dataset};
 use crate::shape::memory;
 use crate::trainer::{run_loop, LoopConfig, StepLoss};
@@ -91,7 +98,12 @@ fn one() -> f64 {
 
 impl Default for DistillLoss {
     fn default() -> Self {
-        Self { logits: LogitLoss::ForwardKl, temperature: 1.0, ce_weight: 0.0, intermediate: None }
+        Self {
+            logits: LogitLoss::ForwardKl,
+            temperature: 1.0,
+            ce_weight: 0.0,
+            intermediate: None,
+        }
     }
 }
 
@@ -145,29 +157,55 @@ impl Stage for Distill {
     type Params = DistillParams;
 
     fn slots(&self) -> Slots {
-        Slots::Fixed { required: &["student", "teacher", "data"], optional: &[] }
+        Slots::Fixed {
+            required: &["student", "teacher", "data"],
+            optional: &[],
+        }
     }
 
     fn validate(&self, p: &DistillParams) -> Result<(), Vec<ParamError>> {
         let mut errs = Vec::new();
-        check_optim(&mut errs, p.lr, Some(p.min_lr), p.batch, p.micro_batch, p.seq_len, p.tokens.get());
+        check_optim(
+            &mut errs,
+            p.lr,
+            Some(p.min_lr),
+            p.batch,
+            p.micro_batch,
+            p.seq_len,
+            p.tokens.get(),
+        );
         let l = &p.loss;
         if !(l.temperature.is_finite() && l.temperature > 0.0) {
-            errs.push(ParamError::new("loss.temperature", format!("must be positive, got {}", l.temperature)));
+            errs.push(ParamError::new(
+                "loss.temperature",
+                format!("must be positive, got {}", l.temperature),
+            ));
         }
         if !(l.ce_weight.is_finite() && l.ce_weight >= 0.0) {
-            errs.push(ParamError::new("loss.ce_weight", format!("must be non-negative, got {}", l.ce_weight)));
+            errs.push(ParamError::new(
+                "loss.ce_weight",
+                format!("must be non-negative, got {}", l.ce_weight),
+            ));
         }
         if l.logits == LogitLoss::Ce && l.ce_weight > 0.0 {
-            errs.push(ParamError::new("loss.ce_weight", "mixes cross-entropy into a KL loss; with `logits: ce` it has no meaning"));
+            errs.push(ParamError::new(
+                "loss.ce_weight",
+                "mixes cross-entropy into a KL loss; with `logits: ce` it has no meaning",
+            ));
         }
         if let Some(i) = &l.intermediate {
             if i.layers.is_empty() {
-                errs.push(ParamError::new("loss.intermediate.layers", "needs at least one [teacher, student] pair"));
+                errs.push(ParamError::new(
+                    "loss.intermediate.layers",
+                    "needs at least one [teacher, student] pair",
+                ));
             }
             if let Weight::Fixed(w) = i.weight {
                 if !(w.is_finite() && w >= 0.0) {
-                    errs.push(ParamError::new("loss.intermediate.weight", format!("must be `auto` or a non-negative number, got {w}")));
+                    errs.push(ParamError::new(
+                        "loss.intermediate.weight",
+                        format!("must be `auto` or a non-negative number, got {w}"),
+                    ));
                 }
             }
         }
@@ -181,11 +219,24 @@ impl Stage for Distill {
         }
     }
 
-    fn describe(&self, p: &DistillParams, inputs: &PlanInputs) -> Result<Option<serde_json::Value>, BoxError> {
-        let (Some(s), t) = (plan_shape(inputs, "student"), plan_shape(inputs, "teacher")) else { return Ok(None) };
+    fn describe(
+        &self,
+        p: &DistillParams,
+        inputs: &PlanInputs,
+    ) -> Result<Option<serde_json::Value>, BoxError> {
+        let (Some(s), t) = (plan_shape(inputs, "student"), plan_shape(inputs, "teacher")) else {
+            return Ok(None);
+        };
         if let Some(t) = t {
             if t.vocab != s.vocab {
-                return Err(StageError::input("teacher", format!("vocabulary {} differs from the student's {}", t.vocab, s.vocab)).into());
+                return Err(StageError::input(
+                    "teacher",
+                    format!(
+                        "vocabulary {} differs from the student's {}",
+                        t.vocab, s.vocab
+                    ),
+                )
+                .into());
             }
             if let Some(i) = &p.loss.intermediate {
                 check_pairs(i, t.layers, s.layers)?;
@@ -195,7 +246,9 @@ impl Stage for Distill {
     }
 
     fn resources(&self, p: &DistillParams, inputs: &PlanInputs) -> Result<Resources, BoxError> {
-        let Some(s) = plan_shape(inputs, "student") else { return Ok(Resources::default()) };
+        let Some(s) = plan_shape(inputs, "student") else {
+            return Ok(Resources::default());
+        };
         let micro = p.micro_batch.unwrap_or(p.batch) as u64;
         let seq = p.seq_len as u64;
         let mut need = memory::training(&s, micro, seq, p.dtype.bytes());
@@ -214,10 +267,16 @@ impl Stage for Distill {
 fn check_pairs(i: &Intermediate, teacher_layers: usize, student_layers: usize) -> Result<()> {
     for (k, [t, s]) in i.layers.iter().enumerate() {
         if *t >= teacher_layers {
-            return Err(StageError::param(format!("loss.intermediate.layers.{k}"), format!("teacher layer {t} does not exist (it has {teacher_layers})")));
+            return Err(StageError::param(
+                format!("loss.intermediate.layers.{k}"),
+                format!("teacher layer {t} does not exist (it has {teacher_layers})"),
+            ));
         }
         if *s >= student_layers {
-            return Err(StageError::param(format!("loss.intermediate.layers.{k}"), format!("student layer {s} does not exist (it has {student_layers})")));
+            return Err(StageError::param(
+                format!("loss.intermediate.layers.{k}"),
+                format!("student layer {s} does not exist (it has {student_layers})"),
+            ));
         }
     }
     Ok(())
@@ -225,17 +284,34 @@ fn check_pairs(i: &Intermediate, teacher_layers: usize, student_layers: usize) -
 
 fn distill(ctx: &mut StageCtx, p: &DistillParams, inputs: &Inputs) -> Result<()> {
     let dev = device(ctx)?;
-    let slot = |s: &str| inputs.path(s).map_err(|e| StageError::input(s, e.to_string()));
+    let slot = |s: &str| {
+        inputs
+            .path(s)
+            .map_err(|e| StageError::input(s, e.to_string()))
+    };
     let (student_dir, teacher_dir, data_dir) = (slot("student")?, slot("teacher")?, slot("data")?);
     let student = Llama::load_hf(student_dir, p.dtype.candle(), &dev, Mode::Trainable)?;
     let teacher = Llama::load_hf(teacher_dir, p.dtype.candle(), &dev, Mode::Frozen)?;
     let data = open_dataset(data_dir)?;
     let (sc, tc) = (student.config(), teacher.config());
     if sc.vocab_size != tc.vocab_size {
-        return Err(StageError::input("teacher", format!("vocabulary {} differs from the student's {}", tc.vocab_size, sc.vocab_size)));
+        return Err(StageError::input(
+            "teacher",
+            format!(
+                "vocabulary {} differs from the student's {}",
+                tc.vocab_size, sc.vocab_size
+            ),
+        ));
     }
     if sc.vocab_size < data.vocab_size() {
-        return Err(StageError::input("data", format!("the dataset's vocabulary ({}) is larger than the student's ({})", data.vocab_size(), sc.vocab_size)));
+        return Err(StageError::input(
+            "data",
+            format!(
+                "the dataset's vocabulary ({}) is larger than the student's ({})",
+                data.vocab_size(),
+                sc.vocab_size
+            ),
+        ));
     }
     let inter = p.loss.intermediate.clone();
     let mut vars = student.vars();
@@ -250,18 +326,22 @@ fn distill(ctx: &mut StageCtx, p: &DistillParams, inputs: &Inputs) -> Result<()>
                 continue;
             }
             let n = tc.hidden_size * sc.hidden_size;
-            let init = pollard_model::SeededRng::derive(p.seed, &format!("distill.projection.{k}")).normal_vec(n, 0.0, 1.0 / (sc.hidden_size as f64).sqrt());
-            let t = Tensor::from_vec(init, (tc.hidden_size, sc.hidden_size), &dev).ctx(|| "projection init".into())?;
+            let init = pollard_model::SeededRng::derive(p.seed, &format!("distill.projection.{k}"))
+                .normal_vec(n, 0.0, 1.0 / (sc.hidden_size as f64).sqrt());
+            let t = Tensor::from_vec(init, (tc.hidden_size, sc.hidden_size), &dev)
+                .ctx(|| "projection init".into())?;
             let v = Var::from_tensor(&t).ctx(|| "projection".into())?;
             vars.push((format!("distill.projection.{k}"), v.clone()));
             maps.push(Some(v));
         }
     }
-    let (steps, accumulation, warmup, micro) = schedule(p.tokens.get(), p.batch, p.micro_batch, p.seq_len, p.warmup);
+    let (steps, accumulation, warmup, micro) =
+        schedule(p.tokens.get(), p.batch, p.micro_batch, p.seq_len, p.warmup);
     let cfg = LoopConfig {
         steps,
+        micro,
+        seq_len: p.seq_len,
         accumulation,
-        tokens_per_step: (p.batch * p.seq_len) as u64,
         lr: p.lr,
         min_lr: p.min_lr,
         warmup,
@@ -272,9 +352,18 @@ fn distill(ctx: &mut StageCtx, p: &DistillParams, inputs: &Inputs) -> Result<()>
         checkpoint_every: p.checkpoint_every,
     };
     let sampler = pollard_data::WindowSampler::new(data.train(), p.seq_len, micro, p.seed)?;
-    let val = pollard_data::validation_windows(data.val(), p.seq_len, Some(p.val_samples.get() as usize))?;
+    let val = pollard_data::validation_windows(
+        data.val(),
+        p.seq_len,
+        Some(p.val_samples.get() as usize),
+    )?;
     let spec = |pairs: &[[usize; 2]], teacher_side: bool| TapSpec {
-        layers: Some(pairs.iter().map(|[t, s]| if teacher_side { *t } else { *s }).collect()),
+        layers: Some(
+            pairs
+                .iter()
+                .map(|[t, s]| if teacher_side { *t } else { *s })
+                .collect(),
+        ),
         residual_out: true,
         ..TapSpec::none()
     };
@@ -287,9 +376,9 @@ fn distill(ctx: &mut StageCtx, p: &DistillParams, inputs: &Inputs) -> Result<()>
         ctx,
         vars,
         &cfg,
-        |step, k| {
-            let b = sampler.batch_at(step * accumulation + k);
-            let (ids, targets) = batch_tensors(&b, &dev)?;
+        sampler,
+        |b| {
+            let (ids, targets) = batch_tensors(b, &dev)?;
             let (s_logits, s_taps) = student.forward_with_taps(&ids, &s_spec)?;
             // The teacher runs once per micro-batch: logits when a KL needs them, block outputs
             // when an intermediate loss does (then without the vocabulary projection if only those).
@@ -305,33 +394,50 @@ fn distill(ctx: &mut StageCtx, p: &DistillParams, inputs: &Inputs) -> Result<()>
             let logit_loss = match (p.loss.logits, &t_logits) {
                 (LogitLoss::ForwardKl | LogitLoss::ReverseKl, Some(t_logits)) => {
                     let kl = match p.loss.logits {
-                        LogitLoss::ForwardKl => pollard_train::forward_kl(&s_logits, t_logits, temp)?,
+                        LogitLoss::ForwardKl => {
+                            pollard_train::forward_kl(&s_logits, t_logits, temp)?
+                        }
                         _ => pollard_train::reverse_kl(&s_logits, t_logits, temp)?,
                     };
                     // Hinton's T^2 keeps gradient magnitudes comparable across temperatures.
-                    let kl = kl.affine(temp * temp, 0.0).ctx(|| "scaling the KL".into())?;
-                    parts.push(("kl", scalar(&kl)?));
+                    let kl = kl
+                        .affine(temp * temp, 0.0)
+                        .ctx(|| "scaling the KL".into())?;
+                    parts.push(("kl".to_string(), scalar(&kl)?));
                     if p.loss.ce_weight > 0.0 {
                         let ce = pollard_train::cross_entropy(&s_logits, &targets)?;
-                        parts.push(("ce", scalar(&ce)?));
-                        (kl + ce.affine(p.loss.ce_weight, 0.0).ctx(|| "ce weight".into())?).ctx(|| "kl + ce".into())?
+                        parts.push(("ce".to_string(), scalar(&ce)?));
+                        (kl + ce
+                            .affine(p.loss.ce_weight, 0.0)
+                            .ctx(|| "ce weight".into())?)
+                        .ctx(|| "kl + ce".into())?
                     } else {
                         kl
                     }
                 }
                 _ => {
                     let ce = pollard_train::cross_entropy(&s_logits, &targets)?;
-                    parts.push(("ce", scalar(&ce)?));
+                    parts.push(("ce".to_string(), scalar(&ce)?));
                     ce
                 }
             };
-            let Some(i) = &inter else { return Ok(StepLoss { loss: logit_loss, parts }) };
-            let t_taps = t_taps.expect("the teacher ran with taps when an intermediate loss is set");
+            let Some(i) = &inter else {
+                return Ok(StepLoss {
+                    loss: logit_loss,
+                    parts,
+                });
+            };
+            let t_taps =
+                t_taps.expect("the teacher ran with taps when an intermediate loss is set");
             let mut total_is: Option<Tensor> = None;
             for (pair, map) in i.layers.iter().zip(&maps) {
                 let [tl, sl] = *pair;
-                let th = t_taps.layers[tl].residual_out.as_ref().ok_or_else(|| StageError::tensor(format!("teacher layer {tl}"), "no output recorded"))?;
-                let sh = s_taps.layers[sl].residual_out.as_ref().ok_or_else(|| StageError::tensor(format!("student layer {sl}"), "no output recorded"))?;
+                let th = t_taps.layers[tl].residual_out.as_ref().ok_or_else(|| {
+                    StageError::tensor(format!("teacher layer {tl}"), "no output recorded")
+                })?;
+                let sh = s_taps.layers[sl].residual_out.as_ref().ok_or_else(|| {
+                    StageError::tensor(format!("student layer {sl}"), "no output recorded")
+                })?;
                 let sh = match map {
                     Some(w) => {
                         let (b, t, h) = sh.dims3().ctx(|| "student hidden".into())?;
@@ -354,13 +460,17 @@ fn distill(ctx: &mut StageCtx, p: &DistillParams, inputs: &Inputs) -> Result<()>
             }
             let l_is = total_is.expect("validated: at least one pair");
             let is_value = scalar(&l_is)?;
-            parts.push(("intermediate", is_value));
+            parts.push(("intermediate".to_string(), is_value));
             let alpha = match i.weight {
                 // The paper's dynamic weight: the logit loss over the intermediate loss, detached.
                 Weight::Auto(_) => scalar(&logit_loss)? / is_value.max(1e-12),
                 Weight::Fixed(w) => w,
             };
-            let loss = (logit_loss + l_is.affine(alpha, 0.0).ctx(|| "intermediate weight".into())?).ctx(|| "total loss".into())?;
+            let loss = (logit_loss
+                + l_is
+                    .affine(alpha, 0.0)
+                    .ctx(|| "intermediate weight".into())?)
+            .ctx(|| "total loss".into())?;
             Ok(StepLoss { loss, parts })
         },
         || Ok(evaluate(&student, &val, micro, &[])?.loss),
@@ -382,7 +492,9 @@ fn distill(ctx: &mut StageCtx, p: &DistillParams, inputs: &Inputs) -> Result<()>
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {
-    t.to_dtype(DType::F64).and_then(|t| t.to_scalar::<f64>()).ctx(|| "reading a loss".into())
+    t.to_dtype(DType::F64)
+        .and_then(|t| t.to_scalar::<f64>())
+        .ctx(|| "reading a loss".into())
 }
 
 #[cfg(test)]
@@ -391,14 +503,33 @@ mod tests {
 
     #[test]
     fn unknown_losses_and_bad_weights_are_refused_by_field() {
-        let e = serde_yaml::from_str::<DistillParams>("{ tokens: 1M, loss: { logits: kl } }").unwrap_err().to_string();
+        let e = serde_yaml::from_str::<DistillParams>("{ tokens: 1M, loss: { logits: kl } }")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown variant `kl`"), "{e}");
-        let p: DistillParams = serde_yaml::from_str("{ tokens: 1M, loss: { logits: ce, ce_weight: 0.5, temperature: 0 } }").unwrap();
-        let f: Vec<String> = Distill.validate(&p).unwrap_err().into_iter().map(|e| e.field).collect();
+        let p: DistillParams = serde_yaml::from_str(
+            "{ tokens: 1M, loss: { logits: ce, ce_weight: 0.5, temperature: 0 } }",
+        )
+        .unwrap();
+        let f: Vec<String> = Distill
+            .validate(&p)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
         assert_eq!(f, vec!["loss.temperature", "loss.ce_weight"]);
-        let p: DistillParams = serde_yaml::from_str("{ tokens: 1M, loss: { intermediate: { layers: [[3, 1]], weight: auto } } }").unwrap();
-        assert_eq!(p.loss.intermediate.unwrap().weight, Weight::Auto(Auto::Auto));
-        let p: DistillParams = serde_yaml::from_str("{ tokens: 1M, loss: { intermediate: { layers: [[3, 1]], weight: 0.5 } } }").unwrap();
+        let p: DistillParams = serde_yaml::from_str(
+            "{ tokens: 1M, loss: { intermediate: { layers: [[3, 1]], weight: auto } } }",
+        )
+        .unwrap();
+        assert_eq!(
+            p.loss.intermediate.unwrap().weight,
+            Weight::Auto(Auto::Auto)
+        );
+        let p: DistillParams = serde_yaml::from_str(
+            "{ tokens: 1M, loss: { intermediate: { layers: [[3, 1]], weight: 0.5 } } }",
+        )
+        .unwrap();
         assert_eq!(p.loss.intermediate.unwrap().weight, Weight::Fixed(0.5));
     }
 
@@ -408,13 +539,26 @@ mod tests {
         reg.register(Distill);
         let kind = reg.get("distill").unwrap();
         let with = |y: &str| -> serde_yaml::Value { serde_yaml::from_str(y).unwrap() };
-        let err = kind.decode(&with("{ tokens: 1M, loss: { logits: kl } }")).unwrap_err();
+        let err = kind
+            .decode(&with("{ tokens: 1M, loss: { logits: kl } }"))
+            .unwrap_err();
         assert_eq!(err.field, "loss.logits");
         assert!(err.message.contains("forward_kl"), "{}", err.message);
-        let ok = kind.decode(&with("{ tokens: 1M, loss: { intermediate: { layers: [[3, 1]], weight: auto } } }")).unwrap();
+        let ok = kind
+            .decode(&with(
+                "{ tokens: 1M, loss: { intermediate: { layers: [[3, 1]], weight: auto } } }",
+            ))
+            .unwrap();
         assert_eq!(ok.canonical["loss"]["intermediate"]["weight"], "auto");
-        let ok = kind.decode(&with("{ tokens: 1M, loss: { intermediate: { layers: [[3, 1]], weight: 0.25 } } }")).unwrap();
+        let ok = kind
+            .decode(&with(
+                "{ tokens: 1M, loss: { intermediate: { layers: [[3, 1]], weight: 0.25 } } }",
+            ))
+            .unwrap();
         assert_eq!(ok.canonical["loss"]["intermediate"]["weight"], 0.25);
-        assert!(kind.validate(&kind.decode(&with("{ tokens: 1M, lr: 0 }")).unwrap()).iter().any(|e| e.field == "lr"));
+        assert!(kind
+            .validate(&kind.decode(&with("{ tokens: 1M, lr: 0 }")).unwrap())
+            .iter()
+            .any(|e| e.field == "lr"));
     }
 }

@@ -3,12 +3,14 @@
 //! It also carries the model's `log.jsonl` along, so a `report` over evaluations can draw the
 //! training curves.
 
-use pollard_engine::{BoxError, Count, Inputs, ParamError, PlanInputs, Resources, Slots, Stage, StageCtx};
+use pollard_engine::{
+    BoxError, Count, Inputs, ParamError, PlanInputs, Resources, Slots, Stage, StageCtx,
+};
 use pollard_model::{Llama, Mode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::common::{gpu_estimate, device, plan_shape, tokens_seen, write_json, Dtype};
+use crate::common::{device, gpu_estimate, plan_shape, tokens_seen, write_json, Dtype};
 use crate::error::StageError;
 use crate::runtime::{evaluate, open_dataset, param_count};
 use crate::shape::{memory, ModelShape};
@@ -25,7 +27,12 @@ pub enum Metric {
 }
 
 fn all_metrics() -> Vec<Metric> {
-    vec![Metric::Loss, Metric::Perplexity, Metric::Accuracy, Metric::Throughput]
+    vec![
+        Metric::Loss,
+        Metric::Perplexity,
+        Metric::Accuracy,
+        Metric::Throughput,
+    ]
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,7 +68,10 @@ impl Stage for Evaluate {
     type Params = EvaluateParams;
 
     fn slots(&self) -> Slots {
-        Slots::Fixed { required: &["model", "data"], optional: &[] }
+        Slots::Fixed {
+            required: &["model", "data"],
+            optional: &[],
+        }
     }
 
     fn validate(&self, p: &EvaluateParams) -> Result<(), Vec<ParamError>> {
@@ -70,13 +80,19 @@ impl Stage for Evaluate {
             errs.push(ParamError::new("samples", "must be positive"));
         }
         if p.seq_len < 2 {
-            errs.push(ParamError::new("seq_len", format!("must be at least 2, got {}", p.seq_len)));
+            errs.push(ParamError::new(
+                "seq_len",
+                format!("must be at least 2, got {}", p.seq_len),
+            ));
         }
         if p.batch == 0 {
             errs.push(ParamError::new("batch", "must be at least 1"));
         }
         if p.metrics.is_empty() {
-            errs.push(ParamError::new("metrics", "measures nothing: list at least one of loss, perplexity, accuracy, throughput"));
+            errs.push(ParamError::new(
+                "metrics",
+                "measures nothing: list at least one of loss, perplexity, accuracy, throughput",
+            ));
         }
         if errs.is_empty() {
             Ok(())
@@ -85,7 +101,11 @@ impl Stage for Evaluate {
         }
     }
 
-    fn describe(&self, _p: &EvaluateParams, inputs: &PlanInputs) -> Result<Option<serde_json::Value>, BoxError> {
+    fn describe(
+        &self,
+        _p: &EvaluateParams,
+        inputs: &PlanInputs,
+    ) -> Result<Option<serde_json::Value>, BoxError> {
         // Metrics of a model of this shape: report can show its parameter count while planning.
         Ok(plan_shape(inputs, "model").map(|s| s.describe()))
     }
@@ -105,7 +125,11 @@ impl Stage for Evaluate {
         let model_dir = inputs.path("model")?;
         let model = Llama::load_hf(model_dir, p.dtype.candle(), &dev, Mode::Frozen)?;
         let data = open_dataset(inputs.path("data")?)?;
-        let windows = pollard_data::validation_windows(data.val(), p.seq_len, Some(p.samples.get() as usize))?;
+        let windows = pollard_data::validation_windows(
+            data.val(),
+            p.seq_len,
+            Some(p.samples.get() as usize),
+        )?;
         let e = evaluate(&model, &windows, p.batch, &[])?;
         let shape = ModelShape::from_dir(model_dir)?;
         let want = |m: Metric| p.metrics.contains(&m);
@@ -128,7 +152,10 @@ impl Stage for Evaluate {
         if want(Metric::Throughput) {
             m["tokens_per_s"] = json!(e.tokens as f64 / e.seconds.max(1e-9));
         }
-        ctx.log(&format!("val_loss {:.4}, accuracy {:.3}", e.loss, e.accuracy));
+        ctx.log(&format!(
+            "val_loss {:.4}, accuracy {:.3}",
+            e.loss, e.accuracy
+        ));
         write_json(&ctx.out_dir().join("metrics.json"), &m)?;
         let log = model_dir.join("log.jsonl");
         if log.is_file() {

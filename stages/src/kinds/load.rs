@@ -48,7 +48,9 @@ impl Expect {
             ffn: self.ffn?,
             heads,
             kv_heads: self.kv_heads.unwrap_or(heads),
-            head_dim: self.head_dim.unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
+            head_dim: self
+                .head_dim
+                .unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
             layers: self.layers?,
             tied: self.tied.unwrap_or(false),
         })
@@ -60,7 +62,9 @@ impl Expect {
         let mut check = |name: &str, want: Option<usize>, have: usize| {
             if let Some(w) = want {
                 if w != have {
-                    out.push(format!("expect.{name}: expected {w}, the checkpoint has {have}"));
+                    out.push(format!(
+                        "expect.{name}: expected {w}, the checkpoint has {have}"
+                    ));
                 }
             }
         };
@@ -73,7 +77,10 @@ impl Expect {
         check("head_dim", self.head_dim, s.head_dim);
         if let Some(t) = self.tied {
             if t != s.tied {
-                out.push(format!("expect.tied: expected {t}, the checkpoint has {}", s.tied));
+                out.push(format!(
+                    "expect.tied: expected {t}, the checkpoint has {}",
+                    s.tied
+                ));
             }
         }
         out
@@ -99,7 +106,10 @@ impl Stage for Load {
     type Params = LoadParams;
 
     fn slots(&self) -> Slots {
-        Slots::Fixed { required: &[], optional: &[] }
+        Slots::Fixed {
+            required: &[],
+            optional: &[],
+        }
     }
 
     fn validate(&self, p: &LoadParams) -> Result<(), Vec<ParamError>> {
@@ -110,12 +120,18 @@ impl Stage for Load {
         if let Some(e) = &p.expect {
             if let (Some(h), Some(k)) = (e.heads, e.kv_heads) {
                 if k == 0 || h % k != 0 {
-                    errs.push(ParamError::new("expect.kv_heads", format!("heads {h} is not divisible by kv_heads {k}")));
+                    errs.push(ParamError::new(
+                        "expect.kv_heads",
+                        format!("heads {h} is not divisible by kv_heads {k}"),
+                    ));
                 }
             }
             if let (Some(h), Some(n), None) = (e.hidden, e.heads, e.head_dim) {
                 if n == 0 || h % n != 0 {
-                    errs.push(ParamError::new("expect.head_dim", format!("needed: hidden {h} is not divisible by heads {n}")));
+                    errs.push(ParamError::new(
+                        "expect.head_dim",
+                        format!("needed: hidden {h} is not divisible by heads {n}"),
+                    ));
                 }
             }
         }
@@ -132,7 +148,11 @@ impl Stage for Load {
         vec![p.path.clone()]
     }
 
-    fn describe(&self, p: &LoadParams, _inputs: &PlanInputs) -> Result<Option<serde_json::Value>, BoxError> {
+    fn describe(
+        &self,
+        p: &LoadParams,
+        _inputs: &PlanInputs,
+    ) -> Result<Option<serde_json::Value>, BoxError> {
         // Relative paths are checked against the current folder here (planning has no ctx);
         // the engine runs from the manifest's folder or passes absolute paths.
         let cfg = p.path.join("config.json");
@@ -141,12 +161,19 @@ impl Stage for Load {
             if let Some(e) = &p.expect {
                 let bad = e.mismatches(&s);
                 if !bad.is_empty() {
-                    return Err(StageError::param("expect", format!("{} does not match: {}", p.path.display(), bad.join("; "))).into());
+                    return Err(StageError::param(
+                        "expect",
+                        format!("{} does not match: {}", p.path.display(), bad.join("; ")),
+                    )
+                    .into());
                 }
             }
             return Ok(Some(s.describe()));
         }
-        Ok(p.expect.as_ref().and_then(Expect::shape).map(|s| s.describe()))
+        Ok(p.expect
+            .as_ref()
+            .and_then(Expect::shape)
+            .map(|s| s.describe()))
     }
 
     fn resources(&self, p: &LoadParams, inputs: &PlanInputs) -> Result<Resources, BoxError> {
@@ -155,20 +182,36 @@ impl Stage for Load {
             Some(d) => ModelShape::from_description(&d).map_or(0, |s| s.params() * p.dtype.bytes()),
             None => 0,
         };
-        Ok(Resources { gpus: 0, gpu_memory: 0, cpus: 1, host_memory })
+        Ok(Resources {
+            gpus: 0,
+            gpu_memory: 0,
+            cpus: 1,
+            host_memory,
+        })
     }
 
     fn run(&self, ctx: &mut StageCtx, p: &LoadParams, _inputs: &Inputs) -> Result<(), BoxError> {
         let dir = resolve(ctx, &p.path);
         if !dir.join("config.json").is_file() {
-            return Err(StageError::param("path", format!("{} is not a Hugging Face folder (no config.json)", dir.display())).into());
+            return Err(StageError::param(
+                "path",
+                format!(
+                    "{} is not a Hugging Face folder (no config.json)",
+                    dir.display()
+                ),
+            )
+            .into());
         }
         ctx.log(&format!("loading {}", dir.display()));
         let ck = Checkpoint::load(&dir, &candle_core::Device::Cpu, Some(p.dtype.candle()))?;
         if let Some(e) = &p.expect {
             let bad = e.mismatches(&ck.shape);
             if !bad.is_empty() {
-                return Err(StageError::param("expect", format!("{} does not match: {}", dir.display(), bad.join("; "))).into());
+                return Err(StageError::param(
+                    "expect",
+                    format!("{} does not match: {}", dir.display(), bad.join("; ")),
+                )
+                .into());
             }
         }
         ck.save(ctx.out_dir())?;
@@ -183,15 +226,33 @@ mod tests {
 
     #[test]
     fn expect_mismatch_names_the_field_and_both_values() {
-        let s = ModelShape { vocab: 256, hidden: 64, ffn: 176, heads: 8, kv_heads: 4, head_dim: 8, layers: 4, tied: false };
-        let e = Expect { hidden: Some(64), layers: Some(5), ..Default::default() };
-        assert_eq!(e.mismatches(&s), vec!["expect.layers: expected 5, the checkpoint has 4".to_string()]);
+        let s = ModelShape {
+            vocab: 256,
+            hidden: 64,
+            ffn: 176,
+            heads: 8,
+            kv_heads: 4,
+            head_dim: 8,
+            layers: 4,
+            tied: false,
+        };
+        let e = Expect {
+            hidden: Some(64),
+            layers: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            e.mismatches(&s),
+            vec!["expect.layers: expected 5, the checkpoint has 4".to_string()]
+        );
         assert_eq!(e.shape(), None, "a partial expectation cannot plan");
     }
 
     #[test]
     fn bad_expectations_are_refused_at_validation() {
-        let p: LoadParams = serde_yaml::from_str("{ path: x, expect: { hidden: 100, heads: 8, kv_heads: 3 } }").unwrap();
+        let p: LoadParams =
+            serde_yaml::from_str("{ path: x, expect: { hidden: 100, heads: 8, kv_heads: 3 } }")
+                .unwrap();
         let errs = Load.validate(&p).unwrap_err();
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, vec!["expect.kv_heads", "expect.head_dim"]);

@@ -33,15 +33,27 @@ impl Stage for Prune {
     type Params = PruneParams;
 
     fn slots(&self) -> Slots {
-        Slots::Fixed { required: &["model"], optional: &["scores"] }
+        Slots::Fixed {
+            required: &["model"],
+            optional: &["scores"],
+        }
     }
 
     fn validate(&self, p: &PruneParams) -> Result<(), Vec<ParamError>> {
         let mut errs = Vec::new();
         let t = &p.target;
-        for (name, v) in [("hidden", t.hidden), ("ffn", t.ffn), ("heads", t.heads), ("kv_heads", t.kv_heads), ("layers", t.layers)] {
+        for (name, v) in [
+            ("hidden", t.hidden),
+            ("ffn", t.ffn),
+            ("heads", t.heads),
+            ("kv_heads", t.kv_heads),
+            ("layers", t.layers),
+        ] {
             if v == Some(0) {
-                errs.push(ParamError::new(format!("target.{name}"), "must be positive"));
+                errs.push(ParamError::new(
+                    format!("target.{name}"),
+                    "must be positive",
+                ));
             }
         }
         if let (Some(h), Some(k)) = (t.heads, t.kv_heads) {
@@ -51,10 +63,22 @@ impl Stage for Prune {
         }
         if let Some(d) = &p.depth {
             match (&d.drop, d.by) {
-                (Some(_), Some(_)) => errs.push(ParamError::new("depth", "give either `drop` or `by`, not both")),
-                (None, None) => errs.push(ParamError::new("depth", "needs `drop: [layers]` or `by: lm_loss | block_influence`")),
-                (Some(_), None) if d.contiguous => errs.push(ParamError::new("depth.contiguous", "only applies with `by`")),
-                (None, Some(_)) if t.layers.is_none() => errs.push(ParamError::new("target.layers", "`depth.by` needs the number of layers to keep")),
+                (Some(_), Some(_)) => errs.push(ParamError::new(
+                    "depth",
+                    "give either `drop` or `by`, not both",
+                )),
+                (None, None) => errs.push(ParamError::new(
+                    "depth",
+                    "needs `drop: [layers]` or `by: lm_loss | block_influence`",
+                )),
+                (Some(_), None) if d.contiguous => errs.push(ParamError::new(
+                    "depth.contiguous",
+                    "only applies with `by`",
+                )),
+                (None, Some(_)) if t.layers.is_none() => errs.push(ParamError::new(
+                    "target.layers",
+                    "`depth.by` needs the number of layers to keep",
+                )),
                 (Some(drop), None) => {
                     let mut seen = drop.clone();
                     seen.sort_unstable();
@@ -66,11 +90,18 @@ impl Stage for Prune {
                 _ => {}
             }
         } else if t.layers.is_some() {
-            errs.push(ParamError::new("depth", "target.layers needs `depth: { drop: [...] }` or `depth: { by: lm_loss }`"));
+            errs.push(ParamError::new(
+                "depth",
+                "target.layers needs `depth: { drop: [...] }` or `depth: { by: lm_loss }`",
+            ));
         }
-        let width = t.hidden.is_some() || t.ffn.is_some() || t.heads.is_some() || t.kv_heads.is_some();
+        let width =
+            t.hidden.is_some() || t.ffn.is_some() || t.heads.is_some() || t.kv_heads.is_some();
         if !width && p.depth.is_none() && t.layers.is_none() {
-            errs.push(ParamError::new("target", "prunes nothing: give at least one of hidden, ffn, heads, kv_heads, layers"));
+            errs.push(ParamError::new(
+                "target",
+                "prunes nothing: give at least one of hidden, ffn, heads, kv_heads, layers",
+            ));
         }
         if errs.is_empty() {
             Ok(())
@@ -79,11 +110,17 @@ impl Stage for Prune {
         }
     }
 
-    fn describe(&self, p: &PruneParams, inputs: &PlanInputs) -> Result<Option<serde_json::Value>, BoxError> {
+    fn describe(
+        &self,
+        p: &PruneParams,
+        inputs: &PlanInputs,
+    ) -> Result<Option<serde_json::Value>, BoxError> {
         match plan_shape(inputs, "model") {
             // A target larger than the input model is refused here, while planning, naming
             // the field (validation alone cannot see the upstream shape).
-            Some(s) => Ok(Some(target_shape(&s, &p.target, p.depth.as_ref())?.describe())),
+            Some(s) => Ok(Some(
+                target_shape(&s, &p.target, p.depth.as_ref())?.describe(),
+            )),
             None => Ok(None),
         }
     }
@@ -91,7 +128,12 @@ impl Stage for Prune {
     fn resources(&self, _p: &PruneParams, inputs: &PlanInputs) -> Result<Resources, BoxError> {
         // Slicing runs on the host: input and output weights in memory at once.
         let host_memory = plan_shape(inputs, "model").map_or(0, |s| 2 * s.params() * 4);
-        Ok(Resources { gpus: 0, gpu_memory: 0, cpus: 1, host_memory })
+        Ok(Resources {
+            gpus: 0,
+            gpu_memory: 0,
+            cpus: 1,
+            host_memory,
+        })
     }
 
     fn run(&self, ctx: &mut StageCtx, p: &PruneParams, inputs: &Inputs) -> Result<(), BoxError> {
@@ -101,7 +143,14 @@ impl Stage for Prune {
             Some(dir) => Some(Scores::load(dir)?),
             None => None,
         };
-        let keep = plan(&ck, &p.target, p.method, p.depth.as_ref(), scores.as_ref(), p.seed)?;
+        let keep = plan(
+            &ck,
+            &p.target,
+            p.method,
+            p.depth.as_ref(),
+            scores.as_ref(),
+            p.seed,
+        )?;
         let pruned = apply(&ck, &keep)?;
         ctx.log(&format!(
             "pruned {} -> {} parameters ({:.1}%)",
@@ -138,7 +187,9 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(name)
     }
 
     fn params(yaml: &str) -> PruneParams {
@@ -149,18 +200,34 @@ mod tests {
     fn magnitude_neurons_and_drop_2_reproduce_the_reference_pruned_fixture() {
         let out = tempfile::tempdir().unwrap();
         let scratch = tempfile::tempdir().unwrap();
-        let mut ctx = StageCtx::detached("prune", out.path().to_path_buf(), scratch.path().to_path_buf());
+        let mut ctx = StageCtx::detached(
+            "prune",
+            out.path().to_path_buf(),
+            scratch.path().to_path_buf(),
+        );
         let mut inputs = Inputs::default();
         inputs.slots.insert(
             "model".into(),
-            pollard_engine::InputArtifact { stage: "load".into(), path: fixture("tiny-llama"), artifact: "blake3:test".into() },
+            pollard_engine::InputArtifact {
+                stage: "load".into(),
+                path: fixture("tiny-llama"),
+                artifact: "blake3:test".into(),
+            },
         );
         let p = params("{ method: magnitude, target: { ffn: 128 }, depth: { drop: [2] } }");
         Prune.validate(&p).unwrap();
         Prune.run(&mut ctx, &p, &inputs).unwrap();
 
-        let got = candle_core::safetensors::load(out.path().join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
-        let want = candle_core::safetensors::load(fixture("tiny-llama-pruned").join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+        let got = candle_core::safetensors::load(
+            out.path().join("model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let want = candle_core::safetensors::load(
+            fixture("tiny-llama-pruned").join("model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
         let mut names: Vec<_> = want.keys().collect();
         names.sort();
         let mut got_names: Vec<_> = got.keys().collect();
@@ -169,28 +236,68 @@ mod tests {
         for n in names {
             let (a, b) = (&got[n], &want[n]);
             assert_eq!(a.dims(), b.dims(), "{n}");
-            let a: Vec<u32> = a.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
-            let b: Vec<u32> = b.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+            let a: Vec<u32> = a
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            let b: Vec<u32> = b
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
             assert!(a == b, "tensor {n} differs from the reference");
         }
         let cfg = crate::shape::ModelShape::from_dir(out.path()).unwrap();
-        assert_eq!(cfg, crate::shape::ModelShape::from_dir(&fixture("tiny-llama-pruned")).unwrap());
-        let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("pruning.json")).unwrap()).unwrap();
-        let reference: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(fixture("tiny-llama-pruned").join("reference.json")).unwrap()).unwrap();
+        assert_eq!(
+            cfg,
+            crate::shape::ModelShape::from_dir(&fixture("tiny-llama-pruned")).unwrap()
+        );
+        let rec: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.path().join("pruning.json")).unwrap(),
+        )
+        .unwrap();
+        let reference: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture("tiny-llama-pruned").join("reference.json")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(rec["kept_layers"], serde_json::json!([0, 1, 3]));
-        assert_eq!(rec["kept_neurons_per_layer"][2], reference["pruning"]["mlp_kept_neurons_by_original_layer"]["3"]);
+        assert_eq!(
+            rec["kept_neurons_per_layer"][2],
+            reference["pruning"]["mlp_kept_neurons_by_original_layer"]["3"]
+        );
     }
 
     #[test]
     fn bad_params_are_refused_with_their_field() {
-        let fields = |yaml: &str| -> Vec<String> { Prune.validate(&params(yaml)).unwrap_err().into_iter().map(|e| e.field).collect() };
-        assert_eq!(fields("{ target: { heads: 6, kv_heads: 4 } }"), vec!["target.heads"]);
+        let fields = |yaml: &str| -> Vec<String> {
+            Prune
+                .validate(&params(yaml))
+                .unwrap_err()
+                .into_iter()
+                .map(|e| e.field)
+                .collect()
+        };
+        assert_eq!(
+            fields("{ target: { heads: 6, kv_heads: 4 } }"),
+            vec!["target.heads"]
+        );
         assert_eq!(fields("{ target: { ffn: 0 } }"), vec!["target.ffn"]);
         assert_eq!(fields("{ target: { layers: 2 } }"), vec!["depth"]);
-        assert_eq!(fields("{ depth: { drop: [1], by: lm_loss } }"), vec!["depth"]);
+        assert_eq!(
+            fields("{ depth: { drop: [1], by: lm_loss } }"),
+            vec!["depth"]
+        );
         assert_eq!(fields("{}"), vec!["target"]);
-        let unknown = serde_yaml::from_str::<PruneParams>("{ method: l1 }").unwrap_err().to_string();
+        let unknown = serde_yaml::from_str::<PruneParams>("{ method: l1 }")
+            .unwrap_err()
+            .to_string();
         assert!(unknown.contains("unknown variant `l1`"), "{unknown}");
         assert!(serde_yaml::from_str::<PruneParams>("{ target: { width: 3 } }").is_err());
     }
@@ -199,10 +306,26 @@ mod tests {
     fn a_target_larger_than_the_model_is_refused_while_planning() {
         let mut inputs = PlanInputs::default();
         let shape = crate::shape::ModelShape::from_dir(&fixture("tiny-llama")).unwrap();
-        inputs.slots.insert("model".into(), pollard_engine::PlanInput { stage: "load".into(), description: Some(shape.describe()), path: None });
-        let err = Prune.describe(&params("{ target: { hidden: 128 } }"), &inputs).unwrap_err().to_string();
-        assert!(err.contains("target.hidden") && err.contains("128 is larger than the model's 64"), "{err}");
-        let d = Prune.describe(&params("{ target: { hidden: 32, heads: 4 } }"), &inputs).unwrap().unwrap();
+        inputs.slots.insert(
+            "model".into(),
+            pollard_engine::PlanInput {
+                stage: "load".into(),
+                description: Some(shape.describe()),
+                path: None,
+            },
+        );
+        let err = Prune
+            .describe(&params("{ target: { hidden: 128 } }"), &inputs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("target.hidden") && err.contains("128 is larger than the model's 64"),
+            "{err}"
+        );
+        let d = Prune
+            .describe(&params("{ target: { hidden: 32, heads: 4 } }"), &inputs)
+            .unwrap()
+            .unwrap();
         assert_eq!(d["model"]["hidden"], 32);
         assert_eq!(d["model"]["heads"], 4);
         assert_eq!(d["model"]["head_dim"], 8);

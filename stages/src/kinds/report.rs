@@ -57,7 +57,11 @@ fn int(v: &Value, k: &str) -> Option<u64> {
 
 /// Reads an input artifact's metrics and log.
 pub fn read_row(name: &str, stage: &str, dir: &Path) -> Result<Row> {
-    let mut row = Row { name: name.into(), stage: stage.into(), ..Default::default() };
+    let mut row = Row {
+        name: name.into(),
+        stage: stage.into(),
+        ..Default::default()
+    };
     let mpath = dir.join("metrics.json");
     if mpath.is_file() {
         let m = read_json(&mpath)?;
@@ -66,14 +70,18 @@ pub fn read_row(name: &str, stage: &str, dir: &Path) -> Result<Row> {
         row.val_loss = num(&m, "val_loss");
         row.perplexity = num(&m, "perplexity").or(row.val_loss.map(f64::exp));
         row.accuracy = num(&m, "accuracy");
-        row.tokens = int(&m, "tokens_seen").filter(|t| *t > 0).or(int(&m, "tokens"));
+        row.tokens = int(&m, "tokens_seen")
+            .filter(|t| *t > 0)
+            .or(int(&m, "tokens"));
     }
     let lpath = dir.join("log.jsonl");
     if lpath.is_file() {
         let text = std::fs::read_to_string(&lpath).map_err(|e| StageError::io(&lpath, e))?;
         for (i, line) in text.lines().enumerate() {
-            let v: Value = serde_json::from_str(line)
-                .map_err(|e| StageError::Plot { path: lpath.clone(), message: format!("line {}: {e}", i + 1) })?;
+            let v: Value = serde_json::from_str(line).map_err(|e| StageError::Plot {
+                path: lpath.clone(),
+                message: format!("line {}: {e}", i + 1),
+            })?;
             if let (Some(t), Some(l)) = (num(&v, "tokens"), num(&v, "loss")) {
                 if l.is_finite() {
                     row.curve.push((t, l));
@@ -142,23 +150,40 @@ fn range(values: impl Iterator<Item = f64> + Clone) -> Option<(f64, f64)> {
 }
 
 fn plot_err(path: &Path) -> impl Fn(String) -> StageError + '_ {
-    move |message| StageError::Plot { path: path.to_path_buf(), message }
+    move |message| StageError::Plot {
+        path: path.to_path_buf(),
+        message,
+    }
 }
 
 /// Loss curves; returns the Markdown legend, or None when no input has a log.
 fn plot_curves(rows: &[Row], path: &Path) -> Result<Option<String>> {
     let series: Vec<&Row> = rows.iter().filter(|r| !r.curve.is_empty()).collect();
-    let Some(xr) = range(series.iter().flat_map(|r| r.curve.iter().map(|p| p.0))) else { return Ok(None) };
-    let yr = range(series.iter().flat_map(|r| r.curve.iter().map(|p| p.1))).expect("points exist when x does");
+    let Some(xr) = range(series.iter().flat_map(|r| r.curve.iter().map(|p| p.0))) else {
+        return Ok(None);
+    };
+    let yr = range(series.iter().flat_map(|r| r.curve.iter().map(|p| p.1)))
+        .expect("points exist when x does");
     let e = plot_err(path);
     {
         let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
-        let mut chart = ChartBuilder::on(&root).margin(20).build_cartesian_2d(xr.0..xr.1, yr.0..yr.1).map_err(|x| e(x.to_string()))?;
-        chart.plotting_area().draw(&Rectangle::new([(xr.0, yr.0), (xr.1, yr.1)], BLACK.stroke_width(1))).map_err(|x| e(x.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(20)
+            .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)
+            .map_err(|x| e(x.to_string()))?;
+        chart
+            .plotting_area()
+            .draw(&Rectangle::new(
+                [(xr.0, yr.0), (xr.1, yr.1)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(|x| e(x.to_string()))?;
         for (i, r) in series.iter().enumerate() {
             let c = COLOURS[i % COLOURS.len()].0;
-            chart.draw_series(LineSeries::new(r.curve.iter().copied(), c.stroke_width(2))).map_err(|x| e(x.to_string()))?;
+            chart
+                .draw_series(LineSeries::new(r.curve.iter().copied(), c.stroke_width(2)))
+                .map_err(|x| e(x.to_string()))?;
         }
         root.present().map_err(|x| e(x.to_string()))?;
     }
@@ -177,19 +202,35 @@ fn plot_curves(rows: &[Row], path: &Path) -> Result<Option<String>> {
 
 /// Validation loss against parameter count; returns the legend.
 fn plot_scatter(rows: &[Row], path: &Path) -> Result<Option<String>> {
-    let pts: Vec<(usize, f64, f64)> =
-        rows.iter().enumerate().filter_map(|(i, r)| Some((i, r.params? as f64, r.val_loss?))).collect();
-    let Some(xr) = range(pts.iter().map(|p| p.1)) else { return Ok(None) };
+    let pts: Vec<(usize, f64, f64)> = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((i, r.params? as f64, r.val_loss?)))
+        .collect();
+    let Some(xr) = range(pts.iter().map(|p| p.1)) else {
+        return Ok(None);
+    };
     let yr = range(pts.iter().map(|p| p.2)).expect("points exist when x does");
     let e = plot_err(path);
     {
         let root = BitMapBackend::new(path, (600, 450)).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
-        let mut chart = ChartBuilder::on(&root).margin(20).build_cartesian_2d(xr.0..xr.1, yr.0..yr.1).map_err(|x| e(x.to_string()))?;
-        chart.plotting_area().draw(&Rectangle::new([(xr.0, yr.0), (xr.1, yr.1)], BLACK.stroke_width(1))).map_err(|x| e(x.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(20)
+            .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)
+            .map_err(|x| e(x.to_string()))?;
+        chart
+            .plotting_area()
+            .draw(&Rectangle::new(
+                [(xr.0, yr.0), (xr.1, yr.1)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(|x| e(x.to_string()))?;
         for (k, &(_, x, y)) in pts.iter().enumerate() {
             let c = COLOURS[k % COLOURS.len()].0;
-            chart.draw_series(std::iter::once(Circle::new((x, y), 7, c.filled()))).map_err(|x| e(x.to_string()))?;
+            chart
+                .draw_series(std::iter::once(Circle::new((x, y), 7, c.filled())))
+                .map_err(|x| e(x.to_string()))?;
         }
         root.present().map_err(|x| e(x.to_string()))?;
     }
@@ -214,12 +255,17 @@ pub fn write_report(out: &Path, title: &str, rows: &[Row], plots: bool) -> Resul
             md += &format!("\n![training loss](loss_curves.png)\n\n{legend}\n");
         }
         if let Some(legend) = plot_scatter(rows, &out.join("val_loss_vs_params.png"))? {
-            md += &format!("\n![validation loss against parameters](val_loss_vs_params.png)\n\n{legend}\n");
+            md += &format!(
+                "\n![validation loss against parameters](val_loss_vs_params.png)\n\n{legend}\n"
+            );
         }
     }
     let path = out.join("report.md");
     std::fs::write(&path, md).map_err(|e| StageError::io(&path, e))?;
-    write_json(&out.join("report.json"), &serde_json::json!({ "title": title, "rows": rows }))
+    write_json(
+        &out.join("report.json"),
+        &serde_json::json!({ "title": title, "rows": rows }),
+    )
 }
 
 impl Stage for Report {
@@ -239,11 +285,19 @@ impl Stage for Report {
     }
 
     fn resources(&self, _p: &ReportParams, _inputs: &PlanInputs) -> Result<Resources, BoxError> {
-        Ok(Resources { gpus: 0, gpu_memory: 0, cpus: 1, host_memory: 64 << 20 })
+        Ok(Resources {
+            gpus: 0,
+            gpu_memory: 0,
+            cpus: 1,
+            host_memory: 64 << 20,
+        })
     }
 
     fn run(&self, ctx: &mut StageCtx, p: &ReportParams, inputs: &Inputs) -> Result<(), BoxError> {
-        let rows = inputs.iter().map(|(slot, a)| read_row(slot, &a.stage, &a.path)).collect::<Result<Vec<_>>>()?;
+        let rows = inputs
+            .iter()
+            .map(|(slot, a)| read_row(slot, &a.stage, &a.path))
+            .collect::<Result<Vec<_>>>()?;
         if rows.is_empty() {
             return Err(StageError::input("(none)", "report needs at least one input").into());
         }
@@ -264,14 +318,32 @@ mod tests {
         for d in [&a, &b] {
             std::fs::create_dir_all(d).unwrap();
         }
-        std::fs::write(a.join("metrics.json"), r#"{"val_loss": 2.5, "params": 1000000, "tokens_seen": 2000000, "accuracy": 0.4}"#).unwrap();
-        std::fs::write(a.join("log.jsonl"), "{\"step\":1,\"tokens\":100,\"loss\":5.0}\n{\"step\":2,\"tokens\":200,\"loss\":4.0}\n").unwrap();
-        std::fs::write(b.join("metrics.json"), r#"{"val_loss": 3.0, "params": 250000, "tokens": 500000}"#).unwrap();
-        let rows = vec![read_row("teacher", "teacher", &a).unwrap(), read_row("baseline", "baseline", &b).unwrap()];
+        std::fs::write(
+            a.join("metrics.json"),
+            r#"{"val_loss": 2.5, "params": 1000000, "tokens_seen": 2000000, "accuracy": 0.4}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            a.join("log.jsonl"),
+            "{\"step\":1,\"tokens\":100,\"loss\":5.0}\n{\"step\":2,\"tokens\":200,\"loss\":4.0}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            b.join("metrics.json"),
+            r#"{"val_loss": 3.0, "params": 250000, "tokens": 500000}"#,
+        )
+        .unwrap();
+        let rows = vec![
+            read_row("teacher", "teacher", &a).unwrap(),
+            read_row("baseline", "baseline", &b).unwrap(),
+        ];
         let out = tempfile::tempdir().unwrap();
         write_report(out.path(), "t", &rows, true).unwrap();
         let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
-        assert!(md.contains("| teacher | teacher | 1.00M | - | 2.5000 | 12.18 | 0.400 | 2.00M |"), "{md}");
+        assert!(
+            md.contains("| teacher | teacher | 1.00M | - | 2.5000 | 12.18 | 0.400 | 2.00M |"),
+            "{md}"
+        );
         assert!(md.contains("| baseline | baseline | 250.0K |"), "{md}");
         assert!(md.contains("blue = teacher"), "{md}");
         for png in ["loss_curves.png", "val_loss_vs_params.png"] {
@@ -279,6 +351,9 @@ mod tests {
             assert_eq!(&bytes[1..4], b"PNG", "{png}");
         }
         let empty = tempfile::tempdir().unwrap();
-        assert!(read_row("x", "x", empty.path()).unwrap_err().to_string().contains("neither metrics.json nor log.jsonl"));
+        assert!(read_row("x", "x", empty.path())
+            .unwrap_err()
+            .to_string()
+            .contains("neither metrics.json nor log.jsonl"));
     }
 }

@@ -6,11 +6,13 @@
 //! `scores.safetensors` (names in [`crate::scores`]) and `scores.json`.
 
 use candle_core::{DType, Tensor, D};
-use pollard_engine::{BoxError, Count, Inputs, ParamError, PlanInputs, Resources, Slots, Stage, StageCtx};
+use pollard_engine::{
+    BoxError, Count, Inputs, ParamError, PlanInputs, Resources, Slots, Stage, StageCtx,
+};
 use pollard_model::{Llama, Mode, TapSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{gpu_estimate, device, plan_shape, Dtype};
+use crate::common::{device, gpu_estimate, plan_shape, Dtype};
 use crate::error::{CandleContext, Result, StageError};
 use crate::runtime::{batch_tensors, evaluate, open_dataset};
 use crate::scores::Scores;
@@ -58,7 +60,10 @@ fn agg_mean() -> Agg {
 
 impl Default for Aggregation {
     fn default() -> Self {
-        Self { batch: Agg::L2, seq: Agg::Mean }
+        Self {
+            batch: Agg::L2,
+            seq: Agg::Mean,
+        }
     }
 }
 
@@ -170,7 +175,8 @@ pub fn seq_aggregate(x: &Tensor, agg: Agg) -> Result<Vec<Vec<f32>>> {
             v.affine((t - 1.0) / t, 0.0)
         }),
     };
-    r.and_then(|t| t.to_vec2::<f32>()).ctx(|| "aggregating over the sequence".into())
+    r.and_then(|t| t.to_vec2::<f32>())
+        .ctx(|| "aggregating over the sequence".into())
 }
 
 impl Stage for Score {
@@ -179,7 +185,10 @@ impl Stage for Score {
     type Params = ScoreParams;
 
     fn slots(&self) -> Slots {
-        Slots::Fixed { required: &["model", "data"], optional: &[] }
+        Slots::Fixed {
+            required: &["model", "data"],
+            optional: &[],
+        }
     }
 
     fn validate(&self, p: &ScoreParams) -> Result<(), Vec<ParamError>> {
@@ -188,16 +197,28 @@ impl Stage for Score {
             errs.push(ParamError::new("samples", "must be positive"));
         }
         if p.seq_len < 2 {
-            errs.push(ParamError::new("seq_len", format!("must be at least 2, got {}", p.seq_len)));
+            errs.push(ParamError::new(
+                "seq_len",
+                format!("must be at least 2, got {}", p.seq_len),
+            ));
         }
         if p.batch == 0 {
             errs.push(ParamError::new("batch", "must be at least 1"));
         }
         if p.axes.is_empty() {
-            errs.push(ParamError::new("axes", "scores nothing: list at least one of heads, neurons, channels, layers"));
+            errs.push(ParamError::new(
+                "axes",
+                "scores nothing: list at least one of heads, neurons, channels, layers",
+            ));
         }
-        if p.axes.contains(&Axis::Layers) && p.layer_metric == LayerMetricChoice::LmLoss && p.val_samples.get() == 0 {
-            errs.push(ParamError::new("val_samples", "must be positive for layer_metric lm_loss"));
+        if p.axes.contains(&Axis::Layers)
+            && p.layer_metric == LayerMetricChoice::LmLoss
+            && p.val_samples.get() == 0
+        {
+            errs.push(ParamError::new(
+                "val_samples",
+                "must be positive for layer_metric lm_loss",
+            ));
         }
         if errs.is_empty() {
             Ok(())
@@ -210,7 +231,8 @@ impl Stage for Score {
         // Forward only, but with every layer's taps held for one micro-batch.
         Ok(match plan_shape(inputs, "model") {
             Some(s) => {
-                let acts = memory::activations(&s, p.batch as u64, p.seq_len as u64, p.dtype.bytes());
+                let acts =
+                    memory::activations(&s, p.batch as u64, p.seq_len as u64, p.dtype.bytes());
                 let need = memory::weights(&s, p.dtype.bytes()) + acts;
                 gpu_estimate(need)
             }
@@ -229,7 +251,12 @@ impl Stage for Score {
 }
 
 /// The scores of `model` on `data` (split out of `run` for tests).
-pub fn compute(ctx: &StageCtx, model: &Llama, data: &pollard_data::Dataset, p: &ScoreParams) -> Result<Scores> {
+pub fn compute(
+    ctx: &StageCtx,
+    model: &Llama,
+    data: &pollard_data::Dataset,
+    p: &ScoreParams,
+) -> Result<Scores> {
     let cfg = model.config();
     let layers = cfg.num_hidden_layers;
     let want = |a: Axis| p.axes.contains(&a);
@@ -262,14 +289,18 @@ pub fn compute(ctx: &StageCtx, model: &Llama, data: &pollard_data::Dataset, p: &
         let (ids, _) = batch_tensors(&batch, model.device())?;
         // The last batch may hold more windows than the remaining sample count: keep `samples` exact.
         let rows = (total - done).min(p.batch);
-        let ids = ids.narrow(0, 0, rows).ctx(|| "trimming the last calibration batch".into())?;
+        let ids = ids
+            .narrow(0, 0, rows)
+            .ctx(|| "trimming the last calibration batch".into())?;
         done += rows;
         let (_, taps) = model.forward_with_taps(&ids, &spec)?;
         for (l, lt) in taps.layers.iter().enumerate() {
             if let Some(h) = &lt.attn_heads {
                 // [b, t, h, d] -> per channel over seq -> [b, h*d]; head score from channels later.
                 let (b, t, nh, d) = h.dims4().ctx(|| "attention head taps".into())?;
-                let flat = h.reshape((b, t, nh * d)).ctx(|| "flattening heads".into())?;
+                let flat = h
+                    .reshape((b, t, nh * d))
+                    .ctx(|| "flattening heads".into())?;
                 heads[l].add(&seq_aggregate(&flat, p.aggregation.seq)?);
             }
             if let Some(a) = &lt.mlp_act {
@@ -286,7 +317,11 @@ pub fn compute(ctx: &StageCtx, model: &Llama, data: &pollard_data::Dataset, p: &
             }
         }
         bi_n += (rows * p.seq_len) as u64;
-        ctx.progress(pollard_engine::Progress { step: step as u64 + 1, total: Some(steps as u64), ..Default::default() });
+        ctx.progress(pollard_engine::Progress {
+            step: step as u64 + 1,
+            total: Some(steps as u64),
+            ..Default::default()
+        });
     }
 
     let mut out = Scores::default();
@@ -295,12 +330,27 @@ pub fn compute(ctx: &StageCtx, model: &Llama, data: &pollard_data::Dataset, p: &
         out.heads = Some(
             heads
                 .iter()
-                .map(|a| a.finish(p.aggregation.batch).chunks(hd).map(|c| c.iter().map(|x| x * x).sum::<f64>().sqrt() as f32).collect())
+                .map(|a| {
+                    a.finish(p.aggregation.batch)
+                        .chunks(hd)
+                        .map(|c| c.iter().map(|x| x * x).sum::<f64>().sqrt() as f32)
+                        .collect()
+                })
                 .collect(),
         );
     }
     if want(Axis::Neurons) {
-        out.neurons = Some(neurons.iter().map(|a| a.finish(p.aggregation.batch).iter().map(|&x| x as f32).collect()).collect());
+        out.neurons = Some(
+            neurons
+                .iter()
+                .map(|a| {
+                    a.finish(p.aggregation.batch)
+                        .iter()
+                        .map(|&x| x as f32)
+                        .collect()
+                })
+                .collect(),
+        );
     }
     if want(Axis::Channels) {
         let mut total = vec![0f64; cfg.hidden_size];
@@ -312,9 +362,18 @@ pub fn compute(ctx: &StageCtx, model: &Llama, data: &pollard_data::Dataset, p: &
         out.channels = Some(total.iter().map(|&x| x as f32).collect());
     }
     if want(Axis::Layers) {
-        out.layer_block_influence = Some(bi_sum.iter().map(|s| (s / bi_n.max(1) as f64) as f32).collect());
+        out.layer_block_influence = Some(
+            bi_sum
+                .iter()
+                .map(|s| (s / bi_n.max(1) as f64) as f32)
+                .collect(),
+        );
         if p.layer_metric == LayerMetricChoice::LmLoss {
-            let val = pollard_data::validation_windows(data.val(), p.seq_len, Some(p.val_samples.get() as usize))?;
+            let val = pollard_data::validation_windows(
+                data.val(),
+                p.seq_len,
+                Some(p.val_samples.get() as usize),
+            )?;
             let base = evaluate(model, &val, p.batch, &[])?.loss;
             let mut deltas = Vec::with_capacity(layers);
             for l in 0..layers {
@@ -333,16 +392,33 @@ pub fn compute(ctx: &StageCtx, model: &Llama, data: &pollard_data::Dataset, p: &
 /// Sum over tokens of 1 - cos(input, output) for `[b, t, H]` residuals.
 fn block_influence_sum(i: &Tensor, o: &Tensor) -> Result<f64> {
     let f = |t: &Tensor| t.to_dtype(DType::F32);
-    let (i, o) = (f(i).ctx(|| "residual in".into())?, f(o).ctx(|| "residual out".into())?);
-    let dot = (&i * &o).and_then(|x| x.sum(D::Minus1)).ctx(|| "dot".into())?;
-    let ni = i.sqr().and_then(|x| x.sum(D::Minus1)).and_then(|x| x.sqrt()).ctx(|| "norm".into())?;
-    let no = o.sqr().and_then(|x| x.sum(D::Minus1)).and_then(|x| x.sqrt()).ctx(|| "norm".into())?;
+    let (i, o) = (
+        f(i).ctx(|| "residual in".into())?,
+        f(o).ctx(|| "residual out".into())?,
+    );
+    let dot = (&i * &o)
+        .and_then(|x| x.sum(D::Minus1))
+        .ctx(|| "dot".into())?;
+    let ni = i
+        .sqr()
+        .and_then(|x| x.sum(D::Minus1))
+        .and_then(|x| x.sqrt())
+        .ctx(|| "norm".into())?;
+    let no = o
+        .sqr()
+        .and_then(|x| x.sum(D::Minus1))
+        .and_then(|x| x.sqrt())
+        .ctx(|| "norm".into())?;
     let cos = (ni * no)
         .and_then(|d| d.clamp(1e-8f32, f32::MAX))
         .and_then(|d| dot.div(&d))
         .ctx(|| "cosine".into())?;
     let n = cos.elem_count() as f64;
-    let s = cos.to_dtype(DType::F64).and_then(|c| c.sum_all()).and_then(|c| c.to_scalar::<f64>()).ctx(|| "cosine sum".into())?;
+    let s = cos
+        .to_dtype(DType::F64)
+        .and_then(|c| c.sum_all())
+        .and_then(|c| c.to_scalar::<f64>())
+        .ctx(|| "cosine sum".into())?;
     Ok(n - s)
 }
 
@@ -354,7 +430,14 @@ mod tests {
     #[test]
     fn aggregations_match_their_definitions() {
         // Two samples, two units, three positions.
-        let x = Tensor::new(&[[[1f32, -2.0], [3.0, 0.0], [-2.0, 2.0]], [[0f32, 1.0], [0.0, 1.0], [3.0, 1.0]]], &Device::Cpu).unwrap();
+        let x = Tensor::new(
+            &[
+                [[1f32, -2.0], [3.0, 0.0], [-2.0, 2.0]],
+                [[0f32, 1.0], [0.0, 1.0], [3.0, 1.0]],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
         let m = seq_aggregate(&x, Agg::Mean).unwrap();
         assert_eq!(m, vec![vec![2.0, 4.0 / 3.0], vec![1.0, 1.0]]);
         let l2 = seq_aggregate(&x, Agg::L2).unwrap();
@@ -372,9 +455,19 @@ mod tests {
 
     #[test]
     fn unknown_aggregations_and_empty_axes_are_refused() {
-        assert!(serde_yaml::from_str::<ScoreParams>("{ aggregation: { batch: max } }").unwrap_err().to_string().contains("unknown variant `max`"));
+        assert!(
+            serde_yaml::from_str::<ScoreParams>("{ aggregation: { batch: max } }")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown variant `max`")
+        );
         let p: ScoreParams = serde_yaml::from_str("{ axes: [], samples: 0 }").unwrap();
-        let f: Vec<String> = Score.validate(&p).unwrap_err().into_iter().map(|e| e.field).collect();
+        let f: Vec<String> = Score
+            .validate(&p)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
         assert_eq!(f, vec!["samples", "axes"]);
     }
 }

@@ -4,12 +4,17 @@
 //! fifth of the original learning rate). Cross-entropy on next tokens, AdamW, cosine schedule.
 
 use candle_core::Device;
-use pollard_engine::{BoxError, Count, Inputs, ParamError, PlanInputs, Resources, Slots, Stage, StageCtx};
+use pollard_engine::{
+    BoxError, Count, Inputs, ParamError, PlanInputs, Resources, Slots, Stage, StageCtx,
+};
 use pollard_model::{Llama, LlamaConfig, Mode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::common::{gpu_estimate, check_optim, device, plan_shape, plan_vocab, tokens_seen, write_json, Dtype, PROVENANCE};
+use crate::common::{
+    check_optim, device, gpu_estimate, plan_shape, plan_vocab, tokens_seen, write_json, Dtype,
+    PROVENANCE,
+};
 use crate::error::{Result, StageError};
 use crate::runtime::{batch_tensors, evaluate, open_dataset};
 use crate::shape::{memory, ModelShape};
@@ -52,27 +57,48 @@ impl Arch {
             ffn: self.ffn,
             heads: self.heads,
             kv_heads: self.kv_heads.unwrap_or(self.heads),
-            head_dim: self.head_dim.unwrap_or(if self.heads > 0 { self.hidden / self.heads } else { 0 }),
+            head_dim: self.head_dim.unwrap_or(if self.heads > 0 {
+                self.hidden / self.heads
+            } else {
+                0
+            }),
             layers: self.layers,
             tied: self.tied,
         }
     }
 
     pub fn check(&self, errs: &mut Vec<ParamError>) {
-        for (name, v) in [("hidden", self.hidden), ("ffn", self.ffn), ("heads", self.heads), ("layers", self.layers)] {
+        for (name, v) in [
+            ("hidden", self.hidden),
+            ("ffn", self.ffn),
+            ("heads", self.heads),
+            ("layers", self.layers),
+        ] {
             if v == 0 {
                 errs.push(ParamError::new(format!("arch.{name}"), "must be positive"));
             }
         }
         let kv = self.kv_heads.unwrap_or(self.heads);
         if kv == 0 || (self.heads > 0 && self.heads % kv != 0) {
-            errs.push(ParamError::new("arch.kv_heads", format!("heads {} is not divisible by kv_heads {kv}", self.heads)));
+            errs.push(ParamError::new(
+                "arch.kv_heads",
+                format!("heads {} is not divisible by kv_heads {kv}", self.heads),
+            ));
         }
         if self.head_dim.is_none() && self.heads > 0 && self.hidden % self.heads != 0 {
-            errs.push(ParamError::new("arch.head_dim", format!("needed: hidden {} is not divisible by heads {}", self.hidden, self.heads)));
+            errs.push(ParamError::new(
+                "arch.head_dim",
+                format!(
+                    "needed: hidden {} is not divisible by heads {}",
+                    self.hidden, self.heads
+                ),
+            ));
         }
         if self.head_dim.is_some_and(|d| d == 0 || d % 2 != 0) {
-            errs.push(ParamError::new("arch.head_dim", "must be a positive even number (RoPE rotates pairs)"));
+            errs.push(ParamError::new(
+                "arch.head_dim",
+                "must be a positive even number (RoPE rotates pairs)",
+            ));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             errs.push(ParamError::new("arch.rope_theta", "must be positive"));
@@ -81,7 +107,9 @@ impl Arch {
 
     pub fn config(&self, vocab: usize, max_positions: usize) -> LlamaConfig {
         let s = self.shape(vocab);
-        let mut cfg = LlamaConfig::new(s.vocab, s.hidden, s.ffn, s.layers, s.heads, s.kv_heads, s.head_dim);
+        let mut cfg = LlamaConfig::new(
+            s.vocab, s.hidden, s.ffn, s.layers, s.heads, s.kv_heads, s.head_dim,
+        );
         cfg.tie_word_embeddings = s.tied;
         cfg.rope_theta = self.rope_theta;
         cfg.max_position_embeddings = cfg.max_position_embeddings.max(max_positions);
@@ -160,7 +188,13 @@ pub(crate) fn default_ckpt() -> u64 {
 }
 
 /// Steps, accumulation and warm-up from the budget (shared with `distill`).
-pub(crate) fn schedule(tokens: u64, batch: usize, micro: Option<usize>, seq_len: usize, warmup: Option<Count>) -> (u64, u64, u64, usize) {
+pub(crate) fn schedule(
+    tokens: u64,
+    batch: usize,
+    micro: Option<usize>,
+    seq_len: usize,
+    warmup: Option<Count>,
+) -> (u64, u64, u64, usize) {
     let per_step = (batch * seq_len) as u64;
     let steps = (tokens / per_step.max(1)).max(1);
     let micro = micro.unwrap_or(batch).max(1);
@@ -175,7 +209,10 @@ impl Stage for Train {
     type Params = TrainParams;
 
     fn slots(&self) -> Slots {
-        Slots::Fixed { required: &["data"], optional: &["model"] }
+        Slots::Fixed {
+            required: &["data"],
+            optional: &["model"],
+        }
     }
 
     fn validate(&self, p: &TrainParams) -> Result<(), Vec<ParamError>> {
@@ -183,7 +220,15 @@ impl Stage for Train {
         if let Some(a) = &p.arch {
             a.check(&mut errs);
         }
-        check_optim(&mut errs, p.lr, p.min_lr, p.batch, p.micro_batch, p.seq_len, p.tokens.get());
+        check_optim(
+            &mut errs,
+            p.lr,
+            p.min_lr,
+            p.batch,
+            p.micro_batch,
+            p.seq_len,
+            p.tokens.get(),
+        );
         if !(p.weight_decay.is_finite() && p.weight_decay >= 0.0) {
             errs.push(ParamError::new("weight_decay", "must be non-negative"));
         }
@@ -197,7 +242,11 @@ impl Stage for Train {
         }
     }
 
-    fn describe(&self, p: &TrainParams, inputs: &PlanInputs) -> Result<Option<serde_json::Value>, BoxError> {
+    fn describe(
+        &self,
+        p: &TrainParams,
+        inputs: &PlanInputs,
+    ) -> Result<Option<serde_json::Value>, BoxError> {
         let bound = inputs.slots.contains_key("model");
         match (&p.arch, bound) {
             (Some(_), true) => Err(StageError::param("arch", "give either `arch` (from scratch) or a `model` input (continued training), not both").into()),
@@ -211,7 +260,11 @@ impl Stage for Train {
     }
 
     fn resources(&self, p: &TrainParams, inputs: &PlanInputs) -> Result<Resources, BoxError> {
-        let Some(s) = self.describe(p, inputs)?.as_ref().and_then(ModelShape::from_description) else {
+        let Some(s) = self
+            .describe(p, inputs)?
+            .as_ref()
+            .and_then(ModelShape::from_description)
+        else {
             return Ok(Resources::default());
         };
         let micro = p.micro_batch.unwrap_or(p.batch) as u64;
@@ -226,28 +279,49 @@ impl Stage for Train {
 
 fn train(ctx: &mut StageCtx, p: &TrainParams, inputs: &Inputs) -> Result<()> {
     let dev = device(ctx)?;
-    let data_dir = inputs.path("data").map_err(|e| StageError::input("data", e.to_string()))?;
+    let data_dir = inputs
+        .path("data")
+        .map_err(|e| StageError::input("data", e.to_string()))?;
     let data = open_dataset(data_dir)?;
     let (model, upstream_tokens) = match (&p.arch, inputs.optional("model")) {
         (Some(a), None) => {
             let cfg = a.config(data.vocab_size(), p.seq_len);
             (Llama::init(&cfg, p.seed, &dev)?, 0)
         }
-        (None, Some(dir)) => (Llama::load_hf(dir, p.dtype.candle(), &dev, Mode::Trainable)?, tokens_seen(dir)),
-        (Some(_), Some(_)) => return Err(StageError::param("arch", "give either `arch` or a `model` input, not both")),
-        (None, None) => return Err(StageError::param("arch", "needed: without a `model` input, train from scratch needs an architecture")),
+        (None, Some(dir)) => (
+            Llama::load_hf(dir, p.dtype.candle(), &dev, Mode::Trainable)?,
+            tokens_seen(dir),
+        ),
+        (Some(_), Some(_)) => {
+            return Err(StageError::param(
+                "arch",
+                "give either `arch` or a `model` input, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(StageError::param(
+                "arch",
+                "needed: without a `model` input, train from scratch needs an architecture",
+            ))
+        }
     };
     if model.config().vocab_size < data.vocab_size() {
         return Err(StageError::input(
             "data",
-            format!("the dataset's vocabulary ({}) is larger than the model's ({})", data.vocab_size(), model.config().vocab_size),
+            format!(
+                "the dataset's vocabulary ({}) is larger than the model's ({})",
+                data.vocab_size(),
+                model.config().vocab_size
+            ),
         ));
     }
-    let (steps, accumulation, warmup, micro) = schedule(p.tokens.get(), p.batch, p.micro_batch, p.seq_len, p.warmup);
+    let (steps, accumulation, warmup, micro) =
+        schedule(p.tokens.get(), p.batch, p.micro_batch, p.seq_len, p.warmup);
     let cfg = LoopConfig {
         steps,
+        micro,
+        seq_len: p.seq_len,
         accumulation,
-        tokens_per_step: (p.batch * p.seq_len) as u64,
         lr: p.lr,
         min_lr: p.min_lr.unwrap_or(p.lr / 10.0),
         warmup,
@@ -257,19 +331,30 @@ fn train(ctx: &mut StageCtx, p: &TrainParams, inputs: &Inputs) -> Result<()> {
         eval_every: p.eval_every,
         checkpoint_every: p.checkpoint_every,
     };
-    ctx.log(&format!("{steps} steps of {} tokens, {} parameters", cfg.tokens_per_step, crate::runtime::param_count(&model)));
+    ctx.log(&format!(
+        "{steps} steps of {} tokens, {} parameters",
+        cfg.tokens_per_step(),
+        crate::runtime::param_count(&model)
+    ));
     let sampler = pollard_data::WindowSampler::new(data.train(), p.seq_len, micro, p.seed)?;
-    let val = pollard_data::validation_windows(data.val(), p.seq_len, Some(p.val_samples.get() as usize))?;
+    let val = pollard_data::validation_windows(
+        data.val(),
+        p.seq_len,
+        Some(p.val_samples.get() as usize),
+    )?;
     let outcome = run_loop(
         ctx,
         model.vars(),
         &cfg,
-        |step, k| {
-            let b = sampler.batch_at(step * accumulation + k);
-            let (ids, targets) = batch_tensors(&b, &dev)?;
+        sampler,
+        |b| {
+            let (ids, targets) = batch_tensors(b, &dev)?;
             let logits = model.forward(&ids)?;
             let loss = pollard_train::cross_entropy(&logits, &targets)?;
-            Ok(StepLoss { loss, parts: vec![] })
+            Ok(StepLoss {
+                loss,
+                parts: vec![],
+            })
         },
         || Ok(evaluate(&model, &val, micro, &[])?.loss),
     )?;
@@ -297,9 +382,17 @@ pub(crate) fn save_model(ctx: &StageCtx, model: &Llama, data_dir: &std::path::Pa
         .into_iter()
         .map(|(n, t)| t.to_device(&Device::Cpu).map(|t| (n, t)))
         .collect::<candle_core::Result<pollard_model::Weights>>()
-        .map_err(|source| StageError::Candle { context: "moving weights to the CPU".into(), source })?;
+        .map_err(|source| StageError::Candle {
+            context: "moving weights to the CPU".into(),
+            source,
+        })?;
     let tok = data_dir.join(pollard_data::TOKENIZER_FILE);
-    pollard_model::save_hf(ctx.out_dir(), model.config(), &weights, tok.is_file().then_some(tok.as_path()))?;
+    pollard_model::save_hf(
+        ctx.out_dir(),
+        model.config(),
+        &weights,
+        tok.is_file().then_some(tok.as_path()),
+    )?;
     Ok(())
 }
 
@@ -311,7 +404,12 @@ mod tests {
     fn bad_training_params_are_refused_with_their_field() {
         let p: TrainParams =
             serde_yaml::from_str("{ arch: { hidden: 64, ffn: 128, heads: 6, kv_heads: 4, layers: 2 }, tokens: 10, batch: 4, seq_len: 8, lr: -1 }").unwrap();
-        let f: Vec<String> = Train.validate(&p).unwrap_err().into_iter().map(|e| e.field).collect();
+        let f: Vec<String> = Train
+            .validate(&p)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
         assert_eq!(f, vec!["arch.kv_heads", "arch.head_dim", "lr", "tokens"]);
         assert!(serde_yaml::from_str::<TrainParams>("{ tokens: 1M, epochs: 3 }").is_err());
     }

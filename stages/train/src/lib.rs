@@ -31,9 +31,9 @@ pub use adamw::{AdamW, AdamWConfig};
 pub use config::{Budget, TrainConfig};
 pub use error::{BoxError, Result, TrainError};
 pub use grads::{clip_factor, Grads};
-pub use log::LogRecord;
+pub use log::{LogOptions, LogRecord};
 pub use loss::{cosine, cross_entropy, forward_kl, mse, reverse_kl};
 pub use schedule::CosineSchedule;
 pub use trainer::{
-    BatchSource, CancelFn, EvalFn, Hooks, Progress, ProgressFn, TrainSummary, Trainer,
+    BatchSource, CancelFn, EvalFn, Hooks, Progress, ProgressFn, StepLoss, TrainSummary, Trainer,
 };

@@ -1,6 +1,7 @@
 //! `log.jsonl` of a training run: one JSON object per logged step. On resume the log is cut
 //! back to the resumed step, so a killed-and-resumed run's log has each step once.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,33 @@ pub struct LogRecord {
     pub tokens_per_s: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
+    /// Named parts of the loss (e.g. `kl`, `ce`), each the mean over the step's micro-batches;
+    /// written as top-level fields.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parts: BTreeMap<String, f64>,
+}
+
+/// How the trainer writes `log.jsonl` (see [`crate::Trainer::with_log_options`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogOptions {
+    /// Write the wall-clock fields `elapsed` and `tokens_per_s`. Off, the log is a pure
+    /// function of the run, so a rerun (or a resumed run) reproduces it byte for byte, which a
+    /// content-addressed cache needs.
+    pub wall_clock: bool,
+    /// The key the eval loss is written under.
+    pub eval_key: String,
+    /// Also log (and report progress for) step 1, whatever `log_every` is.
+    pub first_step: bool,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            wall_clock: true,
+            eval_key: "eval_loss".into(),
+            first_step: false,
+        }
+    }
 }
 
 /// Appends records to a log file, one flushed line each (a kill loses at most the line being
@@ -45,7 +73,12 @@ impl LogWriter {
                 Ok(text) => text
                     .lines()
                     .filter(|l| {
-                        serde_json::from_str::<LogRecord>(l).is_ok_and(|r| r.step <= resume_step)
+                        // Any complete line with a step (whatever the [`LogOptions`]) is kept.
+                        serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                            v.get("step")
+                                .and_then(serde_json::Value::as_u64)
+                                .is_some_and(|s| s <= resume_step)
+                        })
                     })
                     .map(str::to_owned)
                     .collect(),
@@ -69,12 +102,37 @@ impl LogWriter {
     }
 
     pub fn write(&mut self, record: &LogRecord) -> Result<()> {
-        let line = serde_json::to_string(record)
-            .expect("a log record is plain data and always serialises");
+        self.write_with(record, &LogOptions::default())
+    }
+
+    /// Writes `record` shaped by `options`.
+    pub fn write_with(&mut self, record: &LogRecord, options: &LogOptions) -> Result<()> {
+        let plain = options.wall_clock && options.eval_key == "eval_loss";
+        let line = if plain {
+            // Field order as declared.
+            serde_json::to_string(record)
+        } else {
+            serde_json::to_value(record).map(|v| reshape(v, options).to_string())
+        }
+        .expect("a log record is plain data and always serialises");
         writeln!(self.out, "{line}")
             .and_then(|_| self.out.flush())
             .map_err(io_err(&self.path))
     }
+}
+
+/// Drops the wall-clock fields and renames the eval loss as `options` say.
+fn reshape(mut value: serde_json::Value, options: &LogOptions) -> serde_json::Value {
+    if let Some(map) = value.as_object_mut() {
+        if !options.wall_clock {
+            map.remove("elapsed");
+            map.remove("tokens_per_s");
+        }
+        if let Some(v) = map.remove("eval_loss") {
+            map.insert(options.eval_key.clone(), v);
+        }
+    }
+    value
 }
 
 #[cfg(test)]
@@ -91,6 +149,7 @@ mod tests {
             elapsed: 0.5,
             tokens_per_s: 20.0,
             eval_loss: None,
+            parts: BTreeMap::new(),
         }
     }
 

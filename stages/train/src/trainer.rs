@@ -8,7 +8,7 @@
 //! (weights, moments, step, the source's position). The caller's loss closure must likewise be
 //! a pure function of the batch and the weights.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -19,7 +19,7 @@ use crate::checkpoint::{self, CheckpointState};
 use crate::config::TrainConfig;
 use crate::error::{BoxError, Result, TrainError};
 use crate::grads::{clip_factor, Grads};
-use crate::log::{LogRecord, LogWriter};
+use crate::log::{LogOptions, LogRecord, LogWriter};
 use crate::schedule::CosineSchedule;
 
 /// Where batches come from. The position must capture everything about the source's state:
@@ -30,6 +30,23 @@ pub trait BatchSource {
     fn next_batch(&mut self) -> Result<Self::Batch, BoxError>;
     fn position(&self) -> u64;
     fn seek(&mut self, position: u64) -> Result<(), BoxError>;
+}
+
+/// What a loss closure returns for one micro-batch: the scalar loss to minimise and, optionally,
+/// named parts to log (each averaged over the step's micro-batches, written as top-level fields
+/// of the step's `log.jsonl` line); see [`Trainer::run_with_parts`].
+pub struct StepLoss {
+    pub loss: Tensor,
+    pub parts: Vec<(String, f64)>,
+}
+
+impl From<Tensor> for StepLoss {
+    fn from(loss: Tensor) -> Self {
+        Self {
+            loss,
+            parts: Vec::new(),
+        }
+    }
 }
 
 /// What the progress callback sees after a logged step.
@@ -88,6 +105,10 @@ pub struct Trainer {
     elapsed_before: f64,
     checkpoint_dir: Option<PathBuf>,
     log_path: Option<PathBuf>,
+    log_options: LogOptions,
+    /// What an explicit [`Trainer::resume`] found, so that [`Trainer::run`] does not load the
+    /// checkpoint a second time.
+    resumed: Option<Option<u64>>,
     /// Checkpoints that failed validation during the last resume, with the reason.
     skipped: Vec<String>,
 }
@@ -108,6 +129,8 @@ impl Trainer {
             elapsed_before: 0.0,
             checkpoint_dir: None,
             log_path: None,
+            log_options: LogOptions::default(),
+            resumed: None,
             skipped: Vec::new(),
         })
     }
@@ -121,6 +144,12 @@ impl Trainer {
     /// Write `log.jsonl` records to this file.
     pub fn with_log(mut self, path: impl Into<PathBuf>) -> Self {
         self.log_path = Some(path.into());
+        self
+    }
+
+    /// How `log.jsonl` lines are written (default: with wall-clock fields, `eval_loss`).
+    pub fn with_log_options(mut self, options: LogOptions) -> Self {
+        self.log_options = options;
         self
     }
 
@@ -149,8 +178,15 @@ impl Trainer {
     /// Loads the newest valid checkpoint of the scratch folder, if any: weights into the
     /// `Var`s (in place, so the model's tensors see them), optimizer state, step, and the
     /// source's position. Invalid checkpoints are skipped (see [`Trainer::skipped_checkpoints`]);
-    /// a valid one written with a different config is an error.
+    /// a valid one written with a different config is an error. A following [`Trainer::run`]
+    /// continues from here without loading again.
     pub fn resume<S: BatchSource>(&mut self, source: &mut S) -> Result<Option<u64>> {
+        let found = self.load_newest(source)?;
+        self.resumed = Some(found);
+        Ok(found)
+    }
+
+    fn load_newest<S: BatchSource>(&mut self, source: &mut S) -> Result<Option<u64>> {
         let Some(dir) = self.checkpoint_dir.clone() else {
             return Ok(None);
         };
@@ -237,8 +273,24 @@ impl Trainer {
     }
 
     /// Trains to the end of the budget, resuming first from the newest valid checkpoint when a
-    /// checkpoint folder is set. `loss` maps one micro-batch to a scalar loss tensor.
+    /// checkpoint folder is set (unless [`Trainer::resume`] was just called). `loss` maps one
+    /// micro-batch to a scalar loss tensor.
     pub fn run<S, L>(
+        &mut self,
+        source: &mut S,
+        mut loss: L,
+        hooks: Hooks<'_>,
+    ) -> Result<TrainSummary>
+    where
+        S: BatchSource,
+        L: FnMut(&S::Batch) -> Result<Tensor, BoxError>,
+    {
+        self.run_with_parts(source, |b| loss(b).map(StepLoss::from), hooks)
+    }
+
+    /// [`Trainer::run`] with a loss closure that also returns named parts of the loss, logged
+    /// as their mean over the step's micro-batches.
+    pub fn run_with_parts<S, L>(
         &mut self,
         source: &mut S,
         mut loss: L,
@@ -246,9 +298,12 @@ impl Trainer {
     ) -> Result<TrainSummary>
     where
         S: BatchSource,
-        L: FnMut(&S::Batch) -> Result<Tensor, BoxError>,
+        L: FnMut(&S::Batch) -> Result<StepLoss, BoxError>,
     {
-        let resumed_from = self.resume(source)?;
+        let resumed_from = match self.resumed.take() {
+            Some(found) => found,
+            None => self.load_newest(source)?,
+        };
         let mut log = match &self.log_path {
             Some(p) => Some(LogWriter::open(p, self.step)?),
             None => None,
@@ -269,12 +324,13 @@ impl Trainer {
             let step_no = self.step + 1; // 1-based number of the step being taken, for messages
             grads.clear();
             let mut loss_sum = 0f64;
+            let mut parts_sum: BTreeMap<String, f64> = BTreeMap::new();
             for _ in 0..accum {
                 let batch = source.next_batch().map_err(|e| TrainError::Batch {
                     step: step_no,
                     source: e,
                 })?;
-                let l = loss(&batch).map_err(|e| TrainError::Loss {
+                let StepLoss { loss: l, parts } = loss(&batch).map_err(|e| TrainError::Loss {
                     step: step_no,
                     source: e,
                 })?;
@@ -290,6 +346,9 @@ impl Trainer {
                     });
                 }
                 loss_sum += value;
+                for (name, v) in parts {
+                    *parts_sum.entry(name).or_insert(0.0) += v;
+                }
                 grads.accumulate(&var_refs, &l.backward()?)?;
             }
             let mean = 1.0 / accum as f64;
@@ -326,7 +385,8 @@ impl Trainer {
             };
             let run_secs = started.elapsed().as_secs_f64();
             let elapsed = self.elapsed_before + run_secs;
-            if last || every(self.cfg.log_every) || eval_loss.is_some() {
+            let first = self.log_options.first_step && self.step == 1;
+            if last || every(self.cfg.log_every) || eval_loss.is_some() || first {
                 let tokens_per_s = if run_secs > 0.0 {
                     (self.step - start_step) as f64 * tps as f64 / run_secs
                 } else {
@@ -341,9 +401,13 @@ impl Trainer {
                     elapsed,
                     tokens_per_s,
                     eval_loss,
+                    parts: parts_sum
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v * mean))
+                        .collect(),
                 };
                 if let Some(log) = log.as_mut() {
-                    log.write(&rec)?;
+                    log.write_with(&rec, &self.log_options)?;
                 }
                 if let Some(progress) = hooks.progress.as_mut() {
                     progress(&Progress {

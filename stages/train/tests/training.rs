@@ -7,8 +7,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use pollard_train::{
-    cross_entropy, BatchSource, BoxError, Budget, Hooks, LogRecord, TrainConfig, TrainError,
-    Trainer,
+    cross_entropy, BatchSource, BoxError, Budget, Hooks, LogOptions, LogRecord, StepLoss,
+    TrainConfig, TrainError, Trainer,
 };
 
 const VOCAB: usize = 24;
@@ -520,4 +520,102 @@ fn eval_runs_on_its_cadence_and_at_the_end_and_errors_are_distinct() {
         matches!(e, TrainError::Loss { step: 1, .. }) && e.to_string().contains("no such shard"),
         "{e}"
     );
+}
+
+#[test]
+fn loss_parts_and_log_options_shape_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.jsonl");
+    let mut cfg = config(5, 2);
+    cfg.log_every = 4;
+    let model = TinyLm::new(1);
+    let val = source(4).next_batch().unwrap();
+    let options = LogOptions {
+        wall_clock: false,
+        eval_key: "val_loss".into(),
+        first_step: true,
+    };
+    let mut trainer = Trainer::new(cfg, model.params())
+        .unwrap()
+        .with_log(&log)
+        .with_log_options(options);
+    let calls = Cell::new(0u32);
+    trainer
+        .run_with_parts(
+            &mut source(4),
+            |ids| {
+                // Parts alternate 1 and 3 over the two micro-batches: the log has their mean.
+                calls.set(calls.get() + 1);
+                let part = if calls.get() % 2 == 1 { 1.0 } else { 3.0 };
+                Ok(StepLoss {
+                    loss: model.loss(ids)?,
+                    parts: vec![("aux".into(), part)],
+                })
+            },
+            Hooks {
+                eval: Some(Box::new(|_| {
+                    Ok(model.loss(&val)?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+                })),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<u64> = lines.iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![1, 4, 5], "step 1 logged with first_step");
+    for v in &lines {
+        assert_eq!(v["aux"].as_f64(), Some(2.0), "{v}");
+        assert!(
+            v.get("elapsed").is_none() && v.get("tokens_per_s").is_none(),
+            "{v}"
+        );
+        assert!(v.get("eval_loss").is_none(), "{v}");
+    }
+    assert!(lines[2]["val_loss"].as_f64().is_some_and(f64::is_finite));
+}
+
+#[test]
+fn resume_then_run_continues_without_loading_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let (straight, _) = train(config(6, 1), 5, None, None);
+    let mut cfg = config(6, 1);
+    cfg.checkpoint_every = 3;
+    // A first run cancelled after step 4 leaves the checkpoint of step 3.
+    let model = TinyLm::new(5);
+    let mut t = Trainer::new(cfg.clone(), model.params())
+        .unwrap()
+        .with_checkpoints(&ckpt);
+    let seen = Cell::new(0u64);
+    let e = t
+        .run(
+            &mut source(4),
+            |ids| {
+                seen.set(seen.get() + 1);
+                Ok(model.loss(ids)?)
+            },
+            Hooks {
+                cancel: Some(Box::new(|| seen.get() >= 4)),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(e, TrainError::Cancelled { step: 4 }), "{e}");
+    let model = TinyLm::new(99);
+    let mut t = Trainer::new(cfg, model.params())
+        .unwrap()
+        .with_checkpoints(&ckpt);
+    let mut src = source(4);
+    assert_eq!(t.resume(&mut src).unwrap(), Some(3));
+    // With the checkpoints gone, a second load would find none and report no resume.
+    std::fs::remove_dir_all(&ckpt).unwrap();
+    let s = t
+        .run(&mut src, |ids| Ok(model.loss(ids)?), Hooks::default())
+        .unwrap();
+    assert_eq!(s.resumed_from, Some(3));
+    assert_eq!(model.bit_diffs(&straight), 0);
 }
