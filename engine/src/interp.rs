@@ -227,20 +227,20 @@ pub fn resolve(expr: &str, scope: &Scope) -> Result<Value, String> {
                 ))
             }
         },
-        "matrix" => {
-            match scope.matrix {
-                Some(m) => {
-                    let map: serde_yaml::Mapping = m
-                        .iter()
-                        .map(|(k, v)| (Value::String(k.clone()), v.clone()))
-                        .collect();
-                    (Value::Mapping(map), "matrix")
-                }
-                None => return Err(format!(
-                    "`${{{expr}}}`: `matrix` is only available inside a `matrix` group's stages"
-                )),
+        "matrix" => match scope.matrix {
+            Some(m) => {
+                let map: serde_yaml::Mapping = m
+                    .iter()
+                    .map(|(k, v)| (Value::String(k.clone()), v.clone()))
+                    .collect();
+                (Value::Mapping(map), "matrix")
             }
-        }
+            None => {
+                return Err(format!(
+                    "`${{{expr}}}`: `matrix` is only available inside a `matrix` group's stages"
+                ))
+            }
+        },
         other => {
             let hint = closest(other, ROOTS.iter().copied())
                 .map(|c| format!(" (did you mean `{c}`?)"))

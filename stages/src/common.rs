@@ -115,6 +115,28 @@ pub fn tokens_seen(model_dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// The window settings `score` and `evaluate` share: how many sequences, how long, how many at once.
+pub fn check_windows(
+    errs: &mut Vec<pollard_engine::ParamError>,
+    samples: u64,
+    seq_len: usize,
+    batch: usize,
+) {
+    use pollard_engine::ParamError;
+    if samples == 0 {
+        errs.push(ParamError::new("samples", "must be positive"));
+    }
+    if seq_len < 2 {
+        errs.push(ParamError::new(
+            "seq_len",
+            format!("must be at least 2, got {seq_len}"),
+        ));
+    }
+    if batch == 0 {
+        errs.push(ParamError::new("batch", "must be at least 1"));
+    }
+}
+
 /// Learning-rate and step sanity shared by `train` and `distill`.
 pub fn check_optim(
     errs: &mut Vec<pollard_engine::ParamError>,

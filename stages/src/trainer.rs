@@ -14,7 +14,12 @@ use pollard_engine::{Progress, StageCtx};
 use pollard_train::{
     BatchSource, BoxError, Budget, Hooks, LogOptions, TrainConfig, TrainError, Trainer,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use candle_core::Device;
+use pollard_model::Llama;
+
+use crate::common::{write_json, PROVENANCE};
 
 use crate::error::{Result, StageError};
 
@@ -188,4 +193,53 @@ pub fn run_loop(
         tokens: summary.tokens,
         resumed_from: resumed,
     })
+}
+
+/// Everything a training kind writes besides the loop's log: the model (with the dataset's
+/// tokenizer), `metrics.json`, and the provenance `evaluate` and `report` read (tokens seen by
+/// this model's own training and by its ancestors).
+pub fn write_outputs(
+    ctx: &StageCtx,
+    kind: &str,
+    model: &Llama,
+    data_dir: &Path,
+    outcome: &LoopOutcome,
+    steps: u64,
+    upstream_tokens: u64,
+) -> Result<()> {
+    save_model(ctx, model, data_dir)?;
+    let metrics = json!({
+        "train_loss": outcome.final_loss,
+        "val_loss": outcome.final_val_loss,
+        "tokens": outcome.tokens,
+        "steps": steps,
+        "params": crate::runtime::param_count(model),
+    });
+    write_json(&ctx.out_dir().join("metrics.json"), &metrics)?;
+    write_json(
+        &ctx.out_dir().join(PROVENANCE),
+        &json!({ "kind": kind, "tokens": upstream_tokens + outcome.tokens, "own_tokens": outcome.tokens }),
+    )
+}
+
+/// Writes the trained model with the dataset's tokenizer.
+fn save_model(ctx: &StageCtx, model: &Llama, data_dir: &Path) -> Result<()> {
+    let weights = model.weights()?;
+    // Saved on the CPU: a GPU run writes the same file.
+    let weights = weights
+        .into_iter()
+        .map(|(n, t)| t.to_device(&Device::Cpu).map(|t| (n, t)))
+        .collect::<candle_core::Result<pollard_model::Weights>>()
+        .map_err(|source| StageError::Candle {
+            context: "moving weights to the CPU".into(),
+            source,
+        })?;
+    let tok = data_dir.join(pollard_data::TOKENIZER_FILE);
+    pollard_model::save_hf(
+        ctx.out_dir(),
+        model.config(),
+        &weights,
+        tok.is_file().then_some(tok.as_path()),
+    )?;
+    Ok(())
 }

@@ -11,19 +11,16 @@ use pollard_engine::{
 };
 use pollard_model::{Llama, Mode, TapSpec};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use crate::common::{
-    check_optim, device, gpu_estimate, plan_shape, tokens_seen, write_json, Dtype, PROVENANCE,
-};
+use crate::common::{check_optim, device, gpu_estimate, plan_shape, tokens_seen, Dtype};
 use crate::error::{CandleContext, Result, StageError};
 use crate::kinds::train::{
     default_batch, default_ckpt, default_clip, default_log_every, default_seq_len,
-    default_val_samples, default_wd, save_model, schedule,
+    default_val_samples, default_wd, schedule,
 };
 use crate::runtime::{batch_tensors, evaluate, open_dataset};
 use crate::shape::memory;
-use crate::trainer::{run_loop, LoopConfig, StepLoss};
+use crate::trainer::{run_loop, write_outputs, LoopConfig, StepLoss};
 
 pub struct Distill;
 
@@ -475,20 +472,15 @@ fn distill(ctx: &mut StageCtx, p: &DistillParams, inputs: &Inputs) -> Result<()>
         },
         || Ok(evaluate(&student, &val, micro, &[])?.loss),
     )?;
-    save_model(ctx, &student, data_dir)?;
-    let metrics = json!({
-        "train_loss": outcome.final_loss,
-        "val_loss": outcome.final_val_loss,
-        "tokens": outcome.tokens,
-        "steps": steps,
-        "params": crate::runtime::param_count(&student),
-    });
-    write_json(&ctx.out_dir().join("metrics.json"), &metrics)?;
-    write_json(
-        &ctx.out_dir().join(PROVENANCE),
-        &json!({ "kind": "distill", "tokens": tokens_seen(student_dir) + outcome.tokens, "own_tokens": outcome.tokens }),
-    )?;
-    Ok(())
+    write_outputs(
+        ctx,
+        "distill",
+        &student,
+        data_dir,
+        &outcome,
+        steps,
+        tokens_seen(student_dir),
+    )
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {

@@ -10,7 +10,9 @@ use pollard_model::{Llama, Mode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::common::{device, gpu_estimate, plan_shape, tokens_seen, write_json, Dtype};
+use crate::common::{
+    check_windows, device, gpu_estimate, plan_shape, tokens_seen, write_json, Dtype,
+};
 use crate::error::StageError;
 use crate::runtime::{evaluate, open_dataset, param_count};
 use crate::shape::{memory, ModelShape};
@@ -76,18 +78,7 @@ impl Stage for Evaluate {
 
     fn validate(&self, p: &EvaluateParams) -> Result<(), Vec<ParamError>> {
         let mut errs = Vec::new();
-        if p.samples.get() == 0 {
-            errs.push(ParamError::new("samples", "must be positive"));
-        }
-        if p.seq_len < 2 {
-            errs.push(ParamError::new(
-                "seq_len",
-                format!("must be at least 2, got {}", p.seq_len),
-            ));
-        }
-        if p.batch == 0 {
-            errs.push(ParamError::new("batch", "must be at least 1"));
-        }
+        check_windows(&mut errs, p.samples.get(), p.seq_len, p.batch);
         if p.metrics.is_empty() {
             errs.push(ParamError::new(
                 "metrics",

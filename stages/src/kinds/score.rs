@@ -12,7 +12,7 @@ use pollard_engine::{
 use pollard_model::{Llama, Mode, TapSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{device, gpu_estimate, plan_shape, Dtype};
+use crate::common::{check_windows, device, gpu_estimate, plan_shape, Dtype};
 use crate::error::{CandleContext, Result, StageError};
 use crate::runtime::{batch_tensors, evaluate, open_dataset};
 use crate::scores::Scores;
@@ -193,18 +193,7 @@ impl Stage for Score {
 
     fn validate(&self, p: &ScoreParams) -> Result<(), Vec<ParamError>> {
         let mut errs = Vec::new();
-        if p.samples.get() == 0 {
-            errs.push(ParamError::new("samples", "must be positive"));
-        }
-        if p.seq_len < 2 {
-            errs.push(ParamError::new(
-                "seq_len",
-                format!("must be at least 2, got {}", p.seq_len),
-            ));
-        }
-        if p.batch == 0 {
-            errs.push(ParamError::new("batch", "must be at least 1"));
-        }
+        check_windows(&mut errs, p.samples.get(), p.seq_len, p.batch);
         if p.axes.is_empty() {
             errs.push(ParamError::new(
                 "axes",

@@ -3,22 +3,19 @@
 //! it continues training (Minitron's teacher correction is this on the distillation data with a
 //! fifth of the original learning rate). Cross-entropy on next tokens, AdamW, cosine schedule.
 
-use candle_core::Device;
 use pollard_engine::{
     BoxError, Count, Inputs, ParamError, PlanInputs, Resources, Slots, Stage, StageCtx,
 };
 use pollard_model::{Llama, LlamaConfig, Mode};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::common::{
-    check_optim, device, gpu_estimate, plan_shape, plan_vocab, tokens_seen, write_json, Dtype,
-    PROVENANCE,
+    check_optim, device, gpu_estimate, plan_shape, plan_vocab, tokens_seen, Dtype,
 };
 use crate::error::{Result, StageError};
 use crate::runtime::{batch_tensors, evaluate, open_dataset};
 use crate::shape::{memory, ModelShape};
-use crate::trainer::{run_loop, LoopConfig, StepLoss};
+use crate::trainer::{run_loop, write_outputs, LoopConfig, StepLoss};
 
 pub struct Train;
 
@@ -358,42 +355,15 @@ fn train(ctx: &mut StageCtx, p: &TrainParams, inputs: &Inputs) -> Result<()> {
         },
         || Ok(evaluate(&model, &val, micro, &[])?.loss),
     )?;
-    save_model(ctx, &model, data_dir)?;
-    let metrics = json!({
-        "train_loss": outcome.final_loss,
-        "val_loss": outcome.final_val_loss,
-        "tokens": outcome.tokens,
-        "steps": steps,
-        "params": crate::runtime::param_count(&model),
-    });
-    write_json(&ctx.out_dir().join("metrics.json"), &metrics)?;
-    write_json(
-        &ctx.out_dir().join(PROVENANCE),
-        &json!({ "kind": "train", "tokens": upstream_tokens + outcome.tokens, "own_tokens": outcome.tokens }),
-    )?;
-    Ok(())
-}
-
-/// Writes the trained model with the dataset's tokenizer.
-pub(crate) fn save_model(ctx: &StageCtx, model: &Llama, data_dir: &std::path::Path) -> Result<()> {
-    let weights = model.weights()?;
-    // Saved on the CPU: a GPU run writes the same file.
-    let weights = weights
-        .into_iter()
-        .map(|(n, t)| t.to_device(&Device::Cpu).map(|t| (n, t)))
-        .collect::<candle_core::Result<pollard_model::Weights>>()
-        .map_err(|source| StageError::Candle {
-            context: "moving weights to the CPU".into(),
-            source,
-        })?;
-    let tok = data_dir.join(pollard_data::TOKENIZER_FILE);
-    pollard_model::save_hf(
-        ctx.out_dir(),
-        model.config(),
-        &weights,
-        tok.is_file().then_some(tok.as_path()),
-    )?;
-    Ok(())
+    write_outputs(
+        ctx,
+        "train",
+        &model,
+        data_dir,
+        &outcome,
+        steps,
+        upstream_tokens,
+    )
 }
 
 #[cfg(test)]
