@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Generate the 500-stage benchmark pipeline twice: as a pollard manifest and as the equivalent
-DVC project (same graph as /work/shared/research/dvc-baseline.md's generator).
+DVC project (the same graph for both tools).
 
 Usage: engine_gen.py OUT_DIR CHAINS [DEPTH=25]
   OUT_DIR/pollard/pollard.yaml      pollard manifest (command stages)
