@@ -1,10 +1,10 @@
 //! Hugging Face checkpoint folders as raw named tensors: what `load` copies and `prune` slices.
-//! Reads `config.json` and `model.safetensors` (or the shards listed in
-//! `model.safetensors.index.json`); writes one `model.safetensors` and a config with an explicit
-//! `head_dim`. Working on HF names keeps pruning exact (no model code between file and slice).
+//! Loads through pollard-model's `load_hf` (single file or shards, names and shapes checked),
+//! keeping the raw `config.json` object so fields pollard does not model survive; writes one
+//! `model.safetensors` and a config with an explicit `head_dim`. Working on HF names keeps pruning exact (no model code between file and slice).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
@@ -28,57 +28,9 @@ fn read_json(path: &Path) -> Result<Value> {
     })
 }
 
-/// The safetensors files of a checkpoint folder: the single file, or every shard of the index.
-pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join("model.safetensors.index.json");
-    if !index.is_file() {
-        return Err(StageError::io(
-            &single,
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no model.safetensors and no model.safetensors.index.json",
-            ),
-        ));
-    }
-    let v = read_json(&index)?;
-    let map = v
-        .get("weight_map")
-        .and_then(Value::as_object)
-        .ok_or_else(|| StageError::Config {
-            path: index.clone(),
-            field: "weight_map".into(),
-            message: "missing or not an object".into(),
-        })?;
-    let mut files: Vec<PathBuf> = Vec::new();
-    for (name, file) in map {
-        let file = file.as_str().ok_or_else(|| StageError::Config {
-            path: index.clone(),
-            field: format!("weight_map.{name}"),
-            message: "not a file name".into(),
-        })?;
-        // A shard name is a plain file name inside the folder; refuse paths that escape it.
-        if file.contains('/') || file.contains('\\') || file == ".." {
-            return Err(StageError::Config {
-                path: index.clone(),
-                field: format!("weight_map.{name}"),
-                message: format!("`{file}` is not a file in the folder"),
-            });
-        }
-        let p = dir.join(file);
-        if !files.contains(&p) {
-            files.push(p);
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
 impl Checkpoint {
-    /// Loads a folder onto `device`, converting every floating tensor to `dtype` when given.
+    /// Loads a folder onto `device` through pollard-model's loader (shards, names and shapes
+    /// checked there), converting every tensor to `dtype` when given, else keeping the file's.
     pub fn load(dir: &Path, device: &Device, dtype: Option<DType>) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let cfg = read_json(&cfg_path)?;
@@ -88,32 +40,22 @@ impl Checkpoint {
             field: "(top level)".into(),
             message: "not a JSON object".into(),
         })?;
-        let mut tensors = BTreeMap::new();
-        for file in weight_files(dir)? {
-            let loaded: HashMap<String, Tensor> = candle_core::safetensors::load(&file, device)
-                .ctx(|| format!("reading {}", file.display()))?;
-            for (name, t) in loaded {
-                let t = match dtype {
-                    Some(dt) if t.dtype().is_float() && t.dtype() != dt => t
-                        .to_dtype(dt)
-                        .ctx(|| format!("converting `{name}` to {dt:?}"))?,
-                    _ => t,
-                };
-                if tensors.insert(name.clone(), t).is_some() {
-                    return Err(StageError::tensor(
-                        name,
-                        format!("appears in more than one shard of {}", dir.display()),
-                    ));
-                }
-            }
-        }
-        let ck = Self {
+        let dtype = match dtype {
+            Some(dt) => dt,
+            // A checkpoint stores one float dtype; keep it (pruning must not change the bytes).
+            None => pollard_model::inspect_hf(dir)?
+                .1
+                .values()
+                .map(|info| info.dtype)
+                .next()
+                .unwrap_or(DType::F32),
+        };
+        let (_, tensors) = pollard_model::load_hf(dir, dtype, device)?;
+        Ok(Self {
             config,
             shape,
             tensors,
-        };
-        ck.check_shapes()?;
-        Ok(ck)
+        })
     }
 
     pub fn get(&self, name: &str) -> Result<&Tensor> {
@@ -122,45 +64,14 @@ impl Checkpoint {
             .ok_or_else(|| StageError::tensor(name, "missing from the checkpoint"))
     }
 
-    /// Checks every tensor the Llama layout needs against the config's sizes, so a
-    /// config/weights mismatch is reported by name before any slicing.
+    /// Checks the tensors against the sizes in `shape` (pollard-model's rule: exactly the
+    /// tensors the config implies, each with its shape), so a slicing mistake is reported by
+    /// tensor name before anything is written.
     pub fn check_shapes(&self) -> Result<()> {
-        let s = &self.shape;
-        let q = s.heads * s.head_dim;
-        let kv = s.kv_heads * s.head_dim;
-        let mut want: Vec<(String, Vec<usize>)> = vec![
-            ("model.embed_tokens.weight".into(), vec![s.vocab, s.hidden]),
-            ("model.norm.weight".into(), vec![s.hidden]),
-        ];
-        if !s.tied || self.tensors.contains_key("lm_head.weight") {
-            want.push(("lm_head.weight".into(), vec![s.vocab, s.hidden]));
-        }
-        for i in 0..s.layers {
-            let p = format!("model.layers.{i}.");
-            want.extend([
-                (format!("{p}input_layernorm.weight"), vec![s.hidden]),
-                (
-                    format!("{p}post_attention_layernorm.weight"),
-                    vec![s.hidden],
-                ),
-                (format!("{p}self_attn.q_proj.weight"), vec![q, s.hidden]),
-                (format!("{p}self_attn.k_proj.weight"), vec![kv, s.hidden]),
-                (format!("{p}self_attn.v_proj.weight"), vec![kv, s.hidden]),
-                (format!("{p}self_attn.o_proj.weight"), vec![s.hidden, q]),
-                (format!("{p}mlp.gate_proj.weight"), vec![s.ffn, s.hidden]),
-                (format!("{p}mlp.up_proj.weight"), vec![s.ffn, s.hidden]),
-                (format!("{p}mlp.down_proj.weight"), vec![s.hidden, s.ffn]),
-            ]);
-        }
-        for (name, dims) in want {
-            let t = self.get(&name)?;
-            if t.dims() != dims.as_slice() {
-                return Err(StageError::tensor(
-                    name,
-                    format!("has shape {:?}, config.json implies {:?}", t.dims(), dims),
-                ));
-            }
-        }
+        let mut cfg = self.config.clone();
+        self.shape.write_into(&mut cfg);
+        let llama = pollard_model::LlamaConfig::from_json(&Value::Object(cfg))?;
+        pollard_model::validate_weights(&llama, &self.tensors)?;
         Ok(())
     }
 
