@@ -15,10 +15,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pollard_cache::{ArtifactId, GcRoots};
-use pollard_engine::exec::plan_resources;
-use pollard_engine::{
-    status, EngineError, Inventory, LockWriter, Outcome, RunOptions, Runner, Selection,
-};
+use pollard_engine::lockfile::LockError;
+use pollard_engine::plan::{plan, Action, Plan};
+use pollard_engine::{EngineError, Inventory, LockWriter, Outcome, RunOptions, Runner, Selection};
 
 #[derive(Parser)]
 #[command(
@@ -145,10 +144,7 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let code = e
-                .downcast_ref::<EngineError>()
-                .map(|e| e.exit_code())
-                .unwrap_or(1);
+            let code = e.downcast_ref::<EngineError>().map_or(1, exit_code);
             match e.downcast_ref::<EngineError>() {
                 Some(EngineError::Manifest(d)) => {
                     for diag in &d.0 {
@@ -175,6 +171,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// 2 for problems with what the user wrote (manifest, flags, a missing manifest or deps path, a
+/// malformed lock file), 1 for failures of the machine (I/O, the cache).
+fn exit_code(e: &EngineError) -> i32 {
+    match e {
+        EngineError::Manifest(_)
+        | EngineError::Usage(_)
+        | EngineError::Deps { .. }
+        | EngineError::Lock(LockError::Parse { .. }) => 2,
+        EngineError::ReadManifest { source, .. }
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            2
+        }
+        EngineError::ReadManifest { .. } | EngineError::Lock(_) | EngineError::Cache(_) => 1,
+    }
+}
+
+/// Exit code of a dry run or a run refused because a stage cannot run.
+const BLOCKED: u8 = 2;
+
 fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Run(args) => run(args),
@@ -186,7 +202,14 @@ fn dispatch(cli: Cli) -> Result<u8> {
             let ws = workspace::load(manifest.file.as_deref(), false)?;
             let cache = ws.open_cache()?;
             let sel = Selection::new(&ws.spec, &stages, &[], false)?;
-            let rows = status(&ws.spec, &cache, ws.lock.as_ref(), &sel)?;
+            let rows = plan(
+                &ws.spec,
+                &cache,
+                ws.lock.as_ref(),
+                &sel,
+                &Inventory::unlimited(),
+            )?
+            .status(&ws.spec);
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -325,62 +348,24 @@ fn run(args: RunArgs) -> Result<u8> {
     let ws = workspace::load(args.manifest.file.as_deref(), true)?;
     let inventory = Inventory::resolve(args.gpus.as_deref()).map_err(EngineError::Usage)?;
     let cache = Arc::new(ws.open_cache()?);
+    let sel = Selection::new(&ws.spec, &args.stages, &args.force, args.force_all)?;
+    let plan = plan(&ws.spec, &cache, ws.lock.as_ref(), &sel, &inventory)?;
+    plan.check(&ws.spec)?;
     if args.dry_run {
-        let sel = Selection::new(&ws.spec, &args.stages, &args.force, args.force_all)?;
-        let resources = plan_resources(&ws.spec, &sel, &inventory)?;
-        let rows = status(&ws.spec, &cache, ws.lock.as_ref(), &sel)?;
-        println!(
-            "dry run of {} ({}); {}",
-            ws.spec.name,
-            ws.spec.file,
-            render::inventory(&inventory)
-        );
-        let w = rows.iter().map(|r| r.stage.len()).max().unwrap_or(0);
-        for r in &rows {
-            let i = ws
-                .spec
-                .index_of(&r.stage)
-                .expect("status rows are stages of the spec");
-            if r.up_to_date {
-                println!(
-                    "  {:w$}  reuse  {}",
-                    r.stage,
-                    render::short(r.artifact.as_deref().unwrap_or(""))
-                );
-            } else {
-                let res = resources[i];
-                let mut need = format!(
-                    "{} cpu",
-                    if res.cpus == 0 {
-                        "all".to_string()
-                    } else {
-                        res.cpus.to_string()
-                    }
-                );
-                if res.gpus > 0 {
-                    need.push_str(&format!(", {} gpu", res.gpus));
-                    if res.gpu_memory > 0 {
-                        need.push_str(&format!(" x {}", pollard_engine::Bytes(res.gpu_memory)));
-                    }
-                } else if res.gpu_memory > 0 {
-                    // Model kinds run on the CPU unless asked for GPUs; their estimate still tells
-                    // the user what a GPU placement of this stage would need.
-                    need.push_str(&format!(
-                        ", on a gpu {}",
-                        pollard_engine::Bytes(res.gpu_memory)
-                    ));
-                }
-                if res.host_memory > 0 {
-                    need.push_str(&format!(
-                        ", host {}",
-                        pollard_engine::Bytes(res.host_memory)
-                    ));
-                }
-                let why: Vec<String> = r.reasons.iter().map(|x| x.to_string()).collect();
-                println!("  {:w$}  run    [{need}] {}", r.stage, why.join("; "));
-            }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&plan.to_json(&ws.spec))?);
+        } else {
+            print!("{}", render::dry_run(&ws.spec, &plan, &inventory));
         }
-        return Ok(0);
+        return Ok(if plan.blocked().next().is_some() {
+            BLOCKED
+        } else {
+            0
+        });
+    }
+    if plan.blocked().next().is_some() {
+        eprint!("{}", render::blocked(&ws.spec, &plan));
+        return Ok(BLOCKED);
     }
     let cancel = Arc::new(AtomicBool::new(false));
     {
@@ -415,13 +400,10 @@ fn run(args: RunArgs) -> Result<u8> {
         failure_logs,
     };
     let opts = RunOptions {
-        targets: args.stages,
-        force: args.force,
-        force_all: args.force_all,
         jobs: args.jobs,
         keep_going: args.keep_going,
     };
-    let summary = runner.run(&opts)?;
+    let summary = runner.run(&plan, &opts)?;
     let ran = summary.count(|o| matches!(o, Outcome::Ran { .. }));
     let reused = summary.count(|o| matches!(o, Outcome::Reused { .. }));
     let failed = summary.count(|o| matches!(o, Outcome::Failed { .. }));
@@ -453,22 +435,20 @@ fn show(file: Option<&Path>, stage: &str, path_only: bool, json: bool) -> Result
         return Err(EngineError::Usage(e).into());
     };
     let sel = Selection::new(&ws.spec, &[stage.to_string()], &[], false)?;
-    let rows = status(&ws.spec, &cache, ws.lock.as_ref(), &sel)?;
-    let row = rows
-        .iter()
-        .find(|r| r.stage == ws.spec.stages[i].id)
-        .expect("the stage is selected");
+    let inventory = Inventory::unlimited();
+    let plan: Plan = plan(&ws.spec, &cache, ws.lock.as_ref(), &sel, &inventory)?;
+    let planned = plan.get(i).expect("the stage is selected");
     // The current output when up to date, else what the lock file last recorded (marked stale).
     let (artifact, note) = match (
-        &row.artifact,
+        &planned.action,
         ws.lock.as_ref().and_then(|l| l.stages.get(stage)),
     ) {
-        (Some(a), _) => (a.clone(), None),
-        (None, Some(e)) => (
+        (Action::Reuse { record }, _) => (record.artifact.to_string(), None),
+        (_, Some(e)) => (
             e.output.clone(),
             Some("stale: this is the last recorded output; `pollard status` says why"),
         ),
-        (None, None) => bail!(EngineError::Usage(format!(
+        (_, None) => bail!(EngineError::Usage(format!(
             "stage `{stage}` has no output yet (run `pollard run {stage}`)"
         ))),
     };

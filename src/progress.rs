@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use pollard_engine::plan::short;
 use pollard_engine::{Event, Progress, ProgressSink, Reporter};
 
 pub struct Console {
@@ -21,15 +22,6 @@ pub struct Console {
 struct Bars {
     multi: MultiProgress,
     running: Mutex<HashMap<String, ProgressBar>>,
-}
-
-fn short(artifact: &str) -> &str {
-    let end = artifact
-        .char_indices()
-        .nth(19)
-        .map(|(i, _)| i)
-        .unwrap_or(artifact.len());
-    &artifact[..end]
 }
 
 fn describe(p: &Progress) -> String {
@@ -191,6 +183,9 @@ impl Reporter for Console {
                 self.line(&format!("[{stage}] FAILED: {error}"));
             }
             Event::Skipped { stage, reason } => self.line(&format!("[{stage}] skipped: {reason}")),
+            Event::Warning { stage, message } => {
+                self.line(&format!("[{stage}] warning: {message}"))
+            }
         }
     }
 }

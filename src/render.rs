@@ -3,18 +3,13 @@
 
 use std::fmt::Write;
 
+pub use pollard_engine::plan::short;
+use pollard_engine::plan::{Action, Plan};
 use pollard_engine::resources::Inventory;
-use pollard_engine::{Bytes, PipelineSpec, StageStatus};
+use pollard_engine::{Bytes, PipelineSpec, Resources, StageStatus};
 
 fn width(spec: &PipelineSpec) -> usize {
     spec.ids().map(str::len).max().unwrap_or(0)
-}
-
-pub fn short(d: &str) -> String {
-    match d.split_once(':') {
-        Some((a, h)) if h.len() > 12 => format!("{a}:{}", &h[..12]),
-        _ => d.to_string(),
-    }
 }
 
 pub fn status(spec: &PipelineSpec, rows: &[StageStatus]) -> String {
@@ -154,4 +149,94 @@ pub fn inventory(inv: &Inventory) -> String {
             inv.cpus
         )
     }
+}
+
+/// What a stage asks for, as the dry run prints it.
+fn need(res: &Resources) -> String {
+    let mut need = format!(
+        "{} cpu",
+        if res.cpus == 0 {
+            "all".to_string()
+        } else {
+            res.cpus.to_string()
+        }
+    );
+    if res.gpus > 0 {
+        need.push_str(&format!(", {} gpu", res.gpus));
+        if res.gpu_memory > 0 {
+            need.push_str(&format!(" x {}", Bytes(res.gpu_memory)));
+        }
+    } else if res.gpu_memory > 0 {
+        // Model kinds run on the CPU unless asked for GPUs; their estimate still tells the user
+        // what a GPU placement of this stage would need.
+        need.push_str(&format!(", on a gpu {}", Bytes(res.gpu_memory)));
+    }
+    if res.host_memory > 0 {
+        need.push_str(&format!(", host {}", Bytes(res.host_memory)));
+    }
+    need
+}
+
+/// `run --dry-run`: per stage, reuse / run with resources and reasons / blocked with why.
+pub fn dry_run(spec: &PipelineSpec, plan: &Plan, inv: &Inventory) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "dry run of {} ({}); {}",
+        spec.name,
+        spec.file,
+        inventory(inv)
+    );
+    let w = plan
+        .stages
+        .iter()
+        .map(|p| spec.stages[p.index].id.len())
+        .max()
+        .unwrap_or(0);
+    for p in &plan.stages {
+        let id = &spec.stages[p.index].id;
+        let why: Vec<String> = p.reasons().iter().map(|x| x.to_string()).collect();
+        let _ = match &p.action {
+            Action::Reuse { record } => writeln!(
+                out,
+                "  {id:w$}  reuse  {}",
+                short(&record.artifact.to_string())
+            ),
+            Action::Run { .. } => writeln!(
+                out,
+                "  {id:w$}  run    [{}] {}",
+                need(&p.resources),
+                why.join("; ")
+            ),
+            Action::Blocked { .. } => writeln!(out, "  {id:w$}  blocked {}", why.join("; ")),
+        };
+    }
+    let blocked = plan.blocked().count();
+    if blocked > 0 {
+        let _ = writeln!(
+            out,
+            "{blocked} stage{} blocked: nothing can run them until that is fixed",
+            if blocked == 1 { " is" } else { "s are" }
+        );
+    }
+    out
+}
+
+/// Why a run refuses to start: the blocked stages and their reasons.
+pub fn blocked(spec: &PipelineSpec, plan: &Plan) -> String {
+    let mut out = String::new();
+    for p in plan.blocked() {
+        let why: Vec<String> = p.reasons().iter().map(|x| x.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "error: stage `{}` cannot run: {}",
+            spec.stages[p.index].id,
+            why.join("; ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "nothing was run (`pollard run --dry-run` shows the plan)"
+    );
+    out
 }

@@ -43,10 +43,17 @@ fn kill_9_in_the_middle_of_a_stage_then_a_rerun_reruns_only_that_stage_and_what_
     wait_for(&ws, "b");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let lock = ws.read("pollard.lock");
+    // Finished stages are in the lock's journal (folded into the lock file when a run ends).
+    let journal = ws.read(".pollard/pollard.lock.journal");
     assert!(
-        lock.contains("  a:\n") && !lock.contains("  b:\n"),
-        "finished stages are kept, nothing half-done: {lock}"
+        journal.contains("\"stage\":\"a\"") && !journal.contains("\"stage\":\"b\""),
+        "finished stages are kept, nothing half-done: {journal}"
+    );
+    let s = ws.run(&["status"]);
+    assert!(
+        s.stdout.contains("a  up to date") && s.stdout.contains("b  stale"),
+        "{}",
+        s.stdout
     );
     ws.write("fast", "");
     assert_eq!(ws.ran(&[]), vec!["b", "c"]);

@@ -36,17 +36,3 @@ impl From<pollard_cache::Error> for EngineError {
         EngineError::Cache(Box::new(e))
     }
 }
-
-impl EngineError {
-    /// 2 for problems with what the user wrote (manifest, flags, deps paths), 1 otherwise.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            EngineError::Manifest(_)
-            | EngineError::Usage(_)
-            | EngineError::ReadManifest { .. }
-            | EngineError::Deps { .. }
-            | EngineError::Lock(_) => 2,
-            EngineError::Cache(_) => 1,
-        }
-    }
-}

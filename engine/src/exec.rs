@@ -4,7 +4,7 @@
 //! is reused without running. Failure stops new starts (unless `keep_going`); an interrupt stops
 //! the running stages and commits nothing half-done.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,12 +18,13 @@ use serde::Serialize;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::error::EngineError;
 use crate::lockfile::{LockEntry, LockWriter};
-use crate::plan::{deps_digests, fingerprint, lookup, Fingerprint, Lookup, Selection};
-use crate::resources::{Inventory, Lease, Pool};
-use crate::spec::{PipelineSpec, StageSpec};
-use crate::stage::{
-    InputArtifact, Inputs, PlanInput, PlanInputs, Progress, ProgressSink, Resources, StageCtx,
+use crate::plan::{
+    deps_digests, effective_resources, estimate, fingerprint, lookup, plan_inputs, short, Action,
+    Fingerprint, Lookup, Plan, Reason, Selection,
 };
+use crate::resources::{Inventory, Lease, Pool};
+use crate::spec::PipelineSpec;
+use crate::stage::{InputArtifact, Inputs, Progress, ProgressSink, Resources, StageCtx};
 
 /// What happens to stages during a run, for the command line to render.
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +63,11 @@ pub enum Event {
         stage: String,
         reason: String,
     },
+    /// Something the user should know that does not stop the run (a non-reproducible stage).
+    Warning {
+        stage: String,
+        message: String,
+    },
 }
 
 /// Receives run events and stage progress.
@@ -99,33 +105,8 @@ impl RunSummary {
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    pub targets: Vec<String>,
-    pub force: Vec<String>,
-    pub force_all: bool,
     pub jobs: Option<usize>,
     pub keep_going: bool,
-}
-
-/// A stage's request: the kind's estimate with the manifest's `resources` fields on top.
-pub fn effective_resources(stage: &StageSpec, inputs: &PlanInputs) -> Result<Resources, String> {
-    let mut r = stage
-        .stage
-        .resources(&stage.params, inputs)
-        .map_err(|e| format!("cannot estimate resources: {e}"))?;
-    let o = &stage.resources;
-    if let Some(g) = o.gpus {
-        r.gpus = g;
-    }
-    if let Some(m) = o.gpu_memory {
-        r.gpu_memory = m.0;
-    }
-    if let Some(c) = o.cpus {
-        r.cpus = c;
-    }
-    if let Some(h) = o.host_memory {
-        r.host_memory = h.0;
-    }
-    Ok(r)
 }
 
 /// Plans every selected stage's resources from the kinds' descriptions (before anything runs)
@@ -135,36 +116,15 @@ pub fn plan_resources(
     sel: &Selection,
     inventory: &Inventory,
 ) -> Result<Vec<Resources>, EngineError> {
-    plan_with_descriptions(spec, sel, inventory).map(|(r, _)| r)
-}
-
-type Planned = (Vec<Resources>, Vec<Option<serde_json::Value>>);
-
-/// [`plan_resources`] plus each kind's description of its output (for the run to refine).
-fn plan_with_descriptions(
-    spec: &PipelineSpec,
-    sel: &Selection,
-    inventory: &Inventory,
-) -> Result<Planned, EngineError> {
     let n = spec.stages.len();
-    let mut descriptions: Vec<Option<serde_json::Value>> = vec![None; n];
+    let mut descriptions = vec![None; n];
     let mut out = vec![Resources::default(); n];
     let mut diags = Diagnostics::default();
-    for &i in &spec.order {
-        if !sel.selected[i] {
-            continue;
-        }
-        let stage = &spec.stages[i];
-        let inputs = plan_inputs(spec, stage, &descriptions, &BTreeMap::new());
-        descriptions[i] = stage.stage.describe(&stage.params, &inputs).ok().flatten();
-        let problem = match effective_resources(stage, &inputs) {
-            Ok(r) => {
-                out[i] = r;
-                inventory.check(&r).err()
-            }
-            Err(e) => Some(e),
-        };
-        if let Some(message) = problem {
+    for &i in spec.order.iter().filter(|&&i| sel.selected[i]) {
+        let (r, refusal) = estimate(spec, i, &mut descriptions, inventory);
+        out[i] = r;
+        if let Some(message) = refusal {
+            let stage = &spec.stages[i];
             diags.0.push(Diagnostic {
                 file: spec.file.clone(),
                 line: stage.pos.line,
@@ -175,35 +135,18 @@ fn plan_with_descriptions(
         }
     }
     if diags.is_empty() {
-        Ok((out, descriptions))
+        Ok(out)
     } else {
         Err(EngineError::Manifest(diags))
     }
 }
 
-fn plan_inputs(
-    spec: &PipelineSpec,
-    stage: &StageSpec,
-    descriptions: &[Option<serde_json::Value>],
-    paths: &BTreeMap<String, PathBuf>,
-) -> PlanInputs {
-    let mut p = PlanInputs::default();
-    for (slot, &up) in &stage.inputs {
-        p.slots.insert(
-            slot.clone(),
-            PlanInput {
-                stage: spec.stages[up].id.clone(),
-                description: descriptions[up].clone(),
-                path: paths.get(slot).cloned(),
-            },
-        );
-    }
-    p
-}
-
 #[derive(Clone, PartialEq)]
 enum State {
-    Pending,
+    /// Waiting for this many input bindings to be done.
+    Pending(usize),
+    /// Inputs done; waiting for resources.
+    Ready,
     Running,
     Done(ArtifactId),
     Failed,
@@ -237,182 +180,255 @@ pub struct Runner {
     pub failure_logs: PathBuf,
 }
 
+/// The run's bookkeeping: per stage state, and the ready set in topological order, so each
+/// event costs what it touches, not the whole pipeline.
+struct Board {
+    state: Vec<State>,
+    outcomes: Vec<Option<Outcome>>,
+    /// Topological position of each stage (for starting ready stages in a stable order).
+    rank: Vec<usize>,
+    ready: BTreeSet<(usize, usize)>,
+    consumers: Vec<Vec<usize>>,
+}
+
+impl Board {
+    fn make_ready(&mut self, i: usize) {
+        self.state[i] = State::Ready;
+        self.ready.insert((self.rank[i], i));
+    }
+
+    /// Marks `i` done and readies consumers whose inputs are now all done.
+    fn done(&mut self, i: usize, a: ArtifactId) {
+        self.state[i] = State::Done(a);
+        for k in 0..self.consumers[i].len() {
+            let c = self.consumers[i][k];
+            if let State::Pending(n) = self.state[c] {
+                if n <= 1 {
+                    self.make_ready(c);
+                } else {
+                    self.state[c] = State::Pending(n - 1);
+                }
+            }
+        }
+    }
+
+    /// Everything downstream of a failed or skipped stage is held, saying why.
+    fn hold_dependents(&mut self, spec: &PipelineSpec, i: usize, reporter: &dyn Reporter) {
+        let mut stack = vec![i];
+        while let Some(u) = stack.pop() {
+            for k in 0..self.consumers[u].len() {
+                let c = self.consumers[u][k];
+                if !matches!(self.state[c], State::Pending(_)) {
+                    continue;
+                }
+                let reason = format!(
+                    "needs `{}`, which {}",
+                    spec.stages[u].id,
+                    if self.state[u] == State::Failed {
+                        "failed"
+                    } else {
+                        "did not run"
+                    }
+                );
+                reporter.event(&Event::Skipped {
+                    stage: spec.stages[c].id.clone(),
+                    reason: reason.clone(),
+                });
+                self.state[c] = State::Skipped;
+                self.outcomes[c] = Some(Outcome::Skipped { reason });
+                stack.push(c);
+            }
+        }
+    }
+}
+
 impl Runner {
-    pub fn run(&self, opts: &RunOptions) -> Result<RunSummary, EngineError> {
+    /// Executes `plan`: reuses what it says is cached, runs the rest as inputs and resources
+    /// allow, and re-keys only stages downstream of stages that actually ran (one of those may
+    /// then turn out cached: early cutoff).
+    pub fn run(&self, plan: &Plan, opts: &RunOptions) -> Result<RunSummary, EngineError> {
         let spec = &self.spec;
-        let sel = Selection::new(spec, &opts.targets, &opts.force, opts.force_all)?;
-        let (planned, mut descriptions) = plan_with_descriptions(spec, &sel, &self.inventory)?;
         let pool = Pool::new(self.inventory.clone(), opts.jobs);
         let n = spec.stages.len();
-        let mut state = vec![State::Pending; n];
+        let mut board = Board {
+            state: vec![State::Skipped; n],
+            outcomes: vec![None; n],
+            rank: vec![usize::MAX; n],
+            ready: BTreeSet::new(),
+            consumers: vec![Vec::new(); n],
+        };
+        let mut descriptions: Vec<Option<serde_json::Value>> = (0..n)
+            .map(|i| plan.get(i).and_then(|p| p.description.clone()))
+            .collect();
         let mut prepared: Vec<Option<Prepared>> = (0..n).map(|_| None).collect();
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
         let mut lock_pending: BTreeMap<String, LockEntry> = BTreeMap::new();
+        for (rank, p) in plan.stages.iter().enumerate() {
+            let i = p.index;
+            board.rank[i] = rank;
+            let stage = &spec.stages[i];
+            for &u in stage.inputs.values() {
+                board.consumers[u].push(i);
+            }
+            board.state[i] = State::Pending(stage.inputs.len());
+        }
+        let mut first_failure: Option<String> = None;
+        // What the plan settled: reused stages are done, blocked ones fail with the reason.
+        for p in &plan.stages {
+            let i = p.index;
+            let stage = &spec.stages[i];
+            match &p.action {
+                Action::Reuse { record } => {
+                    let fp = p.fingerprint.as_ref().expect("a reused stage is keyed");
+                    let key = p.key.expect("a reused stage is keyed");
+                    self.reporter.event(&Event::Reused {
+                        stage: stage.id.clone(),
+                        artifact: record.artifact.to_string(),
+                    });
+                    lock_pending.insert(
+                        stage.id.clone(),
+                        fp.lock_entry(
+                            &key,
+                            &record.artifact,
+                            metrics_of(&record.metrics),
+                            record.devices.clone(),
+                        ),
+                    );
+                    board.outcomes[i] = Some(Outcome::Reused {
+                        artifact: record.artifact.to_string(),
+                    });
+                    board.done(i, record.artifact);
+                }
+                Action::Blocked { reason } => {
+                    if !matches!(reason, Reason::UpstreamBlocked { .. }) {
+                        let error = reason.to_string();
+                        self.reporter.event(&Event::Failed {
+                            stage: stage.id.clone(),
+                            error: error.clone(),
+                        });
+                        board.state[i] = State::Failed;
+                        board.outcomes[i] = Some(Outcome::Failed { error });
+                        first_failure.get_or_insert(stage.id.clone());
+                        board.hold_dependents(spec, i, self.reporter.as_ref());
+                    }
+                }
+                Action::Run { .. } => {
+                    if stage.inputs.is_empty() {
+                        board.make_ready(i);
+                    }
+                }
+            }
+        }
         let (tx, rx) = mpsc::channel::<(usize, JobResult)>();
         let mut running = 0usize;
-        let mut first_failure: Option<String> = None;
         let mut interrupted = false;
         loop {
             if self.cancel.load(Ordering::Relaxed) {
                 interrupted = true;
             }
             let stop = interrupted || (first_failure.is_some() && !opts.keep_going);
-            for &i in &spec.order {
-                if !sel.selected[i] || state[i] != State::Pending {
+            // Key what became ready; a stage re-keyed after its inputs ran may be cached.
+            let ready: Vec<usize> = board.ready.iter().map(|&(_, i)| i).collect();
+            for i in ready {
+                if prepared[i].is_some() {
                     continue;
                 }
                 let stage = &spec.stages[i];
-                let ups: Vec<usize> = stage.inputs.values().copied().collect();
-                if let Some(&bad) = ups
-                    .iter()
-                    .find(|&&u| matches!(state[u], State::Failed | State::Skipped))
-                {
-                    let reason = format!(
-                        "needs `{}`, which {}",
-                        spec.stages[bad].id,
-                        if state[bad] == State::Failed {
-                            "failed"
-                        } else {
-                            "did not run"
-                        }
-                    );
-                    self.reporter.event(&Event::Skipped {
-                        stage: stage.id.clone(),
-                        reason: reason.clone(),
-                    });
-                    state[i] = State::Skipped;
-                    outcomes[i] = Some(Outcome::Skipped { reason });
-                    continue;
-                }
-                if !ups.iter().all(|&u| matches!(state[u], State::Done(_))) {
-                    continue;
-                }
-                if prepared[i].is_none() {
-                    let inputs: BTreeMap<String, ArtifactId> = stage
-                        .inputs
-                        .iter()
-                        .map(|(slot, &u)| match &state[u] {
-                            State::Done(a) => (slot.clone(), *a),
-                            _ => unreachable!("checked above: every upstream is done"),
-                        })
-                        .collect();
-                    let deps = match deps_digests(spec, stage, &self.cache) {
-                        Ok(d) => d,
-                        Err(e) => {
-                            let error = e.to_string();
-                            self.reporter.event(&Event::Failed {
-                                stage: stage.id.clone(),
-                                error: error.clone(),
-                            });
-                            state[i] = State::Failed;
-                            outcomes[i] = Some(Outcome::Failed { error });
-                            first_failure.get_or_insert(stage.id.clone());
-                            continue;
-                        }
-                    };
-                    let fp = fingerprint(stage, inputs, deps);
-                    let key = fp.key();
-                    if !sel.forced[i] && stage.cache {
-                        if let Lookup::Hit(rec) = lookup(&self.cache, &key)? {
-                            self.reporter.event(&Event::Reused {
-                                stage: stage.id.clone(),
-                                artifact: rec.artifact.to_string(),
-                            });
-                            lock_pending.insert(
-                                stage.id.clone(),
-                                fp.lock_entry(
-                                    &key,
-                                    &rec.artifact,
-                                    metrics_of(&rec.metrics),
-                                    rec.devices.clone(),
-                                ),
-                            );
-                            state[i] = State::Done(rec.artifact);
-                            outcomes[i] = Some(Outcome::Reused {
-                                artifact: rec.artifact.to_string(),
-                            });
-                            continue;
-                        }
-                    }
-                    // With inputs known, ask the kind again with their folders (a better estimate).
-                    let paths: BTreeMap<String, PathBuf> = stage
-                        .inputs
-                        .iter()
-                        .filter_map(|(slot, &u)| match &state[u] {
-                            State::Done(a) => {
-                                self.cache.artifact_dir(a).ok().map(|p| (slot.clone(), p))
-                            }
-                            _ => None,
-                        })
-                        .collect();
-                    let pi = plan_inputs(spec, stage, &descriptions, &paths);
-                    if let Ok(Some(d)) = stage.stage.describe(&stage.params, &pi) {
-                        descriptions[i] = Some(d);
-                    }
-                    let resources = match effective_resources(stage, &pi) {
-                        Ok(r) if self.inventory.check(&r).is_ok() => r,
-                        _ => planned[i],
-                    };
-                    prepared[i] = Some(Prepared {
-                        fp,
-                        key,
-                        resources,
-                        waiting_reported: false,
-                    });
-                }
-                if stop {
-                    continue;
-                }
-                let p = prepared[i].as_mut().expect("prepared just above");
-                let Some(lease) = pool.try_grant(&p.resources) else {
-                    if !p.waiting_reported && running > 0 {
-                        p.waiting_reported = true;
-                        let r = p.resources;
-                        self.reporter.event(&Event::Waiting {
+                match self.rekey(plan, &board, &mut descriptions, i)? {
+                    Rekeyed::Cached(fp, key, rec) => {
+                        board.ready.remove(&(board.rank[i], i));
+                        self.reporter.event(&Event::Reused {
                             stage: stage.id.clone(),
-                            gpus: r.gpus,
-                            gpu_memory: r.gpu_memory,
-                            cpus: r.cpus,
+                            artifact: rec.artifact.to_string(),
                         });
+                        lock_pending.insert(
+                            stage.id.clone(),
+                            fp.lock_entry(
+                                &key,
+                                &rec.artifact,
+                                metrics_of(&rec.metrics),
+                                rec.devices.clone(),
+                            ),
+                        );
+                        board.outcomes[i] = Some(Outcome::Reused {
+                            artifact: rec.artifact.to_string(),
+                        });
+                        board.done(i, rec.artifact);
                     }
-                    continue;
-                };
-                self.reporter.event(&Event::Started {
-                    stage: stage.id.clone(),
-                    gpus: lease.gpus.clone(),
-                    threads: lease.cpus,
-                });
-                state[i] = State::Running;
-                running += 1;
-                let job = Job {
-                    index: i,
-                    spec: spec.clone(),
-                    cache: self.cache.clone(),
-                    key: p.key,
-                    fp: p.fp.clone(),
-                    forced: sel.forced[i] || !stage.cache,
-                    lease,
-                    reporter: self.reporter.clone(),
-                    cancel: self.cancel.clone(),
-                    failure_logs: self.failure_logs.clone(),
-                };
-                let tx = tx.clone();
-                std::thread::Builder::new()
-                    .name(format!("stage-{}", stage.id))
-                    .spawn(move || {
-                        let index = job.index;
-                        let result = job.execute();
-                        let _ = tx.send((index, result));
-                    })
-                    .map_err(|e| {
-                        EngineError::Usage(format!("cannot start a worker thread: {e}"))
-                    })?;
+                    Rekeyed::Run(p) => prepared[i] = Some(p),
+                    Rekeyed::Failed(error) => {
+                        board.ready.remove(&(board.rank[i], i));
+                        self.reporter.event(&Event::Failed {
+                            stage: stage.id.clone(),
+                            error: error.clone(),
+                        });
+                        board.state[i] = State::Failed;
+                        board.outcomes[i] = Some(Outcome::Failed { error });
+                        first_failure.get_or_insert(stage.id.clone());
+                        board.hold_dependents(spec, i, self.reporter.as_ref());
+                    }
+                }
             }
-            if !lock_pending.is_empty() && running == 0 {
-                self.lock.update(&lock_pending)?;
-                lock_pending.clear();
+            if !stop {
+                let ready: Vec<usize> = board.ready.iter().map(|&(_, i)| i).collect();
+                for i in ready {
+                    let Some(p) = prepared[i].as_mut() else {
+                        continue;
+                    };
+                    if board.state[i] != State::Ready {
+                        continue;
+                    }
+                    let stage = &spec.stages[i];
+                    let Some(lease) = pool.try_grant(&p.resources) else {
+                        if !p.waiting_reported && running > 0 {
+                            p.waiting_reported = true;
+                            let r = p.resources;
+                            self.reporter.event(&Event::Waiting {
+                                stage: stage.id.clone(),
+                                gpus: r.gpus,
+                                gpu_memory: r.gpu_memory,
+                                cpus: r.cpus,
+                            });
+                        }
+                        continue;
+                    };
+                    board.ready.remove(&(board.rank[i], i));
+                    self.reporter.event(&Event::Started {
+                        stage: stage.id.clone(),
+                        gpus: lease.gpus.clone(),
+                        threads: lease.cpus,
+                    });
+                    board.state[i] = State::Running;
+                    running += 1;
+                    let job = Job {
+                        index: i,
+                        spec: spec.clone(),
+                        cache: self.cache.clone(),
+                        key: p.key,
+                        fp: p.fp.clone(),
+                        forced: plan.forced[i] || !stage.cache,
+                        lease,
+                        reporter: self.reporter.clone(),
+                        cancel: self.cancel.clone(),
+                        failure_logs: self.failure_logs.clone(),
+                    };
+                    let tx = tx.clone();
+                    std::thread::Builder::new()
+                        .name(format!("stage-{}", stage.id))
+                        .spawn(move || {
+                            let index = job.index;
+                            let result = job.execute();
+                            let _ = tx.send((index, result));
+                        })
+                        .map_err(|e| {
+                            EngineError::Usage(format!("cannot start a worker thread: {e}"))
+                        })?;
+                }
             }
             if running == 0 {
+                // Keyed stages became ready (a re-keyed stage was cached): go round again.
+                if !stop && board.ready.iter().any(|&(_, i)| prepared[i].is_none()) {
+                    continue;
+                }
                 break;
             }
             let (i, result) = rx.recv().expect("a worker always sends its result");
@@ -427,22 +443,34 @@ impl Runner {
                         artifact: record.artifact.to_string(),
                         seconds,
                     });
-                    lock_pending.insert(
-                        stage.id.clone(),
-                        p.fp.lock_entry(
+                    if let Some(pinned) = self.lock.pinned(&stage.id) {
+                        if pinned.key == p.key.to_string()
+                            && pinned.output != record.artifact.to_string()
+                        {
+                            self.reporter.event(&Event::Warning {
+                                stage: stage.id.clone(),
+                                message: format!(
+                                    "non-reproducible stage: rebuilt under the same key, its output is {} but the lock pins {}",
+                                    short(&record.artifact.to_string()),
+                                    short(&pinned.output)
+                                ),
+                            });
+                        }
+                    }
+                    self.lock.record(
+                        &stage.id,
+                        &p.fp.lock_entry(
                             &p.key,
                             &record.artifact,
                             metrics_of(&record.metrics),
                             record.devices.clone(),
                         ),
-                    );
-                    self.lock.update(&lock_pending)?;
-                    lock_pending.clear();
-                    state[i] = State::Done(record.artifact);
-                    outcomes[i] = Some(Outcome::Ran {
+                    )?;
+                    board.outcomes[i] = Some(Outcome::Ran {
                         artifact: record.artifact.to_string(),
                         seconds,
                     });
+                    board.done(i, record.artifact);
                 }
                 JobResult::Joined { record } => {
                     self.reporter.event(&Event::Joined {
@@ -458,10 +486,10 @@ impl Runner {
                             record.devices.clone(),
                         ),
                     );
-                    state[i] = State::Done(record.artifact);
-                    outcomes[i] = Some(Outcome::Reused {
+                    board.outcomes[i] = Some(Outcome::Reused {
                         artifact: record.artifact.to_string(),
                     });
+                    board.done(i, record.artifact);
                 }
                 JobResult::Failed(error) => {
                     let interrupted_now = self.cancel.load(Ordering::Relaxed);
@@ -474,20 +502,20 @@ impl Runner {
                         stage: stage.id.clone(),
                         error: error.clone(),
                     });
-                    state[i] = State::Failed;
-                    outcomes[i] = Some(Outcome::Failed { error });
+                    board.state[i] = State::Failed;
+                    board.outcomes[i] = Some(Outcome::Failed { error });
                     if !interrupted_now {
                         first_failure.get_or_insert(stage.id.clone());
                     }
+                    board.hold_dependents(spec, i, self.reporter.as_ref());
                 }
             }
         }
+        self.lock.finish(&lock_pending)?;
         let mut stages = Vec::new();
-        for &i in &spec.order {
-            if !sel.selected[i] {
-                continue;
-            }
-            let outcome = match outcomes[i].take() {
+        for p in &plan.stages {
+            let i = p.index;
+            let outcome = match board.outcomes[i].take() {
                 Some(o) => o,
                 None => {
                     let reason = if interrupted {
@@ -511,6 +539,89 @@ impl Runner {
             interrupted,
         })
     }
+
+    /// Keys a stage whose inputs are now all done but were not known when planning (an
+    /// upstream stage ran): its fingerprint from the artifacts it will read, a cache lookup, and
+    /// the kind's estimate refined with the input folders.
+    fn rekey(
+        &self,
+        plan: &Plan,
+        board: &Board,
+        descriptions: &mut [Option<serde_json::Value>],
+        i: usize,
+    ) -> Result<Rekeyed, EngineError> {
+        let spec = &self.spec;
+        let stage = &spec.stages[i];
+        let planned = plan.get(i).expect("only planned stages become ready");
+        let (fp, key) = match (&planned.fingerprint, planned.key) {
+            // Every input was reused: the plan's key and lookup stand.
+            (Some(fp), Some(key)) => (fp.clone(), key),
+            _ => match self.key_from_inputs(plan, board, i)? {
+                Ok((fp, key, None)) => (fp, key),
+                Ok((fp, key, Some(rec))) => return Ok(Rekeyed::Cached(fp, key, rec)),
+                Err(error) => return Ok(Rekeyed::Failed(error)),
+            },
+        };
+        // With the input folders at hand, ask the kind again (a better estimate).
+        let paths: BTreeMap<String, PathBuf> = fp
+            .inputs
+            .iter()
+            .filter_map(|(slot, a)| self.cache.artifact_dir(a).ok().map(|p| (slot.clone(), p)))
+            .collect();
+        let pi = plan_inputs(spec, stage, descriptions, &paths);
+        if let Ok(Some(d)) = stage.stage.describe(&stage.params, &pi) {
+            descriptions[i] = Some(d);
+        }
+        let resources = match effective_resources(stage, &pi) {
+            Ok(r) if self.inventory.check(&r).is_ok() => r,
+            _ => planned.resources,
+        };
+        Ok(Rekeyed::Run(Prepared {
+            fp,
+            key,
+            resources,
+            waiting_reported: false,
+        }))
+    }
+
+    /// The key of a stage from the artifacts its inputs produced in this run, and the cached
+    /// record under it, if any (Err: its deps cannot be hashed).
+    #[allow(clippy::type_complexity)]
+    fn key_from_inputs(
+        &self,
+        plan: &Plan,
+        board: &Board,
+        i: usize,
+    ) -> Result<Result<(Fingerprint, CacheKey, Option<Box<RunRecord>>), String>, EngineError> {
+        let spec = &self.spec;
+        let stage = &spec.stages[i];
+        let inputs: BTreeMap<String, ArtifactId> = stage
+            .inputs
+            .iter()
+            .map(|(slot, &u)| match &board.state[u] {
+                State::Done(a) => (slot.clone(), *a),
+                _ => unreachable!("a ready stage's inputs are done"),
+            })
+            .collect();
+        let deps = match deps_digests(spec, stage, &self.cache) {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let fp = fingerprint(stage, inputs, deps);
+        let key = fp.key();
+        if !plan.forced[i] && stage.cache {
+            if let Lookup::Hit(rec) = lookup(&self.cache, &key)? {
+                return Ok(Ok((fp, key, Some(rec))));
+            }
+        }
+        Ok(Ok((fp, key, None)))
+    }
+}
+
+enum Rekeyed {
+    Cached(Fingerprint, CacheKey, Box<RunRecord>),
+    Run(Prepared),
+    Failed(String),
 }
 
 /// The headline metrics kept in the lock file: the numbers at the top level of `metrics.json`.

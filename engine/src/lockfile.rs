@@ -1,7 +1,9 @@
 //! The lock file beside the manifest (`<stem>.lock`): per stage, the cache key, the fingerprint
-//! parts, and the output digest, so a recipe plus its lock says exactly what was produced. It is
-//! rewritten (atomically, under a file lock shared by concurrent runs) after each stage that
-//! succeeds, so an interrupted run keeps what it finished.
+//! parts, and the output digest, so a recipe plus its lock says exactly what was produced.
+//! Each stage that succeeds appends its entry to a journal (`.pollard/<stem>.lock.journal`,
+//! synced), so an interrupted run keeps what it finished at a cost that does not grow with the
+//! pipeline; the end of a run folds the journal into the lock file (atomically, under a file
+//! lock shared by concurrent runs). Reading a lock file applies a leftover journal.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -66,9 +68,63 @@ pub fn lock_path_for(manifest: &Path) -> PathBuf {
     manifest.with_file_name(format!("{stem}.lock"))
 }
 
+/// Where the journal of the lock file at `lock` lives.
+pub fn journal_path_for(lock: &Path) -> PathBuf {
+    let name = lock
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    lock.parent()
+        .unwrap_or(Path::new("."))
+        .join(".pollard")
+        .join(format!("{name}.journal"))
+}
+
+/// One journal line.
+#[derive(Serialize, Deserialize)]
+struct JournalLine {
+    stage: String,
+    entry: LockEntry,
+}
+
+/// The journal's entries in order; a torn last line (a crash mid-append) is ignored.
+fn read_journal(path: &Path) -> Result<Vec<(String, LockEntry)>, LockError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(LockError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<JournalLine>(l).ok())
+        .map(|j| (j.stage, j.entry))
+        .collect())
+}
+
 impl LockFile {
-    /// Reads a lock file; a missing one is empty.
+    /// Reads a lock file with its journal applied; a missing one is empty.
     pub fn read(path: &Path) -> Result<Option<LockFile>, LockError> {
+        let lock = Self::read_file(path)?;
+        let journal = read_journal(&journal_path_for(path))?;
+        if journal.is_empty() {
+            return Ok(lock);
+        }
+        let mut lock = lock.unwrap_or(LockFile {
+            version: LOCK_VERSION,
+            pipeline: String::new(),
+            stages: BTreeMap::new(),
+        });
+        lock.stages.extend(journal);
+        Ok(Some(lock))
+    }
+
+    /// The lock file alone.
+    fn read_file(path: &Path) -> Result<Option<LockFile>, LockError> {
         let text = match fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -98,10 +154,12 @@ impl LockFile {
     }
 }
 
-/// Applies stage entries to the lock file on disk: lock, re-read (another run may have written),
-/// merge, write to a temporary file, rename.
+/// Records stage entries: appended to the journal as stages finish, folded into the lock file
+/// (lock, re-read: another run may have written, merge, write to a temporary file, rename) at
+/// the end.
 pub struct LockWriter {
     path: PathBuf,
+    journal: PathBuf,
     guard: PathBuf,
     pipeline: String,
     /// Stage ids of the current manifest: entries of stages that no longer exist are dropped.
@@ -126,6 +184,7 @@ impl LockWriter {
             .unwrap_or_default();
         LockWriter {
             guard: guard_dir.join(format!("{name}.guard")),
+            journal: journal_path_for(&path),
             path,
             pipeline: pipeline.to_string(),
             known,
@@ -137,57 +196,118 @@ impl LockWriter {
         &self.path
     }
 
-    /// Writes `entries` into the lock file unless it already says exactly that.
-    pub fn update(&self, entries: &BTreeMap<String, LockEntry>) -> Result<(), LockError> {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(lock) = seen.as_ref() {
-            let stale_ids = lock.stages.keys().any(|id| !self.known.contains(id));
-            if !stale_ids
-                && lock.pipeline == self.pipeline
-                && entries.iter().all(|(id, e)| lock.stages.get(id) == Some(e))
-            {
-                return Ok(());
-            }
-        }
-        let werr = |source| LockError::Write {
+    /// What the lock said of `stage` when this run started, or as this run last wrote it.
+    pub fn pinned(&self, stage: &str) -> Option<LockEntry> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.as_ref().and_then(|l| l.stages.get(stage).cloned())
+    }
+
+    fn werr(&self, source: std::io::Error) -> LockError {
+        LockError::Write {
             path: self.path.clone(),
             source,
-        };
+        }
+    }
+
+    /// Holds the guard shared by every process writing this lock file.
+    fn guard(&self) -> Result<fs::File, LockError> {
         if let Some(parent) = self.guard.parent() {
-            fs::create_dir_all(parent).map_err(werr)?;
+            fs::create_dir_all(parent).map_err(|e| self.werr(e))?;
         }
         let guard = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&self.guard)
-            .map_err(werr)?;
+            .map_err(|e| self.werr(e))?;
         // Released when `guard` drops (and by the kernel if the process dies).
-        guard.lock().map_err(werr)?;
+        guard.lock().map_err(|e| self.werr(e))?;
+        Ok(guard)
+    }
+
+    /// Makes one finished stage's entry durable: one synced append to the journal (unless the
+    /// lock already says exactly that).
+    pub fn record(&self, stage: &str, entry: &LockEntry) -> Result<(), LockError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.as_ref().and_then(|l| l.stages.get(stage)) == Some(entry) {
+            return Ok(());
+        }
+        let line = serde_json::to_string(&JournalLine {
+            stage: stage.to_string(),
+            entry: entry.clone(),
+        })
+        .expect("a lock entry always serialises");
+        let _guard = self.guard()?;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.journal)
+            .map_err(|e| self.werr(e))?;
+        f.write_all(format!("{line}\n").as_bytes())
+            .map_err(|e| self.werr(e))?;
+        f.sync_data().map_err(|e| self.werr(e))?;
+        seen.get_or_insert_with(|| LockFile {
+            version: LOCK_VERSION,
+            pipeline: self.pipeline.clone(),
+            stages: BTreeMap::new(),
+        })
+        .stages
+        .insert(stage.to_string(), entry.clone());
+        Ok(())
+    }
+
+    /// Folds the journal and `entries` (stages reused by this run) into the lock file, dropping
+    /// stages the manifest no longer has. Writes nothing when the lock already says all that.
+    pub fn finish(&self, entries: &BTreeMap<String, LockEntry>) -> Result<(), LockError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let journal_exists = self.journal.exists();
+        if let Some(lock) = seen.as_ref() {
+            let stale_ids = lock.stages.keys().any(|id| !self.known.contains(id));
+            if !journal_exists
+                && !stale_ids
+                && lock.pipeline == self.pipeline
+                && entries.iter().all(|(id, e)| lock.stages.get(id) == Some(e))
+            {
+                return Ok(());
+            }
+        }
+        let _guard = self.guard()?;
+        let on_disk = LockFile::read_file(&self.path)?;
         let mut lock = LockFile::read(&self.path)?.unwrap_or(LockFile {
             version: LOCK_VERSION,
             pipeline: self.pipeline.clone(),
             stages: BTreeMap::new(),
         });
-        let before = lock.clone();
         lock.pipeline = self.pipeline.clone();
         lock.stages.retain(|id, _| self.known.contains(id));
         for (id, e) in entries {
             lock.stages.insert(id.clone(), e.clone());
         }
-        if lock == before && self.path.exists() {
-            *seen = Some(lock);
-            return Ok(());
+        if on_disk.as_ref() != Some(&lock) {
+            let tmp = self
+                .path
+                .with_extension(format!("lock.tmp{}", std::process::id()));
+            let mut f = fs::File::create(&tmp).map_err(|e| self.werr(e))?;
+            f.write_all(lock.render().as_bytes())
+                .map_err(|e| self.werr(e))?;
+            f.sync_all().map_err(|e| self.werr(e))?;
+            fs::rename(&tmp, &self.path).map_err(|e| self.werr(e))?;
         }
-        let tmp = self
-            .path
-            .with_extension(format!("lock.tmp{}", std::process::id()));
-        let mut f = fs::File::create(&tmp).map_err(werr)?;
-        f.write_all(lock.render().as_bytes()).map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-        fs::rename(&tmp, &self.path).map_err(werr)?;
+        if journal_exists {
+            // Its entries are in the lock file now (renamed into place before this).
+            match fs::remove_file(&self.journal) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.werr(e)),
+            }
+        }
         *seen = Some(lock);
         Ok(())
+    }
+
+    /// Writes `entries` into the lock file at once (the journal and the fold in one step).
+    pub fn update(&self, entries: &BTreeMap<String, LockEntry>) -> Result<(), LockError> {
+        self.finish(entries)
     }
 }
 
@@ -231,6 +351,46 @@ mod tests {
         assert!(std::fs::read_to_string(&path)
             .unwrap()
             .starts_with("# Written by pollard"));
+    }
+
+    #[test]
+    fn an_interrupted_run_keeps_its_journal_and_the_next_fold_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.lock");
+        let known = vec!["a".to_string(), "b".to_string()];
+        let w = LockWriter::new(
+            path.clone(),
+            &dir.path().join(".pollard"),
+            "p",
+            known.clone(),
+            None,
+        );
+        w.record("a", &entry("x")).unwrap();
+        w.record("b", &entry("y")).unwrap();
+        // A torn append from a crash mid-write is ignored.
+        let journal = journal_path_for(&path);
+        let mut f = fs::OpenOptions::new().append(true).open(&journal).unwrap();
+        f.write_all(b"{\"stage\": \"b\", \"ent").unwrap();
+        drop(w);
+        assert!(!path.exists(), "nothing folded yet");
+        let lock = LockFile::read(&path).unwrap().unwrap();
+        assert_eq!(lock.stages["a"].output, "x");
+        assert_eq!(lock.stages["b"].output, "y");
+        let w = LockWriter::new(
+            path.clone(),
+            &dir.path().join(".pollard"),
+            "p",
+            known,
+            Some(lock),
+        );
+        w.finish(&BTreeMap::new()).unwrap();
+        assert!(!journal.exists());
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("output: x") && text.contains("output: y"),
+            "{text}"
+        );
+        assert_eq!(LockFile::read(&path).unwrap().unwrap().pipeline, "p");
     }
 
     #[test]

@@ -6,15 +6,19 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 
 use pollard_cache::{ArtifactId, Cache, CacheKey, Health, RunRecord};
 use serde::Serialize;
 use serde_json::Value as Json;
 
 use crate::canonical::canonical_json;
+use crate::diag::{Diagnostic, Diagnostics};
 use crate::error::EngineError;
 use crate::lockfile::{LockEntry, LockFile};
+use crate::resources::Inventory;
 use crate::spec::{PipelineSpec, StageSpec};
+use crate::stage::{PlanInput, PlanInputs, Resources};
 
 /// Bumped when the fingerprint's layout changes: every key changes with it.
 pub const FINGERPRINT_FORMAT: u32 = 1;
@@ -187,15 +191,24 @@ pub enum Reason {
         path: String,
         error: String,
     },
+    /// An upstream stage cannot run, so neither can this one.
+    UpstreamBlocked {
+        slot: String,
+        stage: String,
+    },
     /// Said of a stage waiting on stale inputs whose own parts match the lock.
     Pinned {
         output: String,
     },
 }
 
-fn short(d: &str) -> String {
+/// A digest's short display form (`blake3:` and the first 12 hex digits); the one place
+/// hashes are shortened for people.
+pub fn short(d: &str) -> String {
     match d.split_once(':') {
-        Some((algo, hex)) if hex.len() > 12 => format!("{algo}:{}", &hex[..12]),
+        Some((algo, hex)) if hex.len() > 12 && hex.is_char_boundary(12) => {
+            format!("{algo}:{}", &hex[..12])
+        }
         _ => d.to_string(),
     }
 }
@@ -297,6 +310,10 @@ impl fmt::Display for Reason {
             Reason::DepUnreadable { path, error } => write!(
                 f,
                 "deps `{path}` cannot be read, so the stage cannot run: {error}"
+            ),
+            Reason::UpstreamBlocked { slot, stage } => write!(
+                f,
+                "input `{slot}` cannot be built (stage `{stage}` is blocked)"
             ),
             Reason::Pinned { output } => write!(
                 f,
@@ -471,37 +488,266 @@ fn name_inputs(spec: &PipelineSpec, stage: &StageSpec, reasons: &mut [Reason]) {
     }
 }
 
-/// The status of every selected stage, in topological order: what a `run` would reuse and what
-/// it would run, and why.
-pub fn status(
+/// A stage's request: the kind's estimate with the manifest's `resources` fields on top.
+pub fn effective_resources(stage: &StageSpec, inputs: &PlanInputs) -> Result<Resources, String> {
+    let mut r = stage
+        .stage
+        .resources(&stage.params, inputs)
+        .map_err(|e| format!("cannot estimate resources: {e}"))?;
+    let o = &stage.resources;
+    if let Some(g) = o.gpus {
+        r.gpus = g;
+    }
+    if let Some(m) = o.gpu_memory {
+        r.gpu_memory = m.0;
+    }
+    if let Some(c) = o.cpus {
+        r.cpus = c;
+    }
+    if let Some(h) = o.host_memory {
+        r.host_memory = h.0;
+    }
+    Ok(r)
+}
+
+/// What planning knows about a stage's inputs: upstream descriptions, and the folders of
+/// upstream artifacts already in the cache.
+pub fn plan_inputs(
+    spec: &PipelineSpec,
+    stage: &StageSpec,
+    descriptions: &[Option<Json>],
+    paths: &BTreeMap<String, PathBuf>,
+) -> PlanInputs {
+    let mut p = PlanInputs {
+        workdir: spec.dir.clone(),
+        ..PlanInputs::default()
+    };
+    for (slot, &up) in &stage.inputs {
+        p.slots.insert(
+            slot.clone(),
+            PlanInput {
+                stage: spec.stages[up].id.clone(),
+                description: descriptions[up].clone(),
+                path: paths.get(slot).cloned(),
+            },
+        );
+    }
+    p
+}
+
+/// Asks a stage's kind, upstream descriptions at hand, what its output will be (kept in
+/// `descriptions`) and what it needs; says why no device here could meet that, if so.
+pub fn estimate(
+    spec: &PipelineSpec,
+    i: usize,
+    descriptions: &mut [Option<Json>],
+    inventory: &Inventory,
+) -> (Resources, Option<String>) {
+    let stage = &spec.stages[i];
+    let pi = plan_inputs(spec, stage, descriptions, &BTreeMap::new());
+    descriptions[i] = stage.stage.describe(&stage.params, &pi).ok().flatten();
+    match effective_resources(stage, &pi) {
+        Ok(r) => (r, inventory.check(&r).err()),
+        Err(e) => (Resources::default(), Some(e)),
+    }
+}
+
+/// What a run would do with a stage.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// The cache holds its output under its key.
+    Reuse { record: Box<RunRecord> },
+    /// It runs, for these reasons.
+    Run { reasons: Vec<Reason> },
+    /// It cannot run: a deps file is missing, or an upstream stage is blocked.
+    Blocked { reason: Reason },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Reuse { .. } => "reuse",
+            Action::Run { .. } => "run",
+            Action::Blocked { .. } => "blocked",
+        }
+    }
+}
+
+/// One selected stage of a [`Plan`].
+#[derive(Debug, Clone)]
+pub struct PlannedStage {
+    /// Index into [`PipelineSpec::stages`].
+    pub index: usize,
+    /// The fingerprint, and the key hashed from it, when every input's artifact is known.
+    pub fingerprint: Option<Fingerprint>,
+    pub key: Option<CacheKey>,
+    pub action: Action,
+    /// The request (the kind's estimate with the manifest's fields on top).
+    pub resources: Resources,
+    /// Why no machine here could ever meet the request, if so.
+    pub refusal: Option<String>,
+    /// The kind's description of its output, as far as it is known before running.
+    pub description: Option<Json>,
+}
+
+impl PlannedStage {
+    pub fn reasons(&self) -> &[Reason] {
+        match &self.action {
+            Action::Run { reasons } => reasons,
+            Action::Blocked { reason } => std::slice::from_ref(reason),
+            Action::Reuse { .. } => &[],
+        }
+    }
+}
+
+/// What a run of a selection would do, decided once: `status`, `run --dry-run`, `show` and
+/// `run` all read this value.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Selected stages in topological order.
+    pub stages: Vec<PlannedStage>,
+    /// Spec index -> position in `stages` (None: not selected).
+    pub position: Vec<Option<usize>>,
+    pub forced: Vec<bool>,
+}
+
+impl Plan {
+    pub fn get(&self, index: usize) -> Option<&PlannedStage> {
+        self.position[index].map(|p| &self.stages[p])
+    }
+
+    /// Requests no device here could meet, as manifest diagnostics (file, line, stage, numbers).
+    pub fn check(&self, spec: &PipelineSpec) -> Result<(), EngineError> {
+        let diags: Vec<Diagnostic> = self
+            .stages
+            .iter()
+            .filter_map(|p| {
+                let stage = &spec.stages[p.index];
+                p.refusal.as_ref().map(|message| Diagnostic {
+                    file: spec.file.clone(),
+                    line: stage.pos.line,
+                    col: stage.pos.col,
+                    stage: Some(stage.id.clone()),
+                    message: message.clone(),
+                })
+            })
+            .collect();
+        if diags.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Manifest(Diagnostics(diags)))
+        }
+    }
+
+    pub fn blocked(&self) -> impl Iterator<Item = &PlannedStage> {
+        self.stages
+            .iter()
+            .filter(|p| matches!(p.action, Action::Blocked { .. }))
+    }
+
+    /// One row per stage, as `status` prints it.
+    pub fn status(&self, spec: &PipelineSpec) -> Vec<StageStatus> {
+        self.stages
+            .iter()
+            .map(|p| {
+                let stage = &spec.stages[p.index];
+                let artifact = match &p.action {
+                    Action::Reuse { record } => Some(record.artifact.to_string()),
+                    _ => None,
+                };
+                StageStatus {
+                    stage: stage.id.clone(),
+                    kind: stage.kind.clone(),
+                    up_to_date: artifact.is_some(),
+                    key: p.key.map(|k| k.to_string()),
+                    artifact,
+                    reasons: p.reasons().to_vec(),
+                }
+            })
+            .collect()
+    }
+
+    /// `run --dry-run --json`: `[{stage, kind, action, reasons, resources, key}]`.
+    pub fn to_json(&self, spec: &PipelineSpec) -> Json {
+        Json::Array(
+            self.stages
+                .iter()
+                .map(|p| {
+                    let stage = &spec.stages[p.index];
+                    let mut row = serde_json::json!({
+                        "stage": stage.id,
+                        "kind": stage.kind,
+                        "action": p.action.name(),
+                        "reasons": p.reasons(),
+                        "resources": p.resources,
+                        "key": p.key.map(|k| k.to_string()),
+                    });
+                    if let Action::Reuse { record } = &p.action {
+                        row["artifact"] = Json::String(record.artifact.to_string());
+                    }
+                    row
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Plans every selected stage, in topological order: its description and resources (from the
+/// kinds, upstream first), its key where every input is known, and whether the cache already
+/// holds it. One pass; nothing runs.
+pub fn plan(
     spec: &PipelineSpec,
     cache: &Cache,
     lock: Option<&LockFile>,
     sel: &Selection,
-) -> Result<Vec<StageStatus>, EngineError> {
-    let mut known: Vec<Option<ArtifactId>> = vec![None; spec.stages.len()];
+    inventory: &Inventory,
+) -> Result<Plan, EngineError> {
+    let n = spec.stages.len();
+    let mut known: Vec<Option<ArtifactId>> = vec![None; n];
+    let mut blocked = vec![false; n];
+    let mut descriptions: Vec<Option<Json>> = vec![None; n];
+    let mut position = vec![None; n];
     let mut out = Vec::new();
     for &i in &spec.order {
         if !sel.selected[i] {
             continue;
         }
         let stage = &spec.stages[i];
+        let (resources, refusal) = estimate(spec, i, &mut descriptions, inventory);
+        let mut planned = PlannedStage {
+            index: i,
+            fingerprint: None,
+            key: None,
+            action: Action::Run {
+                reasons: Vec::new(),
+            },
+            resources,
+            refusal,
+            description: descriptions[i].clone(),
+        };
+        position[i] = Some(out.len());
+        if let Some((slot, &up)) = stage.inputs.iter().find(|(_, &u)| blocked[u]) {
+            blocked[i] = true;
+            planned.action = Action::Blocked {
+                reason: Reason::UpstreamBlocked {
+                    slot: slot.clone(),
+                    stage: spec.stages[up].id.clone(),
+                },
+            };
+            out.push(planned);
+            continue;
+        }
         let deps = match deps_digests(spec, stage, cache) {
             Ok(d) => d,
             Err(EngineError::Deps { path, source, .. }) => {
-                // Not fatal for a status or a dry run: the stage cannot run until the file exists.
-                let reasons = vec![Reason::DepUnreadable {
-                    path,
-                    error: source.to_string(),
-                }];
-                out.push(StageStatus {
-                    stage: stage.id.clone(),
-                    kind: stage.kind.clone(),
-                    up_to_date: false,
-                    key: None,
-                    artifact: None,
-                    reasons,
-                });
+                blocked[i] = true;
+                planned.action = Action::Blocked {
+                    reason: Reason::DepUnreadable {
+                        path,
+                        error: source.to_string(),
+                    },
+                };
+                out.push(planned);
                 continue;
             }
             Err(e) => return Err(e),
@@ -520,69 +766,73 @@ pub fn status(
                 }),
             }
         }
-        let mut st = StageStatus {
-            stage: stage.id.clone(),
-            kind: stage.kind.clone(),
-            up_to_date: false,
-            key: None,
-            artifact: None,
-            reasons: Vec::new(),
-        };
+        let mut reasons = Vec::new();
         if upstream_stale.is_empty() {
             let fp = fingerprint(stage, inputs.clone(), deps.clone());
             let key = fp.key();
-            st.key = Some(key.to_string());
             if sel.forced[i] {
-                st.reasons.push(Reason::Forced);
+                reasons.push(Reason::Forced);
             }
             if !stage.cache {
-                st.reasons.push(Reason::CacheDisabled);
+                reasons.push(Reason::CacheDisabled);
             }
-            match lookup(cache, &key)? {
-                Lookup::Hit(rec) => {
-                    known[i] = Some(rec.artifact);
-                    if st.reasons.is_empty() {
-                        st.up_to_date = true;
-                        st.artifact = Some(rec.artifact.to_string());
+            if reasons.is_empty() {
+                match lookup(cache, &key)? {
+                    Lookup::Hit(record) => {
+                        known[i] = Some(record.artifact);
+                        planned.action = Action::Reuse { record };
+                    }
+                    Lookup::Damaged(detail) => reasons.push(Reason::Damaged { detail }),
+                    Lookup::Missing => {
+                        reasons = diff_against_lock(
+                            entry,
+                            stage,
+                            &stage.params.canonical,
+                            &inputs,
+                            &deps,
+                            Some(&key),
+                        );
                     }
                 }
-                Lookup::Damaged(detail) if st.reasons.is_empty() => {
-                    st.reasons.push(Reason::Damaged { detail })
-                }
-                _ if st.reasons.is_empty() => {
-                    st.reasons = diff_against_lock(
-                        entry,
-                        stage,
-                        &stage.params.canonical,
-                        &inputs,
-                        &deps,
-                        Some(&key),
-                    );
-                }
-                _ => {}
             }
-            // A forced or uncached stage reruns; its output may still come out identical, but
-            // until it has run downstream stages cannot be known to be fresh.
-            if !st.up_to_date {
-                known[i] = None;
-            }
+            planned.fingerprint = Some(fp);
+            planned.key = Some(key);
         } else {
-            st.reasons = upstream_stale;
+            reasons = upstream_stale;
             if let Some(e) = entry {
                 let own =
                     diff_against_lock(entry, stage, &stage.params.canonical, &inputs, &deps, None);
                 if own.is_empty() {
-                    st.reasons.push(Reason::Pinned {
+                    reasons.push(Reason::Pinned {
                         output: e.output.clone(),
                     });
                 }
-                st.reasons.extend(own);
+                reasons.extend(own);
             }
         }
-        name_inputs(spec, stage, &mut st.reasons);
-        out.push(st);
+        if !matches!(planned.action, Action::Reuse { .. }) {
+            name_inputs(spec, stage, &mut reasons);
+            planned.action = Action::Run { reasons };
+        }
+        out.push(planned);
     }
-    Ok(out)
+    Ok(Plan {
+        stages: out,
+        position,
+        forced: sel.forced.clone(),
+    })
+}
+
+/// The status of every selected stage, in topological order: what a `run` would reuse and what
+/// it would run, and why (the [`Plan`]'s rows; resources are not checked).
+pub fn status(
+    spec: &PipelineSpec,
+    cache: &Cache,
+    lock: Option<&LockFile>,
+    sel: &Selection,
+) -> Result<Vec<StageStatus>, EngineError> {
+    let inventory = Inventory::unlimited();
+    Ok(plan(spec, cache, lock, sel, &inventory)?.status(spec))
 }
 
 #[cfg(test)]

@@ -21,12 +21,38 @@ pub struct Gpu {
 pub struct Inventory {
     pub gpus: Vec<Gpu>,
     pub cpus: usize,
+    /// Host memory in bytes (0: unknown, not limited).
+    pub host_memory: u64,
     /// Where the GPU list came from (shown by `run --dry-run`).
     pub source: String,
 }
 
 /// The environment variable that replaces the probed GPU inventory.
 pub const GPUS_ENV: &str = "POLLARD_GPUS";
+
+/// The environment variable that replaces the machine's host memory (`64GiB`).
+pub const HOST_MEMORY_ENV: &str = "POLLARD_HOST_MEMORY";
+
+/// The machine's memory: `POLLARD_HOST_MEMORY`, else `MemTotal` of /proc/meminfo, else 0
+/// (unknown: not limited).
+pub fn host_memory() -> Result<u64, String> {
+    if let Ok(v) = std::env::var(HOST_MEMORY_ENV) {
+        if !v.trim().is_empty() {
+            let b: Bytes = v
+                .trim()
+                .parse()
+                .map_err(|e| format!("{HOST_MEMORY_ENV}=`{v}`: {e}"))?;
+            return Ok(b.0);
+        }
+    }
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb.saturating_mul(1024)))
+}
 
 /// Parses `none` or a comma-separated list of memory sizes, one per device.
 pub fn parse_gpu_spec(spec: &str) -> Result<Vec<Gpu>, String> {
@@ -59,10 +85,12 @@ impl Inventory {
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
+        let host_memory = host_memory()?;
         if let Some(spec) = flag {
             return Ok(Inventory {
                 gpus: parse_gpu_spec(spec)?,
                 cpus,
+                host_memory,
                 source: "--gpus".into(),
             });
         }
@@ -71,16 +99,39 @@ impl Inventory {
                 return Ok(Inventory {
                     gpus: parse_gpu_spec(&spec)?,
                     cpus,
+                    host_memory,
                     source: GPUS_ENV.into(),
                 });
             }
         }
         let (gpus, source) = probe();
-        Ok(Inventory { gpus, cpus, source })
+        Ok(Inventory {
+            gpus,
+            cpus,
+            host_memory,
+            source,
+        })
+    }
+
+    /// No devices and no memory limit: for reading a plan's actions without placing it.
+    pub fn unlimited() -> Inventory {
+        Inventory {
+            gpus: Vec::new(),
+            cpus: 1,
+            host_memory: 0,
+            source: "not probed".into(),
+        }
     }
 
     /// Refuses, with the numbers, a request no device set could ever meet.
     pub fn check(&self, r: &Resources) -> Result<(), String> {
+        if self.host_memory > 0 && r.host_memory > self.host_memory {
+            return Err(format!(
+                "needs {} of host memory, but this machine has {} (set `resources.host_memory` if the estimate is wrong)",
+                Bytes(r.host_memory),
+                Bytes(self.host_memory)
+            ));
+        }
         if r.gpus == 0 {
             return Ok(());
         }
@@ -157,6 +208,8 @@ fn probe() -> (Vec<Gpu>, String) {
 struct PoolState {
     gpu_busy: Vec<bool>,
     cpus_free: usize,
+    /// Host memory not promised to a running stage (u64::MAX when the machine's is unknown).
+    host_free: u64,
     running: usize,
 }
 
@@ -173,6 +226,8 @@ pub struct Lease {
     state: Arc<Mutex<PoolState>>,
     pub gpus: Vec<u32>,
     pub cpus: usize,
+    /// Host memory promised to the stage (its estimate).
+    pub host_memory: u64,
 }
 
 impl Drop for Lease {
@@ -182,6 +237,7 @@ impl Drop for Lease {
             s.gpu_busy[*g as usize] = false;
         }
         s.cpus_free += self.cpus;
+        s.host_free = s.host_free.saturating_add(self.host_memory);
         s.running -= 1;
     }
 }
@@ -192,6 +248,11 @@ impl Pool {
         let state = PoolState {
             gpu_busy: vec![false; inventory.gpus.len()],
             cpus_free: inventory.cpus,
+            host_free: if inventory.host_memory == 0 {
+                u64::MAX
+            } else {
+                inventory.host_memory
+            },
             running: 0,
         };
         Pool {
@@ -225,7 +286,7 @@ impl Pool {
             return None;
         }
         let cpus = self.cpus_for(r);
-        if cpus > s.cpus_free {
+        if cpus > s.cpus_free || r.host_memory > s.host_free {
             return None;
         }
         let mut gpus = Vec::new();
@@ -244,6 +305,7 @@ impl Pool {
             s.gpu_busy[g] = true;
         }
         s.cpus_free -= cpus;
+        s.host_free -= r.host_memory;
         s.running += 1;
         Some(Lease {
             state: self.state.clone(),
@@ -252,6 +314,7 @@ impl Pool {
                 .map(|g| self.inventory.gpus[g].ordinal)
                 .collect(),
             cpus,
+            host_memory: r.host_memory,
         })
     }
 
@@ -268,6 +331,7 @@ mod tests {
         Inventory {
             gpus: parse_gpu_spec(spec).unwrap(),
             cpus,
+            host_memory: 0,
             source: "test".into(),
         }
     }
@@ -327,6 +391,30 @@ mod tests {
             pool.try_grant(&gpu(0, "0")).is_some(),
             "CPU stages do not wait for GPUs"
         );
+    }
+
+    #[test]
+    fn host_memory_is_scheduled_and_refused_with_numbers() {
+        let mut i = inv("none", 8);
+        i.host_memory = 10 << 30;
+        let host = |g: u64| Resources {
+            cpus: 1,
+            host_memory: g << 30,
+            ..Resources::default()
+        };
+        assert_eq!(
+            i.check(&host(11)).unwrap_err(),
+            "needs 11.0 GiB of host memory, but this machine has 10.0 GiB (set `resources.host_memory` if the estimate is wrong)"
+        );
+        let pool = Pool::new(i, None);
+        let a = pool.try_grant(&host(6)).unwrap();
+        assert!(
+            pool.try_grant(&host(6)).is_none(),
+            "6 + 6 GiB exceed the machine's 10 GiB"
+        );
+        let _small = pool.try_grant(&host(4)).unwrap();
+        drop(a);
+        assert!(pool.try_grant(&host(6)).is_some());
     }
 
     #[test]

@@ -26,7 +26,8 @@ pub struct Resources {
     pub gpu_memory: u64,
     /// CPU threads wanted; 0 means "a fair share of the cores".
     pub cpus: u32,
-    /// Host memory estimate in bytes (informational: shown by `run --dry-run`).
+    /// Host memory estimate in bytes: stages that together exceed the machine's memory do not
+    /// start together, and one that alone exceeds it is refused while planning.
     pub host_memory: u64,
 }
 
@@ -66,6 +67,9 @@ impl ParamError {
 #[derive(Debug, Clone, Default)]
 pub struct PlanInputs {
     pub slots: BTreeMap<String, PlanInput>,
+    /// The manifest's folder: relative paths in params resolve against it while planning, as
+    /// they do when running (empty: the current folder).
+    pub workdir: PathBuf,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -79,6 +83,11 @@ pub struct PlanInput {
 }
 
 impl PlanInputs {
+    /// `p` resolved against the manifest's folder (absolute paths are kept).
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        self.workdir.join(p)
+    }
+
     pub fn description(&self, slot: &str) -> Option<&serde_json::Value> {
         self.slots.get(slot).and_then(|i| i.description.as_ref())
     }

@@ -151,13 +151,12 @@ impl Stage for Load {
     fn describe(
         &self,
         p: &LoadParams,
-        _inputs: &PlanInputs,
+        inputs: &PlanInputs,
     ) -> Result<Option<serde_json::Value>, BoxError> {
-        // Relative paths are checked against the current folder here (planning has no ctx);
-        // the engine runs from the manifest's folder or passes absolute paths.
-        let cfg = p.path.join("config.json");
-        if cfg.is_file() {
-            let s = ModelShape::from_dir(&p.path)?;
+        // Relative to the manifest's folder, as when running.
+        let dir = inputs.resolve(&p.path);
+        if dir.join("config.json").is_file() {
+            let s = ModelShape::from_dir(&dir)?;
             if let Some(e) = &p.expect {
                 let bad = e.mismatches(&s);
                 if !bad.is_empty() {
