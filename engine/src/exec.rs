@@ -199,6 +199,7 @@ impl Board {
 
     /// Marks `i` done and readies consumers whose inputs are now all done.
     fn done(&mut self, i: usize, a: ArtifactId) {
+        self.ready.remove(&(self.rank[i], i));
         self.state[i] = State::Done(a);
         for k in 0..self.consumers[i].len() {
             let c = self.consumers[i][k];
@@ -329,6 +330,11 @@ impl Runner {
             // Key what became ready; a stage re-keyed after its inputs ran may be cached.
             let ready: Vec<usize> = board.ready.iter().map(|&(_, i)| i).collect();
             for i in ready {
+                if board.state[i] != State::Ready {
+                    // Settled by the plan (reused, blocked) after an upstream readied it.
+                    board.ready.remove(&(board.rank[i], i));
+                    continue;
+                }
                 if prepared[i].is_some() {
                     continue;
                 }
