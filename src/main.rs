@@ -96,6 +96,12 @@ enum Command {
         #[command(subcommand)]
         command: model_cmd::ModelCommand,
     },
+    /// Run one built-in stage from a sealed job spec (started by `pollard run`)
+    #[command(hide = true)]
+    StageJob {
+        /// The job spec (JSON) in the stage's scratch folder
+        file: PathBuf,
+    },
     /// Write a built-in recipe out as ./pollard.yaml to edit
     Init {
         /// The recipe to write
@@ -324,6 +330,18 @@ fn dispatch(cli: Cli) -> Result<u8> {
             }
             Ok(if report.is_ok() { 0 } else { 1 })
         }
+        Command::StageJob { file } => {
+            let cancel = Arc::new(AtomicBool::new(false));
+            let flag = cancel.clone();
+            let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+            match pollard_engine::job::run_job(&file, &workspace::registry(), cancel) {
+                Ok(()) => Ok(0),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(1)
+                }
+            }
+        }
         Command::Model { command } => {
             model_cmd::run(command)?;
             Ok(0)
@@ -390,6 +408,13 @@ fn run(args: RunArgs) -> Result<u8> {
     );
     let spec = Arc::new(ws.spec);
     let failure_logs = spec.dir.join(".pollard").join("logs");
+    let isolation = std::env::current_exe()
+        .ok()
+        .map(|exe| pollard_engine::job::Isolation {
+            exe,
+            args: vec!["stage-job".into()],
+            manifest: ws.manifest.clone(),
+        });
     let runner = Runner {
         spec: spec.clone(),
         cache,
@@ -398,6 +423,7 @@ fn run(args: RunArgs) -> Result<u8> {
         reporter: console,
         cancel,
         failure_logs,
+        isolation,
     };
     let opts = RunOptions {
         jobs: args.jobs,
@@ -452,6 +478,21 @@ fn show(file: Option<&Path>, stage: &str, path_only: bool, json: bool) -> Result
             "stage `{stage}` has no output yet (run `pollard run {stage}`)"
         ))),
     };
+    let record = match &planned.action {
+        Action::Reuse { record } => Some((**record).clone()),
+        _ => ws
+            .lock
+            .as_ref()
+            .and_then(|l| l.stages.get(stage))
+            .and_then(|e| e.key.parse::<pollard_cache::CacheKey>().ok())
+            .and_then(|k| cache.record(&k).ok().flatten()),
+    };
+    let memory = |field: &str| -> serde_json::Value {
+        record
+            .as_ref()
+            .and_then(|r| r.memory.get(field))
+            .map_or(serde_json::Value::Null, |&b| b.into())
+    };
     let id: ArtifactId = artifact.parse().map_err(EngineError::from)?;
     let dir = cache.artifact_dir(&id).map_err(EngineError::from)?;
     if path_only {
@@ -473,6 +514,8 @@ fn show(file: Option<&Path>, stage: &str, path_only: bool, json: bool) -> Result
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "stage": stage, "artifact": artifact, "path": dir, "stale": note.is_some(), "files": files, "metrics": metrics, "report": report,
+                "estimated_host_bytes": memory("estimated_host_bytes"), "peak_host_bytes": memory("peak_host_bytes"),
+                "estimated_gpu_bytes": memory("estimated_gpu_bytes"), "peak_gpu_bytes": memory("peak_gpu_bytes"),
             }))?
         );
         return Ok(0);

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use pollard_cache::Cache;
+use pollard_engine::job::ManifestText;
 use pollard_engine::{lock_path_for, EngineError, LockFile, PipelineSpec, Registry, Source};
 
 /// Recipes built into the binary: (name, text).
@@ -33,6 +34,8 @@ pub fn recipe(name: &str) -> Result<&'static str> {
 /// A loaded manifest with its lock file and cache.
 pub struct Workspace {
     pub spec: PipelineSpec,
+    /// The manifest's text, for stages that run in processes of their own.
+    pub manifest: ManifestText,
     pub lock_path: PathBuf,
     pub lock: Option<LockFile>,
 }
@@ -76,10 +79,16 @@ pub fn load(file: Option<&Path>, say_embedded: bool) -> Result<Workspace> {
         }
     };
     let spec = pollard_engine::load(&source, &registry()).map_err(EngineError::Manifest)?;
+    let text = ManifestText {
+        file: source.file.clone(),
+        dir: source.dir.clone(),
+        text: source.text.clone(),
+    };
     let lock_path = lock_path_for(&manifest);
     let lock = LockFile::read(&lock_path).map_err(EngineError::Lock)?;
     Ok(Workspace {
         spec,
+        manifest: text,
         lock_path,
         lock,
     })

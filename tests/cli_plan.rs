@@ -351,3 +351,36 @@ fn a_lock_file_that_cannot_be_read_is_an_io_failure_exit_1_not_a_usage_error() {
     ws.write("pollard.lock", "version: 1\npipeline: p\nstages: 3\n");
     assert_eq!(ws.run(&["status"]).code, 2);
 }
+
+#[test]
+fn a_built_in_stage_records_its_measured_peak_memory_beside_its_estimate() {
+    let ws = Ws::new(
+        "pipeline: p
+stages:
+  base:
+    kind: load
+    with: { path: ckpt }
+",
+    );
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+    std::fs::create_dir_all(ws.file("ckpt")).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), ws.file(&format!("ckpt/{f}"))).unwrap();
+    }
+    let r = ws.run(&["run", "--plain", "--gpus", "none"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let s = ws.run(&["show", "base", "--json"]);
+    assert_eq!(s.code, 0, "{}", s.all());
+    let v = json(&s);
+    let estimated = v["estimated_host_bytes"].as_u64().expect("an estimate");
+    let peak = v["peak_host_bytes"].as_u64().expect("a measured peak");
+    assert!(estimated > 0, "{v}");
+    // The stage ran in a process of its own: its peak is a few MiB, not the driver's.
+    assert!(peak > 1 << 20 && peak < 1 << 30, "{v}");
+    assert_eq!(v["estimated_gpu_bytes"], 0);
+    assert!(
+        v["peak_gpu_bytes"].is_null(),
+        "no GPU query in this build: {v}"
+    );
+}

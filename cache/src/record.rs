@@ -38,6 +38,10 @@ pub struct RunRecord {
     /// Devices granted (e.g. `cuda:0`, `cpu`).
     #[serde(default)]
     pub devices: Vec<String>,
+    /// Memory in bytes: the estimates the run was scheduled with (`estimated_host_bytes`,
+    /// `estimated_gpu_bytes`) and what it measured (`peak_host_bytes`, `peak_gpu_bytes`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub memory: BTreeMap<String, u64>,
     /// The run's log (a path or a tail of it), when kept.
     #[serde(default)]
     pub log: Option<String>,

@@ -821,6 +821,7 @@ fn record(key: CacheKey, artifact: ArtifactId) -> RunRecord {
         finished: Timestamp::from_unix_millis(1_800_000_002_500),
         duration_s: 2.5,
         devices: vec!["cpu".into()],
+        memory: Default::default(),
         log: None,
     }
 }

@@ -51,6 +51,11 @@ impl Stage for CommandStage {
         Slots::Any
     }
 
+    fn own_process(&self) -> bool {
+        // bash is the stage's process already.
+        false
+    }
+
     fn deps(&self, p: &CommandParams) -> Vec<PathBuf> {
         p.deps.iter().map(PathBuf::from).collect()
     }

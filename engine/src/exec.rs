@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::error::EngineError;
+use crate::job::{spawn_job, Isolation, JobSpec};
 use crate::lockfile::{LockEntry, LockWriter};
 use crate::plan::{
     deps_digests, effective_resources, estimate, fingerprint, lookup, plan_inputs, short, Action,
@@ -178,6 +179,8 @@ pub struct Runner {
     /// Where the output of a failed stage is kept (`<dir>/<stage>.log`); a stage that succeeds
     /// keeps its output in its run record instead.
     pub failure_logs: PathBuf,
+    /// How to run built-in stages in processes of their own (None: on worker threads).
+    pub isolation: Option<Isolation>,
 }
 
 /// The run's bookkeeping: per stage state, and the ready set in topological order, so each
@@ -412,6 +415,8 @@ impl Runner {
                         key: p.key,
                         fp: p.fp.clone(),
                         forced: plan.forced[i] || !stage.cache,
+                        resources: p.resources,
+                        isolation: self.isolation.clone(),
                         lease,
                         reporter: self.reporter.clone(),
                         cancel: self.cancel.clone(),
@@ -630,6 +635,49 @@ enum Rekeyed {
     Failed(String),
 }
 
+/// Runs a stage on this thread; a panic is the stage's failure, not the run's.
+fn in_process(
+    stage: &crate::spec::StageSpec,
+    ctx: &mut StageCtx,
+    inputs: &Inputs,
+) -> Result<(), String> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        stage.stage.run(ctx, &stage.params, inputs)
+    })) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            let mut msg = e.to_string();
+            let mut src = e.source();
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            Err(msg)
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(format!("the stage panicked: {what}"))
+        }
+    }
+}
+
+/// The run record's memory: the estimates the stage was scheduled with and, when it ran in a
+/// process of its own, its measured peak (no GPU query in this build: no GPU peak).
+fn memory_of(r: &Resources, peak_host: Option<u64>) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::from([
+        ("estimated_host_bytes".to_string(), r.host_memory),
+        ("estimated_gpu_bytes".to_string(), r.gpu_memory),
+    ]);
+    if let Some(p) = peak_host {
+        m.insert("peak_host_bytes".to_string(), p);
+    }
+    m
+}
+
 /// The headline metrics kept in the lock file: the numbers at the top level of `metrics.json`.
 fn metrics_of(m: &serde_json::Value) -> Option<serde_json::Value> {
     let obj = m.as_object()?;
@@ -680,6 +728,8 @@ struct Job {
     key: CacheKey,
     fp: Fingerprint,
     forced: bool,
+    resources: Resources,
+    isolation: Option<Isolation>,
     lease: Lease,
     reporter: Arc<dyn Reporter>,
     cancel: Arc<AtomicBool>,
@@ -763,31 +813,29 @@ impl Job {
         .with_workdir(self.spec.dir.clone());
         let started = Timestamp::now();
         let t0 = Instant::now();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            stage.stage.run(&mut ctx, &stage.params, &inputs)
-        }));
+        let mut peak_host_bytes = None;
+        let outcome = match &self.isolation {
+            Some(iso) if stage.stage.own_process() => {
+                let job = JobSpec {
+                    manifest: iso.manifest.clone(),
+                    stage: stage.id.clone(),
+                    cache_root: self.cache.root().to_path_buf(),
+                    inputs: self.fp.inputs.clone(),
+                    out_dir: staging.path().to_path_buf(),
+                    scratch_dir: scratch.clone(),
+                    gpus: self.lease.gpus.clone(),
+                    threads: self.lease.cpus,
+                };
+                spawn_job(iso, &job, capture.as_ref(), &self.cancel).and_then(|ended| {
+                    peak_host_bytes = Some(ended.peak_host_bytes);
+                    ended.result
+                })
+            }
+            _ => in_process(stage, &mut ctx, &inputs),
+        };
         let duration_s = t0.elapsed().as_secs_f64();
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                let mut msg = e.to_string();
-                let mut src = e.source();
-                while let Some(s) = src {
-                    msg.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
-                return Ok(JobResult::Failed(self.keep_log(&capture, msg)));
-            }
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                return Ok(JobResult::Failed(
-                    self.keep_log(&capture, format!("the stage panicked: {what}")),
-                ));
-            }
+        if let Err(msg) = outcome {
+            return Ok(JobResult::Failed(self.keep_log(&capture, msg)));
         }
         if self.cancel.load(Ordering::Relaxed) {
             return Ok(JobResult::Failed("interrupted".into()));
@@ -814,6 +862,7 @@ impl Job {
             finished: Timestamp::now(),
             duration_s,
             devices,
+            memory: memory_of(&self.resources, peak_host_bytes),
             log: Some(
                 capture
                     .log

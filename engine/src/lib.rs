@@ -9,6 +9,7 @@ pub mod exec;
 pub mod expand;
 pub mod graph;
 pub mod interp;
+pub mod job;
 pub mod lockfile;
 pub mod manifest;
 pub mod plan;

@@ -47,6 +47,7 @@ pub trait ErasedStage: Send + Sync {
         inputs: &PlanInputs,
     ) -> Result<Option<serde_json::Value>, BoxError>;
     fn resources(&self, p: &DecodedParams, inputs: &PlanInputs) -> Result<Resources, BoxError>;
+    fn own_process(&self) -> bool;
     fn run(&self, ctx: &mut StageCtx, p: &DecodedParams, inputs: &Inputs) -> Result<(), BoxError>;
 }
 
@@ -103,6 +104,9 @@ impl<S: Stage> ErasedStage for Erased<S> {
     }
     fn resources(&self, p: &DecodedParams, inputs: &PlanInputs) -> Result<Resources, BoxError> {
         self.0.resources(self.typed(p), inputs)
+    }
+    fn own_process(&self) -> bool {
+        self.0.own_process()
     }
     fn run(&self, ctx: &mut StageCtx, p: &DecodedParams, inputs: &Inputs) -> Result<(), BoxError> {
         self.0.run(ctx, self.typed(p), inputs)

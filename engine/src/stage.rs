@@ -129,7 +129,7 @@ impl Inputs {
 }
 
 /// One progress report of a running stage (built-in kinds report steps, loss and tokens/s).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     pub step: u64,
     pub total: Option<u64>,
@@ -285,6 +285,13 @@ pub trait Stage: Send + Sync + 'static {
 
     /// An estimate of what running needs (from the model's shape when it is known).
     fn resources(&self, p: &Self::Params, inputs: &PlanInputs) -> Result<Resources, BoxError>;
+
+    /// Whether the engine runs the stage in a process of its own (`pollard stage-job`), so its
+    /// peak memory is measured and it can run on another machine; a kind that only starts a
+    /// process of its own says no.
+    fn own_process(&self) -> bool {
+        true
+    }
 
     /// Does the work: reads only `inputs` and `p`, writes only into `ctx.out_dir()`.
     fn run(&self, ctx: &mut StageCtx, p: &Self::Params, inputs: &Inputs) -> Result<(), BoxError>;

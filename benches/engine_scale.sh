@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Benchmark: how `pollard run` scales with the pipeline. Generates the benches/engine_gen.py
+# pipeline at 500 stages (20 chains x 25) and at 5,000 (200 chains x 25), then times a first run
+# (every stage runs) and a no-op run (median of TRIALS) of each, in the same run on the same
+# machine. Prints the times, per-stage costs and the 5,000 / 500 ratios; asserts nothing.
+#
+# Usage: benches/engine_scale.sh [TRIALS=3]
+# Env: WORK (default /tmp/pollard-scale), POLLARD_BIN (default: target/debug/pollard, built with
+# `cargo build` when missing; the dev profile is optimised, opt-level 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+TRIALS=${1:-3}
+WORK=${WORK:-/tmp/pollard-scale}
+BIN=${POLLARD_BIN:-$ROOT/target/debug/pollard}
+[ -x "$BIN" ] || cargo build --bin pollard
+lscpu | grep 'Model name' || true
+echo "cores: $(nproc)"
+now() { date +%s.%N; }
+median_of() {
+  local times=()
+  for _ in $(seq "$TRIALS"); do
+    local t0 t1
+    t0=$(now); "$@" >/dev/null 2>&1; t1=$(now)
+    times+=("$(echo "$t1 - $t0" | bc -l)")
+  done
+  printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {printf "%.4f", (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'
+}
+declare -A FIRST NOOP
+for CHAINS in 20 200; do
+  N=$((CHAINS * 25))
+  rm -rf "$WORK/$N"
+  mkdir -p "$WORK/$N"
+  python3 benches/engine_gen.py "$WORK/$N" "$CHAINS" >/dev/null
+  cd "$WORK/$N/pollard"
+  export POLLARD_CACHE_DIR="$WORK/$N/cache"
+  t0=$(now); "$BIN" run --plain >/dev/null 2>&1; t1=$(now)
+  FIRST[$N]=$(echo "$t1 - $t0" | bc -l)
+  NOOP[$N]=$(median_of "$BIN" run --plain)
+  "$BIN" status | head -1
+  cd "$ROOT"
+  printf '%5d stages: first run %8.2f s (%6.2f ms/stage), no-op run %7.1f ms\n' "$N" \
+    "${FIRST[$N]}" "$(echo "${FIRST[$N]} * 1000 / $N" | bc -l)" "$(echo "${NOOP[$N]} * 1000" | bc -l)"
+done
+printf 'first run 5000/500: %.2fx (linear: 10x); no-op 5000/500: %.2fx\n' \
+  "$(echo "${FIRST[5000]} / ${FIRST[500]}" | bc -l)" "$(echo "${NOOP[5000]} / ${NOOP[500]}" | bc -l)"
