@@ -37,7 +37,7 @@ for CHAINS in 20 200; do
   t0=$(now); "$BIN" run --plain >/dev/null 2>&1; t1=$(now)
   FIRST[$N]=$(echo "$t1 - $t0" | bc -l)
   NOOP[$N]=$(median_of "$BIN" run --plain)
-  "$BIN" status | head -1
+  "$BIN" status > "$WORK/$N/status.txt"; head -1 "$WORK/$N/status.txt"
   cd "$ROOT"
   printf '%5d stages: first run %8.2f s (%6.2f ms/stage), no-op run %7.1f ms\n' "$N" \
     "${FIRST[$N]}" "$(echo "${FIRST[$N]} * 1000 / $N" | bc -l)" "$(echo "${NOOP[$N]} * 1000" | bc -l)"
