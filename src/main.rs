@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use pollard_cache::{ArtifactId, GcRoots};
+use pollard_cache::ArtifactId;
 use pollard_engine::lockfile::LockError;
 use pollard_engine::plan::{plan, Action, Plan};
-use pollard_engine::{EngineError, Inventory, LockWriter, Outcome, RunOptions, Runner, Selection};
+use pollard_engine::{EngineError, Inventory, Outcome, RunOptions, Runner, Selection};
 
 #[derive(Parser)]
 #[command(
@@ -190,7 +190,10 @@ fn exit_code(e: &EngineError) -> i32 {
         {
             2
         }
-        EngineError::ReadManifest { .. } | EngineError::Lock(_) | EngineError::Cache(_) => 1,
+        EngineError::ReadManifest { .. }
+        | EngineError::Io { .. }
+        | EngineError::Lock(_)
+        | EngineError::Cache(_) => 1,
     }
 }
 
@@ -263,23 +266,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Gc { manifest, json } => {
             let ws = workspace::load(manifest.file.as_deref(), false)?;
             let cache = ws.open_cache()?;
-            let mut lock_files = vec![ws.lock_path.clone()];
-            // Other recipes sharing this folder's cache keep their outputs too.
-            if let Ok(entries) = std::fs::read_dir(&ws.spec.dir) {
-                for e in entries.flatten() {
-                    let p = e.path();
-                    if p.extension().is_some_and(|x| x == "lock") && !lock_files.contains(&p) {
-                        lock_files.push(p);
-                    }
-                }
-            }
-            lock_files.retain(|p| p.exists());
-            let report = cache
-                .gc(&GcRoots {
-                    lock_files,
-                    ..GcRoots::default()
-                })
-                .map_err(EngineError::from)?;
+            let report = cache.gc(&ws.gc_roots()?).map_err(EngineError::from)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -398,16 +385,9 @@ fn run(args: RunArgs) -> Result<u8> {
         });
     }
     let console = Arc::new(progress::Console::new(args.plain, args.json));
-    let known: Vec<String> = ws.spec.ids().map(str::to_string).collect();
-    let lock = LockWriter::new(
-        ws.lock_path.clone(),
-        &ws.state_dir(),
-        &ws.spec.name,
-        known,
-        ws.lock.clone(),
-    );
+    let lock = ws.lock_writer();
+    let failure_logs = ws.failure_logs();
     let spec = Arc::new(ws.spec);
-    let failure_logs = spec.dir.join(".pollard").join("logs");
     let isolation = std::env::current_exe()
         .ok()
         .map(|exe| pollard_engine::job::Isolation {

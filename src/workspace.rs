@@ -1,12 +1,11 @@
-//! Where a command's manifest, lock file and cache are: `-f FILE`, else `./pollard.yaml`, else
-//! the embedded default recipe as if it were `./<name>.yaml` in the current folder.
+//! The recipes built into the binary and the stage kinds it links; where a command's manifest,
+//! lock file and cache are is the engine's (`pollard_engine::workspace`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
-use pollard_cache::Cache;
-use pollard_engine::job::ManifestText;
-use pollard_engine::{lock_path_for, EngineError, LockFile, PipelineSpec, Registry, Source};
+use pollard_engine::workspace::Workspace;
+use pollard_engine::Registry;
 
 /// Recipes built into the binary: (name, text).
 pub const RECIPES: &[(&str, &str)] = &[
@@ -31,77 +30,22 @@ pub fn recipe(name: &str) -> Result<&'static str> {
         })
 }
 
-/// A loaded manifest with its lock file and cache.
-pub struct Workspace {
-    pub spec: PipelineSpec,
-    /// The manifest's text, for stages that run in processes of their own.
-    pub manifest: ManifestText,
-    pub lock_path: PathBuf,
-    pub lock: Option<LockFile>,
-}
-
 pub fn registry() -> Registry {
     let mut reg = Registry::new();
     pollard_stages::register(&mut reg);
     reg
 }
 
-/// Finds and validates the manifest. Manifest errors come back as `EngineError::Manifest`.
+/// Finds and validates the manifest (see [`pollard_engine::workspace`]); says so when the
+/// embedded recipe stands in for a missing one.
 pub fn load(file: Option<&Path>, say_embedded: bool) -> Result<Workspace> {
-    let (source, manifest) = match file {
-        Some(f) => {
-            let src = Source::read(f).map_err(|source| EngineError::ReadManifest {
-                path: f.to_path_buf(),
-                source,
-            })?;
-            (src, f.to_path_buf())
-        }
-        None if Path::new("pollard.yaml").exists() => {
-            let f = Path::new("pollard.yaml");
-            let src = Source::read(f).map_err(|source| EngineError::ReadManifest {
-                path: f.to_path_buf(),
-                source,
-            })?;
-            (src, f.to_path_buf())
-        }
-        None => {
-            let name = format!("{DEFAULT_RECIPE}.yaml");
-            let cwd = std::env::current_dir().context("cannot read the current folder")?;
-            if say_embedded {
-                eprintln!("no pollard.yaml here: running the built-in `{DEFAULT_RECIPE}` recipe as ./{name} (`pollard init` writes it out)");
-            }
-            let src = Source::new(
-                name.clone(),
-                cwd.clone(),
-                recipe(DEFAULT_RECIPE)?.to_string(),
-            );
-            (src, cwd.join(name))
-        }
-    };
-    let spec = pollard_engine::load(&source, &registry()).map_err(EngineError::Manifest)?;
-    let text = ManifestText {
-        file: source.file.clone(),
-        dir: source.dir.clone(),
-        text: source.text.clone(),
-    };
-    let lock_path = lock_path_for(&manifest);
-    let lock = LockFile::read(&lock_path).map_err(EngineError::Lock)?;
-    Ok(Workspace {
-        spec,
-        manifest: text,
-        lock_path,
-        lock,
-    })
-}
-
-impl Workspace {
-    pub fn open_cache(&self) -> Result<Cache> {
-        let root = Cache::default_root(&self.spec.dir);
-        Ok(Cache::open(&root).map_err(EngineError::from)?)
+    let ws = pollard_engine::workspace::load(
+        file,
+        &registry(),
+        (DEFAULT_RECIPE, recipe(DEFAULT_RECIPE)?),
+    )?;
+    if ws.embedded && say_embedded {
+        eprintln!("no pollard.yaml here: running the built-in `{DEFAULT_RECIPE}` recipe as ./{DEFAULT_RECIPE}.yaml (`pollard init` writes it out)");
     }
-
-    /// Where per-workspace bookkeeping lives (the lock file's guard).
-    pub fn state_dir(&self) -> PathBuf {
-        self.spec.dir.join(".pollard")
-    }
+    Ok(ws)
 }

@@ -24,6 +24,11 @@ pub enum EngineError {
         path: String,
         source: Box<pollard_cache::Error>,
     },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Lock(#[from] LockError),
     /// Boxed: the cache's error is large and most results here are Ok.

@@ -19,6 +19,7 @@ pub mod resources;
 pub mod span;
 pub mod spec;
 pub mod stage;
+pub mod workspace;
 
 pub use command::{CommandParams, CommandStage};
 pub use diag::{Diagnostic, Diagnostics};

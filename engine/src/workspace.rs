@@ -1,0 +1,133 @@
+//! A workspace: where a command's manifest, lock file, cache and bookkeeping are. The manifest is
+//! `-f FILE`, else `./pollard.yaml`, else an embedded recipe taken as if it were
+//! `./<name>.yaml` in the current folder; the lock file sits beside it (`<stem>.lock`);
+//! `.pollard/` beside it holds the lock's guard and journal, failure logs and (unless
+//! `POLLARD_CACHE_DIR` moves it) the cache. The command line asks here, then renders.
+
+use std::path::{Path, PathBuf};
+
+use pollard_cache::{Cache, GcRoots};
+
+use crate::error::EngineError;
+use crate::job::ManifestText;
+use crate::lockfile::{lock_path_for, LockFile, LockWriter};
+use crate::manifest::Source;
+use crate::registry::Registry;
+use crate::spec::PipelineSpec;
+
+/// The manifest looked for in the current folder when none is given.
+pub const DEFAULT_MANIFEST: &str = "pollard.yaml";
+
+/// A recipe built into the binary: (name, text).
+pub type Embedded<'a> = (&'a str, &'a str);
+
+/// A loaded, validated manifest with its lock file.
+pub struct Workspace {
+    pub spec: PipelineSpec,
+    /// The manifest's text, for stages that run in processes of their own.
+    pub manifest: ManifestText,
+    pub lock_path: PathBuf,
+    pub lock: Option<LockFile>,
+    /// True when no manifest was found and the embedded recipe stands in for one.
+    pub embedded: bool,
+}
+
+fn read(path: &Path) -> Result<Source, EngineError> {
+    Source::read(path).map_err(|source| EngineError::ReadManifest {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Finds, parses and validates the manifest (manifest errors come back as
+/// `EngineError::Manifest`) and reads its lock file.
+pub fn load(
+    file: Option<&Path>,
+    registry: &Registry,
+    default: Embedded<'_>,
+) -> Result<Workspace, EngineError> {
+    let (source, manifest, embedded) = match file {
+        Some(f) => (read(f)?, f.to_path_buf(), false),
+        None if Path::new(DEFAULT_MANIFEST).exists() => {
+            let f = Path::new(DEFAULT_MANIFEST);
+            (read(f)?, f.to_path_buf(), false)
+        }
+        None => {
+            let (name, text) = default;
+            let file = format!("{name}.yaml");
+            let cwd = std::env::current_dir().map_err(|source| EngineError::Io {
+                what: "cannot read the current folder".into(),
+                source,
+            })?;
+            let src = Source::new(file.clone(), cwd.clone(), text.to_string());
+            (src, cwd.join(file), true)
+        }
+    };
+    let spec = crate::spec::load(&source, registry).map_err(EngineError::Manifest)?;
+    let lock_path = lock_path_for(&manifest);
+    let lock = LockFile::read(&lock_path)?;
+    Ok(Workspace {
+        spec,
+        manifest: ManifestText {
+            file: source.file.clone(),
+            dir: source.dir.clone(),
+            text: source.text.clone(),
+        },
+        lock_path,
+        lock,
+        embedded,
+    })
+}
+
+impl Workspace {
+    pub fn open_cache(&self) -> Result<Cache, EngineError> {
+        Ok(Cache::open(&Cache::default_root(&self.spec.dir))?)
+    }
+
+    /// Per-workspace bookkeeping: the lock file's guard and journal, failure logs.
+    pub fn state_dir(&self) -> PathBuf {
+        self.spec.dir.join(".pollard")
+    }
+
+    /// Where a failed stage's output is kept (`<dir>/<stage>.log`).
+    pub fn failure_logs(&self) -> PathBuf {
+        self.state_dir().join("logs")
+    }
+
+    /// The writer a run records finished stages with.
+    pub fn lock_writer(&self) -> LockWriter {
+        LockWriter::new(
+            self.lock_path.clone(),
+            &self.state_dir(),
+            &self.spec.name,
+            self.spec.ids().map(str::to_string).collect(),
+            self.lock.clone(),
+        )
+    }
+
+    /// What `gc` keeps: every lock file in the manifest's folder (other recipes sharing this
+    /// folder's cache keep their outputs too), each with its journal folded in.
+    pub fn gc_roots(&self) -> Result<GcRoots, EngineError> {
+        let mut lock_files = vec![self.lock_path.clone()];
+        if let Ok(entries) = std::fs::read_dir(&self.spec.dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "lock") && !lock_files.contains(&p) {
+                    lock_files.push(p);
+                }
+            }
+        }
+        lock_files.retain(|p| p.exists());
+        // A killed run's journal holds roots too: fold it in first.
+        if crate::lockfile::journal_path_for(&self.lock_path).exists() {
+            self.lock_writer().finish(&Default::default())?;
+            if !lock_files.contains(&self.lock_path) {
+                lock_files.push(self.lock_path.clone());
+            }
+        }
+        Ok(GcRoots {
+            lock_files,
+            ..GcRoots::default()
+        })
+    }
+}
