@@ -216,6 +216,49 @@ impl Board {
         }
     }
 
+    /// `i` is done with a cached output (found by the plan, on re-keying, or computed by another
+    /// run meanwhile): says so and keeps its lock entry for the end of the run.
+    #[allow(clippy::too_many_arguments)]
+    fn reuse(
+        &mut self,
+        spec: &PipelineSpec,
+        i: usize,
+        fp: &Fingerprint,
+        key: &CacheKey,
+        rec: &RunRecord,
+        joined: bool,
+        lock_pending: &mut BTreeMap<String, LockEntry>,
+        reporter: &dyn Reporter,
+    ) {
+        let (stage, artifact) = (spec.stages[i].id.clone(), rec.artifact.to_string());
+        reporter.event(&if joined {
+            Event::Joined {
+                stage: stage.clone(),
+                artifact: artifact.clone(),
+            }
+        } else {
+            Event::Reused {
+                stage: stage.clone(),
+                artifact: artifact.clone(),
+            }
+        });
+        lock_pending.insert(stage, entry_of(fp, key, rec));
+        self.outcomes[i] = Some(Outcome::Reused { artifact });
+        self.done(i, rec.artifact);
+    }
+
+    /// `i` failed: says why and holds what depends on it.
+    fn fail(&mut self, spec: &PipelineSpec, i: usize, error: String, reporter: &dyn Reporter) {
+        self.ready.remove(&(self.rank[i], i));
+        reporter.event(&Event::Failed {
+            stage: spec.stages[i].id.clone(),
+            error: error.clone(),
+        });
+        self.state[i] = State::Failed;
+        self.outcomes[i] = Some(Outcome::Failed { error });
+        self.hold_dependents(spec, i, reporter);
+    }
+
     /// Everything downstream of a failed or skipped stage is held, saying why.
     fn hold_dependents(&mut self, spec: &PipelineSpec, i: usize, reporter: &dyn Reporter) {
         let mut stack = vec![i];
@@ -284,35 +327,21 @@ impl Runner {
                 Action::Reuse { record } => {
                     let fp = p.fingerprint.as_ref().expect("a reused stage is keyed");
                     let key = p.key.expect("a reused stage is keyed");
-                    self.reporter.event(&Event::Reused {
-                        stage: stage.id.clone(),
-                        artifact: record.artifact.to_string(),
-                    });
-                    lock_pending.insert(
-                        stage.id.clone(),
-                        fp.lock_entry(
-                            &key,
-                            &record.artifact,
-                            metrics_of(&record.metrics),
-                            record.devices.clone(),
-                        ),
+                    board.reuse(
+                        spec,
+                        i,
+                        fp,
+                        &key,
+                        record,
+                        false,
+                        &mut lock_pending,
+                        self.reporter.as_ref(),
                     );
-                    board.outcomes[i] = Some(Outcome::Reused {
-                        artifact: record.artifact.to_string(),
-                    });
-                    board.done(i, record.artifact);
                 }
                 Action::Blocked { reason } => {
                     if !matches!(reason, Reason::UpstreamBlocked { .. }) {
-                        let error = reason.to_string();
-                        self.reporter.event(&Event::Failed {
-                            stage: stage.id.clone(),
-                            error: error.clone(),
-                        });
-                        board.state[i] = State::Failed;
-                        board.outcomes[i] = Some(Outcome::Failed { error });
+                        board.fail(spec, i, reason.to_string(), self.reporter.as_ref());
                         first_failure.get_or_insert(stage.id.clone());
-                        board.hold_dependents(spec, i, self.reporter.as_ref());
                     }
                 }
                 Action::Run { .. } => {
@@ -343,37 +372,20 @@ impl Runner {
                 }
                 let stage = &spec.stages[i];
                 match self.rekey(plan, &board, &mut descriptions, i)? {
-                    Rekeyed::Cached(fp, key, rec) => {
-                        board.ready.remove(&(board.rank[i], i));
-                        self.reporter.event(&Event::Reused {
-                            stage: stage.id.clone(),
-                            artifact: rec.artifact.to_string(),
-                        });
-                        lock_pending.insert(
-                            stage.id.clone(),
-                            fp.lock_entry(
-                                &key,
-                                &rec.artifact,
-                                metrics_of(&rec.metrics),
-                                rec.devices.clone(),
-                            ),
-                        );
-                        board.outcomes[i] = Some(Outcome::Reused {
-                            artifact: rec.artifact.to_string(),
-                        });
-                        board.done(i, rec.artifact);
-                    }
+                    Rekeyed::Cached(fp, key, rec) => board.reuse(
+                        spec,
+                        i,
+                        &fp,
+                        &key,
+                        &rec,
+                        false,
+                        &mut lock_pending,
+                        self.reporter.as_ref(),
+                    ),
                     Rekeyed::Run(p) => prepared[i] = Some(p),
                     Rekeyed::Failed(error) => {
-                        board.ready.remove(&(board.rank[i], i));
-                        self.reporter.event(&Event::Failed {
-                            stage: stage.id.clone(),
-                            error: error.clone(),
-                        });
-                        board.state[i] = State::Failed;
-                        board.outcomes[i] = Some(Outcome::Failed { error });
+                        board.fail(spec, i, error, self.reporter.as_ref());
                         first_failure.get_or_insert(stage.id.clone());
-                        board.hold_dependents(spec, i, self.reporter.as_ref());
                     }
                 }
             }
@@ -468,40 +480,24 @@ impl Runner {
                             });
                         }
                     }
-                    self.lock.record(
-                        &stage.id,
-                        &p.fp.lock_entry(
-                            &p.key,
-                            &record.artifact,
-                            metrics_of(&record.metrics),
-                            record.devices.clone(),
-                        ),
-                    )?;
+                    self.lock
+                        .record(&stage.id, &entry_of(&p.fp, &p.key, &record))?;
                     board.outcomes[i] = Some(Outcome::Ran {
                         artifact: record.artifact.to_string(),
                         seconds,
                     });
                     board.done(i, record.artifact);
                 }
-                JobResult::Joined { record } => {
-                    self.reporter.event(&Event::Joined {
-                        stage: stage.id.clone(),
-                        artifact: record.artifact.to_string(),
-                    });
-                    lock_pending.insert(
-                        stage.id.clone(),
-                        p.fp.lock_entry(
-                            &p.key,
-                            &record.artifact,
-                            metrics_of(&record.metrics),
-                            record.devices.clone(),
-                        ),
-                    );
-                    board.outcomes[i] = Some(Outcome::Reused {
-                        artifact: record.artifact.to_string(),
-                    });
-                    board.done(i, record.artifact);
-                }
+                JobResult::Joined { record } => board.reuse(
+                    spec,
+                    i,
+                    &p.fp,
+                    &p.key,
+                    &record,
+                    true,
+                    &mut lock_pending,
+                    self.reporter.as_ref(),
+                ),
                 JobResult::Failed(error) => {
                     let interrupted_now = self.cancel.load(Ordering::Relaxed);
                     let error = if interrupted_now {
@@ -509,16 +505,10 @@ impl Runner {
                     } else {
                         error
                     };
-                    self.reporter.event(&Event::Failed {
-                        stage: stage.id.clone(),
-                        error: error.clone(),
-                    });
-                    board.state[i] = State::Failed;
-                    board.outcomes[i] = Some(Outcome::Failed { error });
+                    board.fail(spec, i, error, self.reporter.as_ref());
                     if !interrupted_now {
                         first_failure.get_or_insert(stage.id.clone());
                     }
-                    board.hold_dependents(spec, i, self.reporter.as_ref());
                 }
             }
         }
@@ -676,6 +666,16 @@ fn memory_of(r: &Resources, peak_host: Option<u64>) -> BTreeMap<String, u64> {
         m.insert("peak_host_bytes".to_string(), p);
     }
     m
+}
+
+/// The lock entry of a stage that produced (or reused) `rec` under `key`.
+fn entry_of(fp: &Fingerprint, key: &CacheKey, rec: &RunRecord) -> LockEntry {
+    fp.lock_entry(
+        key,
+        &rec.artifact,
+        metrics_of(&rec.metrics),
+        rec.devices.clone(),
+    )
 }
 
 /// The headline metrics kept in the lock file: the numbers at the top level of `metrics.json`.
