@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Generate the 500-stage benchmark pipeline twice: as a pollard manifest and as the equivalent
-DVC project (the same graph for both tools).
+"""Generate the benchmark pipeline (CHAINS x DEPTH stages: 20 chains give the 500-stage case of
+benches/engine_vs_dvc.sh, 200 the 5,000-stage case of benches/engine_scale.sh) twice: as a
+pollard manifest and as the equivalent DVC project (the same graph for both tools).
 
 Usage: engine_gen.py OUT_DIR CHAINS [DEPTH=25]
   OUT_DIR/pollard/pollard.yaml      pollard manifest (command stages)
