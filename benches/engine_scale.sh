@@ -16,16 +16,7 @@ BIN=${POLLARD_BIN:-$ROOT/target/debug/pollard}
 [ -x "$BIN" ] || cargo build --bin pollard
 lscpu | grep 'Model name' || true
 echo "cores: $(nproc)"
-now() { date +%s.%N; }
-median_of() {
-  local times=()
-  for _ in $(seq "$TRIALS"); do
-    local t0 t1
-    t0=$(now); "$@" >/dev/null 2>&1; t1=$(now)
-    times+=("$(echo "$t1 - $t0" | bc -l)")
-  done
-  printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {printf "%.4f", (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'
-}
+. benches/timing.sh
 declare -A FIRST NOOP
 for CHAINS in 20 200; do
   N=$((CHAINS * 25))

@@ -26,6 +26,16 @@ params:
   n: 1
 ";
 
+/// The tiny Llama fixture's config and weights, copied to `dir` in the workspace.
+fn copy_checkpoint(ws: &Ws, dir: &str) {
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+    std::fs::create_dir_all(ws.file(dir)).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), ws.file(&format!("{dir}/{f}"))).unwrap();
+    }
+}
+
 fn json(r: &Run) -> serde_json::Value {
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.all()))
 }
@@ -242,12 +252,7 @@ fn stages_that_together_exceed_host_memory_do_not_start_together() {
 #[test]
 fn a_relative_load_path_is_resolved_against_the_manifest_folder_not_the_cwd() {
     let ws = Ws::new("");
-    let fixture =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
-    std::fs::create_dir_all(ws.file("sub/ckpt")).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture.join(f), ws.file(&format!("sub/ckpt/{f}"))).unwrap();
-    }
+    copy_checkpoint(&ws, "sub/ckpt");
     ws.write(
         "sub/pollard.yaml",
         "pipeline: p
@@ -366,12 +371,7 @@ stages:
     with: { path: ckpt }
 ",
     );
-    let fixture =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
-    std::fs::create_dir_all(ws.file("ckpt")).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture.join(f), ws.file(&format!("ckpt/{f}"))).unwrap();
-    }
+    copy_checkpoint(&ws, "ckpt");
     let r = ws.run(&["run", "--plain", "--gpus", "none"]);
     assert_eq!(r.code, 0, "{}", r.all());
     let s = ws.run(&["show", "base", "--json"]);
