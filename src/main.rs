@@ -2,6 +2,8 @@
 //! engine, renders results, and maps failures to exit codes (0 ok, 1 a stage failed, 2 a usage
 //! or manifest error, 130 interrupted).
 
+mod dot_stale;
+mod gc_text;
 mod model_cmd;
 mod progress;
 mod render;
@@ -76,10 +78,14 @@ enum Command {
         #[arg(long, conflicts_with = "path")]
         json: bool,
     },
-    /// Drop cache objects that nothing references (the lock files beside the manifest are roots)
+    /// Drop cache objects that nothing references (the lock files of every workspace that
+    /// uses the cache are roots)
     Gc {
         #[command(flatten)]
         manifest: ManifestArg,
+        /// Say what would be removed, remove nothing
+        #[arg(long)]
+        dry_run: bool,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -201,7 +207,14 @@ fn dispatch(cli: Cli) -> Result<u8> {
         } => {
             let ws = workspace::load(manifest.file.as_deref(), false)?;
             if dot {
-                print!("{}", render::dot(&ws.spec));
+                let cache = ws.open_cache()?;
+                let rows = status(
+                    &ws.spec,
+                    &cache,
+                    ws.lock.as_ref(),
+                    &Selection::all(&ws.spec),
+                )?;
+                print!("{}", dot_stale::colour(&render::dot(&ws.spec), &rows));
             } else if json {
                 let stages: Vec<serde_json::Value> = ws
                     .spec
@@ -231,7 +244,11 @@ fn dispatch(cli: Cli) -> Result<u8> {
             path,
             json,
         } => show(manifest.file.as_deref(), &stage, path, json),
-        Command::Gc { manifest, json } => {
+        Command::Gc {
+            manifest,
+            dry_run,
+            json,
+        } => {
             let ws = workspace::load(manifest.file.as_deref(), false)?;
             let cache = ws.open_cache()?;
             let mut lock_files = vec![ws.lock_path.clone()];
@@ -248,18 +265,22 @@ fn dispatch(cli: Cli) -> Result<u8> {
             let report = cache
                 .gc(&GcRoots {
                     lock_files,
+                    dry_run,
                     ..GcRoots::default()
                 })
                 .map_err(EngineError::from)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
+                print!("{}", gc_text::roots(&report));
                 println!(
-                    "removed {} records, {} artifacts, {} objects, {} temporary files; freed {}",
+                    "{} {} records, {} artifacts, {} objects, {} temporary files; {} {}",
+                    if dry_run { "would remove" } else { "removed" },
                     report.records_removed,
                     report.artifacts_removed,
                     report.objects_removed,
                     report.temp_removed,
+                    if dry_run { "would free" } else { "freed" },
                     pollard_engine::Bytes(report.bytes_freed)
                 );
                 println!(
@@ -394,7 +415,11 @@ fn run(args: RunArgs) -> Result<u8> {
             eprintln!("interrupted: stopping running stages (again to quit at once)");
         });
     }
-    let console = Arc::new(progress::Console::new(args.plain, args.json));
+    let selected = Selection::new(&ws.spec, &args.stages, &args.force, args.force_all)?;
+    let console = Arc::new(
+        progress::Console::new(args.plain, args.json)
+            .with_total(selected.selected.iter().filter(|s| **s).count()),
+    );
     let known: Vec<String> = ws.spec.ids().map(str::to_string).collect();
     let lock = LockWriter::new(
         ws.lock_path.clone(),
@@ -424,12 +449,18 @@ fn run(args: RunArgs) -> Result<u8> {
     let summary = runner.run(&opts)?;
     let ran = summary.count(|o| matches!(o, Outcome::Ran { .. }));
     let reused = summary.count(|o| matches!(o, Outcome::Reused { .. }));
-    let failed = summary.count(|o| matches!(o, Outcome::Failed { .. }));
+    let stopped = |o: &Outcome| matches!(o, Outcome::Failed { error } if error == "interrupted");
+    let interrupted = summary.count(stopped);
+    let failed = summary.count(|o| matches!(o, Outcome::Failed { .. }) && !stopped(o));
     let skipped = summary.count(|o| matches!(o, Outcome::Skipped { .. }));
-    let line = format!(
-        "{}: {ran} ran, {reused} up to date, {failed} failed, {skipped} not run",
+    let mut line = format!(
+        "{}: {ran} ran, {reused} up to date, {failed} failed",
         spec.name
     );
+    if interrupted > 0 {
+        line.push_str(&format!(", {interrupted} interrupted"));
+    }
+    line.push_str(&format!(", {skipped} not run"));
     if args.json {
         eprintln!("{line}");
         println!("{}", serde_json::to_string_pretty(&summary)?);

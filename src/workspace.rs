@@ -88,7 +88,12 @@ pub fn load(file: Option<&Path>, say_embedded: bool) -> Result<Workspace> {
 impl Workspace {
     pub fn open_cache(&self) -> Result<Cache> {
         let root = Cache::default_root(&self.spec.dir);
-        Ok(Cache::open(&root).map_err(EngineError::from)?)
+        let cache = Cache::open(&root).map_err(EngineError::from)?;
+        // gc keeps what this folder's lock files pin, even when run from another project.
+        cache
+            .register_workspace(&self.spec.dir)
+            .map_err(EngineError::from)?;
+        Ok(cache)
     }
 
     /// Where per-workspace bookkeeping lives (the lock file's guard).

@@ -7,7 +7,9 @@ pub mod diag;
 pub mod error;
 pub mod exec;
 pub mod expand;
+pub mod fields;
 pub mod graph;
+pub mod input_guard;
 pub mod interp;
 pub mod lockfile;
 pub mod manifest;
@@ -18,6 +20,7 @@ pub mod resources;
 pub mod span;
 pub mod spec;
 pub mod stage;
+pub mod watchdog;
 
 pub use command::{CommandParams, CommandStage};
 pub use diag::{Diagnostic, Diagnostics};
