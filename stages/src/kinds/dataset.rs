@@ -739,7 +739,8 @@ mod tests {
             .save(&dir.path().join("tok.json"))
             .unwrap();
         let p = params(
-            "{ text: { synthetic: { words: 500, seed: 1 } }, tokenizer: { file: tok.json } }",
+            // Seven documents hold out none at the default share: no validation split asked.
+            "{ text: { synthetic: { words: 500, seed: 1 } }, tokenizer: { file: tok.json }, val_fraction: 0 }",
         );
         let out = run_in(dir.path(), &p).unwrap();
         let ds = pollard_data::Dataset::open(&out).unwrap();
