@@ -255,3 +255,60 @@ fn sigterm_is_reported_as_interrupted_not_failed() {
         "{stdout}"
     );
 }
+
+/// A copy of the tiny Llama fixture in the workspace's `ckpt/`.
+fn copy_fixture(ws: &Ws) {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+    std::fs::create_dir_all(ws.file("ckpt")).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), ws.file(&format!("ckpt/{f}"))).unwrap();
+    }
+}
+
+const LOAD: &str = "pipeline: l\nstages:\n  m: { kind: load, with: { path: ckpt } }\n";
+
+#[test]
+fn nan_weights_are_refused_at_load_naming_the_tensor() {
+    let ws = Ws::new(LOAD);
+    copy_fixture(&ws);
+    let path = ws.file("ckpt/model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    let name = "model.norm.weight".to_string();
+    let t = &tensors[&name];
+    let mut v = t
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    v[1] = f32::NAN;
+    let bad = candle_core::Tensor::from_vec(v, t.shape(), &candle_core::Device::Cpu)
+        .unwrap()
+        .to_dtype(t.dtype())
+        .unwrap();
+    tensors.insert(name, bad);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let r = ws.run(&["run", "--plain"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stdout.contains("tensor `model.norm.weight`: 1 of its")
+            && r.stdout.contains("not finite"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !ws.read("pollard.lock").contains("  m:"),
+        "nothing committed"
+    );
+}
+
+#[test]
+fn a_garbage_tokenizer_is_refused_at_load() {
+    let ws = Ws::new(LOAD);
+    copy_fixture(&ws);
+    ws.write("ckpt/tokenizer.json", "{\"model\": \"not a tokenizer\"}");
+    let r = ws.run(&["run", "--plain"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stdout.contains("tokenizer.json"), "{}", r.stdout);
+}
