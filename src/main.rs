@@ -2,6 +2,8 @@
 //! engine, renders results, and maps failures to exit codes (0 ok, 1 a stage failed, 2 a usage
 //! or manifest error, 130 interrupted).
 
+mod dot_stale;
+mod gc_text;
 mod model_cmd;
 mod progress;
 mod render;
@@ -75,10 +77,14 @@ enum Command {
         #[arg(long, conflicts_with = "path")]
         json: bool,
     },
-    /// Drop cache objects that nothing references (the lock files beside the manifest are roots)
+    /// Drop cache objects that nothing references (the lock files of every workspace that
+    /// uses the cache are roots)
     Gc {
         #[command(flatten)]
         manifest: ManifestArg,
+        /// Say what would be removed, remove nothing
+        #[arg(long)]
+        dry_run: bool,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -233,7 +239,16 @@ fn dispatch(cli: Cli) -> Result<u8> {
         } => {
             let ws = workspace::load(manifest.file.as_deref(), false)?;
             if dot {
-                print!("{}", render::dot(&ws.spec));
+                let cache = ws.open_cache()?;
+                let rows = plan(
+                    &ws.spec,
+                    &cache,
+                    ws.lock.as_ref(),
+                    &Selection::all(&ws.spec),
+                    &Inventory::unlimited(),
+                )?
+                .status(&ws.spec);
+                print!("{}", dot_stale::colour(&render::dot(&ws.spec), &rows));
             } else if json {
                 let stages: Vec<serde_json::Value> = ws
                     .spec
@@ -263,19 +278,28 @@ fn dispatch(cli: Cli) -> Result<u8> {
             path,
             json,
         } => show(manifest.file.as_deref(), &stage, path, json),
-        Command::Gc { manifest, json } => {
+        Command::Gc {
+            manifest,
+            dry_run,
+            json,
+        } => {
             let ws = workspace::load(manifest.file.as_deref(), false)?;
             let cache = ws.open_cache()?;
-            let report = cache.gc(&ws.gc_roots()?).map_err(EngineError::from)?;
+            let mut roots = ws.gc_roots()?;
+            roots.dry_run = dry_run;
+            let report = cache.gc(&roots).map_err(EngineError::from)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
+                print!("{}", gc_text::roots(&report));
                 println!(
-                    "removed {} records, {} artifacts, {} objects, {} temporary files; freed {}",
+                    "{} {} records, {} artifacts, {} objects, {} temporary files; {} {}",
+                    if dry_run { "would remove" } else { "removed" },
                     report.records_removed,
                     report.artifacts_removed,
                     report.objects_removed,
                     report.temp_removed,
+                    if dry_run { "would free" } else { "freed" },
                     pollard_engine::Bytes(report.bytes_freed)
                 );
                 println!(
@@ -384,7 +408,9 @@ fn run(args: RunArgs) -> Result<u8> {
             eprintln!("interrupted: stopping running stages (again to quit at once)");
         });
     }
-    let console = Arc::new(progress::Console::new(args.plain, args.json));
+    let console = Arc::new(
+        progress::Console::new(args.plain, args.json).with_total(plan.stages.len()),
+    );
     let lock = ws.lock_writer();
     let failure_logs = ws.failure_logs();
     let spec = Arc::new(ws.spec);
@@ -412,12 +438,18 @@ fn run(args: RunArgs) -> Result<u8> {
     let summary = runner.run(&plan, &opts)?;
     let ran = summary.count(|o| matches!(o, Outcome::Ran { .. }));
     let reused = summary.count(|o| matches!(o, Outcome::Reused { .. }));
-    let failed = summary.count(|o| matches!(o, Outcome::Failed { .. }));
+    let stopped = |o: &Outcome| matches!(o, Outcome::Failed { error } if error == "interrupted");
+    let interrupted = summary.count(stopped);
+    let failed = summary.count(|o| matches!(o, Outcome::Failed { .. }) && !stopped(o));
     let skipped = summary.count(|o| matches!(o, Outcome::Skipped { .. }));
-    let line = format!(
-        "{}: {ran} ran, {reused} up to date, {failed} failed, {skipped} not run",
+    let mut line = format!(
+        "{}: {ran} ran, {reused} up to date, {failed} failed",
         spec.name
     );
+    if interrupted > 0 {
+        line.push_str(&format!(", {interrupted} interrupted"));
+    }
+    line.push_str(&format!(", {skipped} not run"));
     if args.json {
         eprintln!("{line}");
         println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -1,6 +1,9 @@
 //! Rendering a run: one line per running stage with its own progress through indicatif on a
 //! terminal, plain `[stage] ...` lines otherwise (pipes, CI, tests). Reused stages are counted,
-//! not listed, so a no-op run of hundreds of stages prints one line.
+//! not listed, so a no-op run of hundreds of stages prints one line. An overall count (stage k
+//! of N, how many cached, running, done) heads the bars and prefixes each start line; a
+//! training stage's line carries an ETA from its steps done and their rate. An interrupted
+//! stage is reported as interrupted (its checkpoint is kept), not as failed.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -13,6 +16,10 @@ use pollard_engine::{Event, Progress, ProgressSink, Reporter};
 
 pub struct Console {
     bars: Option<Bars>,
+    /// Stages selected for this run (0: unknown) and how far the run is.
+    counts: Mutex<Counts>,
+    /// Per training stage: the first progress step seen and when, for the ETA.
+    rate_start: Mutex<HashMap<String, (u64, Instant)>>,
     /// Plain mode: when each stage last printed a progress line (throttle).
     last_progress: Mutex<HashMap<String, Instant>>,
     /// Run events go to stderr when stdout carries JSON.
@@ -22,6 +29,53 @@ pub struct Console {
 struct Bars {
     multi: MultiProgress,
     running: Mutex<HashMap<String, ProgressBar>>,
+    overall: ProgressBar,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    total: usize,
+    cached: usize,
+    started: usize,
+    running: usize,
+    done: usize,
+}
+
+impl Counts {
+    /// `stage 3 of 14 (2 cached, 1 running, 0 done)`; `k` counts cached and started stages.
+    fn text(&self) -> String {
+        let k = self.cached + self.started;
+        let of = if self.total > 0 {
+            format!("stage {k} of {}", self.total)
+        } else {
+            format!("stage {k}")
+        };
+        format!(
+            "{of} ({} cached, {} running, {} done)",
+            self.cached, self.running, self.done
+        )
+    }
+}
+
+/// `1h02m`, `4m05s`, `12s`.
+fn duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Seconds left at the rate seen since `(step0, t0)`; None until a step has passed.
+fn eta(step0: u64, elapsed: f64, step: u64, total: u64) -> Option<f64> {
+    if step <= step0 || elapsed <= 0.0 || step > total {
+        return None;
+    }
+    let per_step = elapsed / (step - step0) as f64;
+    Some((total - step) as f64 * per_step)
 }
 
 fn describe(p: &Progress) -> String {
@@ -55,15 +109,58 @@ impl Console {
         } else {
             std::io::stdout().is_terminal()
         };
-        let bars = (tty && !plain).then(|| Bars {
-            multi: MultiProgress::new(),
-            running: Mutex::new(HashMap::new()),
+        let bars = (tty && !plain).then(|| {
+            let multi = MultiProgress::new();
+            let overall = multi.add(ProgressBar::new_spinner());
+            overall.set_style(
+                ProgressStyle::with_template("{prefix:.bold} {wide_msg}")
+                    .expect("the template is valid"),
+            );
+            overall.set_prefix("pollard");
+            Bars {
+                multi,
+                running: Mutex::new(HashMap::new()),
+                overall,
+            }
         });
         Console {
             bars,
+            counts: Mutex::new(Counts::default()),
+            rate_start: Mutex::new(HashMap::new()),
             last_progress: Mutex::new(HashMap::new()),
             to_stderr,
         }
+    }
+
+    /// The number of stages this run covers, for "stage k of N".
+    pub fn with_total(self, total: usize) -> Console {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).total = total;
+        self
+    }
+
+    /// Applies `f` to the counts and returns them, refreshing the overall bar.
+    fn count(&self, f: impl FnOnce(&mut Counts)) -> Counts {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut c);
+        let c = *c;
+        if let Some(b) = &self.bars {
+            b.overall.set_message(c.text());
+        }
+        c
+    }
+
+    /// The progress text of a stage, with an ETA when it reports steps of a known total.
+    fn describe_with_eta(&self, stage: &str, p: &Progress) -> String {
+        let mut text = describe(p);
+        if let (Some(total), true) = (p.total, p.loss.is_some() || p.tokens_per_s.is_some()) {
+            let now = Instant::now();
+            let mut starts = self.rate_start.lock().unwrap_or_else(|e| e.into_inner());
+            let (step0, t0) = *starts.entry(stage.to_string()).or_insert((p.step, now));
+            if let Some(left) = eta(step0, now.duration_since(t0).as_secs_f64(), p.step, total) {
+                text.push_str(&format!("  ETA {}", duration(left)));
+            }
+        }
+        text
     }
 
     fn line(&self, text: &str) {
@@ -90,7 +187,7 @@ impl ProgressSink for Console {
                     bar.set_length(t);
                     bar.set_position(p.step);
                 }
-                bar.set_message(describe(p));
+                bar.set_message(self.describe_with_eta(stage, p));
             }
             return;
         }
@@ -103,10 +200,12 @@ impl ProgressSink for Console {
         let due = last
             .get(stage)
             .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(5));
+        // The rate clock starts at the first report, throttled or not.
+        let text = self.describe_with_eta(stage, p);
         if due || p.total == Some(p.step) {
             last.insert(stage.to_string(), now);
             drop(last);
-            self.line(&format!("[{stage}] {}", describe(p)));
+            self.line(&format!("[{stage}] {text}"));
         }
     }
 
@@ -118,7 +217,9 @@ impl ProgressSink for Console {
 impl Reporter for Console {
     fn event(&self, e: &Event) {
         match e {
-            Event::Reused { .. } => {}
+            Event::Reused { .. } => {
+                self.count(|c| c.cached += 1);
+            }
             Event::Waiting {
                 stage, gpus, cpus, ..
             } => {
@@ -142,6 +243,10 @@ impl Reporter for Console {
                             .join(",")
                     )
                 };
+                let counts = self.count(|c| {
+                    c.started += 1;
+                    c.running += 1;
+                });
                 if let Some(b) = &self.bars {
                     let bar = b.multi.add(ProgressBar::new_spinner());
                     let style = ProgressStyle::with_template(
@@ -157,7 +262,7 @@ impl Reporter for Console {
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(stage.clone(), bar);
                 } else {
-                    self.line(&format!("[{stage}] started on {on}"));
+                    self.line(&format!("[{stage}] started on {on} ({})", counts.text()));
                 }
             }
             Event::Finished {
@@ -166,6 +271,10 @@ impl Reporter for Console {
                 seconds,
             } => {
                 self.finish_bar(stage);
+                self.count(|c| {
+                    c.running = c.running.saturating_sub(1);
+                    c.done += 1;
+                });
                 self.line(&format!(
                     "[{stage}] done in {seconds:.1}s -> {}",
                     short(artifact)
@@ -173,6 +282,7 @@ impl Reporter for Console {
             }
             Event::Joined { stage, artifact } => {
                 self.finish_bar(stage);
+                self.count(|c| c.cached += 1);
                 self.line(&format!(
                     "[{stage}] computed by another run -> {}",
                     short(artifact)
@@ -180,7 +290,14 @@ impl Reporter for Console {
             }
             Event::Failed { stage, error } => {
                 self.finish_bar(stage);
-                self.line(&format!("[{stage}] FAILED: {error}"));
+                self.count(|c| c.running = c.running.saturating_sub(1));
+                if error == "interrupted" {
+                    self.line(&format!(
+                        "[{stage}] interrupted: nothing committed; what it saved is resumed by the next run"
+                    ));
+                } else {
+                    self.line(&format!("[{stage}] FAILED: {error}"));
+                }
             }
             Event::Skipped { stage, reason } => self.line(&format!("[{stage}] skipped: {reason}")),
             Event::Warning { stage, message } => {
@@ -202,5 +319,31 @@ impl Console {
                 bar.finish_and_clear();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eta_is_steps_left_at_the_rate_seen() {
+        assert_eq!(eta(10, 20.0, 20, 100), Some(160.0));
+        assert_eq!(eta(10, 20.0, 10, 100), None, "no step yet");
+        assert_eq!(duration(160.0), "2m40s");
+        assert_eq!(duration(3725.0), "1h02m");
+        assert_eq!(duration(9.4), "9s");
+    }
+
+    #[test]
+    fn the_overall_count_says_stage_k_of_n() {
+        let c = Counts {
+            total: 14,
+            cached: 2,
+            started: 3,
+            running: 1,
+            done: 2,
+        };
+        assert_eq!(c.text(), "stage 5 of 14 (2 cached, 1 running, 2 done)");
     }
 }

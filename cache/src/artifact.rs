@@ -611,7 +611,9 @@ impl Cache {
             }
             // Executable files get their own copy: the shared object is stored 0444.
             let linked = !f.executable && fs::hard_link(&obj, &dst).is_ok();
-            if !linked {
+            if linked {
+                self.memo.relinked(&obj);
+            } else {
                 clone_or_copy(&obj, &dst, &self.budget)?;
                 set_readonly(&dst, f.executable)?;
             }
@@ -691,6 +693,7 @@ impl Cache {
                     set_readonly(&dst, f.executable)?;
                     done.reflinked += 1;
                 } else if !f.executable && fs::hard_link(&obj, &dst).is_ok() {
+                    self.memo.relinked(&obj);
                     done.hardlinked += 1;
                 } else {
                     copy_bytes(&obj, &dst, &self.budget)?;

@@ -1,12 +1,14 @@
 //! Garbage collection: removes the records, artifacts and objects that no root references.
 //! Roots are the lock files the caller names (every `blake3:` digest in them is kept, so the
 //! cache need not know the lock file's format), explicit artifacts and keys, and records
-//! younger than `keep_newer_than`. Runs with the cache locked exclusively: no other process
-//! can be committing or reading while objects disappear.
+//! younger than `keep_newer_than`. The lock files of every workspace registered with the cache
+//! (workspaces.rs) are roots too, so a cache shared through `POLLARD_CACHE_DIR` keeps every
+//! project's work. Runs with the cache locked exclusively: no other process can be committing
+//! or reading while objects disappear. A dry run counts the same things and removes nothing.
 
 use std::collections::HashSet;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -16,6 +18,7 @@ use crate::error::{io_err, Result};
 use crate::fsutil::remove_any;
 use crate::layout::{digest_of_sharded, sharded_files};
 use crate::record::RunRecord;
+use crate::workspaces::lock_files_in;
 use crate::Cache;
 
 /// What gc must keep.
@@ -29,6 +32,8 @@ pub struct GcRoots {
     pub keys: Vec<CacheKey>,
     /// Keep records whose file is younger than this (and their artifacts).
     pub keep_newer_than: Option<Duration>,
+    /// Count what would go, remove nothing.
+    pub dry_run: bool,
 }
 
 /// What gc did.
@@ -43,6 +48,14 @@ pub struct GcReport {
     pub records_kept: usize,
     pub artifacts_kept: usize,
     pub objects_kept: usize,
+    /// Nothing was removed; the counts say what would have gone.
+    pub dry_run: bool,
+    /// The registered workspace folders whose lock files were roots.
+    pub workspaces: Vec<PathBuf>,
+    /// Registered folders that no longer exist (their registration is dropped).
+    pub workspaces_gone: Vec<PathBuf>,
+    /// The stage ids of the run records removed (or that would be), sorted.
+    pub stages_removed: Vec<String>,
 }
 
 /// Every `blake3:<64 hex>` in `text`.
@@ -74,20 +87,57 @@ impl Cache {
     pub fn gc(&self, roots: &GcRoots) -> Result<GcReport> {
         // Read the roots before locking: a missing lock file fails fast.
         let mut root_digests: HashSet<Digest> = HashSet::new();
-        for lf in &roots.lock_files {
+        let mut lock_files = roots.lock_files.clone();
+        let mut workspaces = Vec::new();
+        let mut gone = Vec::new();
+        for (entry, dir) in self.registered_workspaces()? {
+            if dir.is_dir() {
+                lock_files.extend(lock_files_in(&dir)?);
+                workspaces.push(dir);
+            } else {
+                gone.push((entry, dir));
+            }
+        }
+        lock_files.sort();
+        lock_files.dedup();
+        for lf in &lock_files {
             let text = fs::read_to_string(lf).map_err(io_err("read lock file", lf))?;
             root_digests.extend(digests_in(&text));
         }
         root_digests.extend(roots.artifacts.iter().map(|a| a.0));
         root_digests.extend(roots.keys.iter().map(|k| k.0));
-        self.with_exclusive(
+        let mut report = self.with_exclusive(
             "gc needs the cache to itself; rerun when no pollard run uses it",
-            || self.gc_locked(&root_digests, roots.keep_newer_than),
-        )
+            || self.gc_locked(&root_digests, roots.keep_newer_than, roots.dry_run),
+        )?;
+        if !roots.dry_run {
+            for (entry, _) in &gone {
+                remove_any(entry).map_err(io_err("remove", entry))?;
+            }
+        }
+        report.workspaces = workspaces;
+        report.workspaces_gone = gone.into_iter().map(|(_, d)| d).collect();
+        Ok(report)
     }
 
-    fn gc_locked(&self, roots: &HashSet<Digest>, keep: Option<Duration>) -> Result<GcReport> {
-        let mut report = GcReport::default();
+    fn gc_locked(
+        &self,
+        roots: &HashSet<Digest>,
+        keep: Option<Duration>,
+        dry_run: bool,
+    ) -> Result<GcReport> {
+        let mut report = GcReport {
+            dry_run,
+            ..GcReport::default()
+        };
+        // In a dry run, what remove_any would free, without removing.
+        let remove_any = |path: &Path| -> std::io::Result<u64> {
+            if dry_run {
+                would_free(path)
+            } else {
+                remove_any(path)
+            }
+        };
         let now = SystemTime::now();
 
         // 1. Records: keep rooted and young ones; their artifacts become roots.
@@ -112,7 +162,10 @@ impl Cache {
                     kept_keys.insert(k);
                     report.records_kept += 1;
                 }
-                _ => {
+                (parsed, _) => {
+                    if let Some(rec) = parsed {
+                        report.stages_removed.push(rec.stage);
+                    }
                     report.bytes_freed += remove_any(&path).map_err(io_err("remove", &path))?;
                     report.records_removed += 1;
                 }
@@ -139,7 +192,11 @@ impl Cache {
                 }
                 None => {
                     // Unreferenced, or damaged beyond use (verify reports those first).
-                    report.bytes_freed += self.remove_artifact_files(&path, id.as_ref())?;
+                    report.bytes_freed += if dry_run {
+                        would_free(&path).map_err(io_err("stat", &path))?
+                    } else {
+                        self.remove_artifact_files(&path, id.as_ref())?
+                    };
                     report.artifacts_removed += 1;
                 }
             }
@@ -152,7 +209,7 @@ impl Cache {
             .flatten()
         {
             let name = e.file_name().to_string_lossy().to_string();
-            if !live_trees.contains(&name) {
+            if !live_trees.contains(&name) && !dry_run {
                 remove_any(&e.path()).map_err(io_err("remove", e.path()))?;
             }
         }
@@ -208,6 +265,10 @@ impl Cache {
             remove_any(&e.path()).map_err(io_err("remove", e.path()))?;
             report.temp_removed += 1;
         }
+        report.stages_removed.sort();
+        if dry_run {
+            return Ok(report);
+        }
 
         // 6. Forget memo entries of removed objects and of vanished files.
         let removed: HashSet<PathBuf> = removed_paths.into_iter().collect();
@@ -216,6 +277,17 @@ impl Cache {
         self.memo.retain(|p| !removed.contains(p) && p.exists());
         let _ = self.memo.flush(&self.budget);
         Ok(report)
+    }
+}
+
+/// The bytes removing `path` would free (as `remove_any` counts them).
+fn would_free(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    match fs::symlink_metadata(path) {
+        Ok(md) if md.is_file() && md.nlink() <= 1 => Ok(md.len()),
+        Ok(_) => Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
     }
 }
 

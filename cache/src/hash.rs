@@ -39,6 +39,9 @@ pub(crate) struct FileStat {
     pub ino: u64,
     pub mode: u32,
     pub nlink: u64,
+    /// The inode's change time. Unlike mtime it cannot be set back (`touch -d` sets it to
+    /// now), so a file rewritten in place with its size and mtime restored still shows.
+    pub ctime_ns: i64,
 }
 
 impl FileStat {
@@ -52,6 +55,10 @@ impl FileStat {
             ino: md.ino(),
             mode: md.mode(),
             nlink: md.nlink(),
+            ctime_ns: md
+                .ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(md.ctime_nsec()),
         }
     }
 

@@ -37,6 +37,7 @@ mod record;
 mod staging;
 mod time;
 mod verify;
+mod workspaces;
 
 use std::fs::{self, File, OpenOptions};
 use std::io;

@@ -1,5 +1,8 @@
-//! The stat memo: `(path, size, mtime ns, inode) -> digest`, persisted under the cache, so
-//! re-checking an unchanged multi-gigabyte file costs a `stat`, not a read.
+//! The stat memo: `(path, size, mtime ns, inode, ctime ns) -> digest`, persisted under the
+//! cache, so re-checking an unchanged multi-gigabyte file costs a `stat`, not a read. The ctime
+//! is there because size, mtime and inode can all be kept by an in-place rewrite (`touch -d`
+//! restores the mtime); the ctime moves on every write and cannot be set back. Links pollard
+//! makes itself also move it, so after making one the entry is re-vouched ([`StatMemo::relinked`]).
 //!
 //! Safety rule (git's "racy clean" problem): a write in the same timestamp tick as the one
 //! we hashed leaves size and mtime unchanged. So an entry is trusted only when the file's
@@ -33,6 +36,7 @@ struct Entry {
     size: u64,
     mtime_ns: i64,
     ino: u64,
+    ctime_ns: i64,
     digest: Digest,
     recorded_ns: i64,
 }
@@ -40,11 +44,12 @@ struct Entry {
 #[derive(Serialize, Deserialize)]
 struct MemoFile {
     format: String,
-    /// `[path, size, mtime_ns, inode, digest, recorded_ns]`
-    entries: Vec<(String, u64, i64, u64, Digest, i64)>,
+    /// `[path, size, mtime_ns, inode, ctime_ns, digest, recorded_ns]`
+    entries: Vec<(String, u64, i64, u64, i64, Digest, i64)>,
 }
 
-const FORMAT: &str = "pollard-stat-memo/1";
+/// Version 1 had no ctime; its file is ignored (it only accelerates) and rewritten.
+const FORMAT: &str = "pollard-stat-memo/2";
 
 #[derive(Default)]
 struct State {
@@ -82,13 +87,14 @@ fn read_file(path: &Path) -> HashMap<PathBuf, Entry> {
     parsed
         .entries
         .into_iter()
-        .map(|(p, size, mtime_ns, ino, digest, recorded_ns)| {
+        .map(|(p, size, mtime_ns, ino, ctime_ns, digest, recorded_ns)| {
             (
                 PathBuf::from(p),
                 Entry {
                     size,
                     mtime_ns,
                     ino,
+                    ctime_ns,
                     digest,
                     recorded_ns,
                 },
@@ -121,8 +127,32 @@ impl StatMemo {
     pub(crate) fn lookup(&self, path: &Path, st: &FileStat) -> Option<Digest> {
         let state = self.state();
         let e = state.entries.get(path)?;
-        let same = e.size == st.size && e.mtime_ns == st.mtime_ns && e.ino == st.ino;
+        let same = e.size == st.size
+            && e.mtime_ns == st.mtime_ns
+            && e.ino == st.ino
+            && e.ctime_ns == st.ctime_ns;
         (same && e.recorded_ns.saturating_sub(e.mtime_ns) >= RACY_NS).then_some(e.digest)
+    }
+
+    /// After pollard itself linked `path` (which moves only its ctime and link count): keeps
+    /// vouching for an entry whose size, mtime and inode still match, at the new ctime.
+    pub(crate) fn relinked(&self, path: &Path) {
+        let Ok(md) = std::fs::metadata(path) else {
+            return;
+        };
+        let st = FileStat::of(&md);
+        let mut state = self.state();
+        let Some(e) = state.entries.get(path).copied() else {
+            return;
+        };
+        if e.size == st.size && e.mtime_ns == st.mtime_ns && e.ino == st.ino {
+            let e = Entry {
+                ctime_ns: st.ctime_ns,
+                ..e
+            };
+            state.entries.insert(path.to_path_buf(), e);
+            state.dirty.insert(path.to_path_buf(), Some(e));
+        }
     }
 
     pub(crate) fn insert(&self, path: PathBuf, st: &FileStat, digest: Digest) {
@@ -130,6 +160,7 @@ impl StatMemo {
             size: st.size,
             mtime_ns: st.mtime_ns,
             ino: st.ino,
+            ctime_ns: st.ctime_ns,
             digest,
             recorded_ns: now_ns(),
         };
@@ -189,6 +220,7 @@ impl StatMemo {
                     e.size,
                     e.mtime_ns,
                     e.ino,
+                    e.ctime_ns,
                     e.digest,
                     e.recorded_ns,
                 ))
@@ -220,6 +252,7 @@ mod tests {
             ino,
             mode: 0o644,
             nlink: 1,
+            ctime_ns: mtime_ns,
         }
     }
 

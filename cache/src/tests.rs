@@ -223,8 +223,8 @@ fn hash_file_uses_the_memo_and_notices_changes() {
     // Same size, new content: the mtime moves, so the memo misses and we re-hash.
     fs::write(&f, b"version 2").unwrap();
     assert_eq!(reopened.hash_file(&f).unwrap(), Digest::of(b"version 2"));
-    // Proof that an unchanged stat is served from the memo: swap bytes but restore the
-    // stat (a thing only a deliberate forger does); the memo answers without reading.
+    // A forger who swaps the bytes and restores size and mtime is still seen: the ctime
+    // moved, and it cannot be set back.
     fs::File::options()
         .write(true)
         .open(&f)
@@ -241,8 +241,8 @@ fn hash_file_uses_the_memo_and_notices_changes() {
         .unwrap();
     assert_eq!(
         reopened.hash_file(&f).unwrap(),
-        Digest::of(b"version 2"),
-        "served from the memo"
+        Digest::of(b"version 3"),
+        "an in-place rewrite with the mtime set back is noticed through the ctime"
     );
     let err = reopened.hash_file(t.dir.path()).unwrap_err().to_string();
     assert!(err.contains("use hash_tree"), "{err}");

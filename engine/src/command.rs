@@ -1,6 +1,7 @@
 //! The built-in `kind: command` stage: runs `bash -c CMD` in the manifest's folder with the
 //! `POLLARD_*` variables, streams its output lines to the progress sink, and stops its whole
-//! process group when the run is interrupted.
+//! process group when the run is interrupted, when the command ends, or when pollard dies
+//! (watchdog.rs).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -100,6 +101,14 @@ impl Stage for CommandStage {
         }
         let mut child = cmd.spawn().map_err(|e| format!("cannot start bash: {e}"))?;
         let pid = child.id() as i32;
+        // Ends the group if pollard dies, and when this function returns.
+        let _watchdog = match crate::watchdog::Watchdog::guard(pid) {
+            Ok(w) => w,
+            Err(e) => {
+                stop_group(pid, &mut child);
+                return Err(format!("cannot start the command's watchdog: {e}").into());
+            }
+        };
         let stdout = child.stdout.take().expect("stdout was piped");
         let stderr = child.stderr.take().expect("stderr was piped");
         let ctx_ref: &StageCtx = ctx;
@@ -111,7 +120,13 @@ impl Stage for CommandStage {
             let mut nap = Duration::from_micros(500);
             loop {
                 match child.try_wait() {
-                    Ok(Some(status)) => return Ok(status),
+                    Ok(Some(status)) => {
+                        // What it left running in the background would hold its output open
+                        // and keep writing into a folder about to be committed.
+                        // SAFETY: a signal to the group this stage created.
+                        unsafe { libc::kill(-pid, libc::SIGKILL) };
+                        return Ok(status);
+                    }
                     Ok(None) => {}
                     Err(e) => return Err(format!("waiting for the command failed: {e}")),
                 }

@@ -39,12 +39,47 @@ impl Diagnostics {
         self.0.len()
     }
 
-    /// Sorts by position (then message) and drops exact duplicates.
+    /// Sorts by position (then message) and reports each mistake once: the same message at the
+    /// same place from several copies of one template (`repeat` rounds, `matrix` copies) becomes
+    /// one diagnostic whose stage names the template, the differing parts of the ids as `*`
+    /// (`shrink.*.distill`).
     pub fn sort(&mut self) {
-        self.0
-            .sort_by(|a, b| (a.line, a.col, &a.message).cmp(&(b.line, b.col, &b.message)));
-        self.0.dedup();
+        self.0.sort_by(|a, b| {
+            (&a.file, a.line, a.col, &a.message).cmp(&(&b.file, b.line, b.col, &b.message))
+        });
+        let mut out: Vec<Diagnostic> = Vec::with_capacity(self.0.len());
+        for d in self.0.drain(..) {
+            match out.last_mut() {
+                Some(last)
+                    if last.file == d.file
+                        && last.line == d.line
+                        && last.col == d.col
+                        && last.message == d.message =>
+                {
+                    last.stage = match (last.stage.take(), d.stage) {
+                        (Some(a), Some(b)) => Some(template_id(&a, &b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                _ => out.push(d),
+            }
+        }
+        self.0 = out;
     }
+}
+
+/// Two expanded ids of one template stage -> the template: equal dotted parts kept, differing
+/// ones as `*` (`shrink.half.distill` + `shrink.quarter.distill` -> `shrink.*.distill`).
+fn template_id(a: &str, b: &str) -> String {
+    let (pa, pb): (Vec<&str>, Vec<&str>) = (a.split('.').collect(), b.split('.').collect());
+    if pa.len() != pb.len() {
+        return a.to_string();
+    }
+    pa.iter()
+        .zip(&pb)
+        .map(|(x, y)| if x == y { *x } else { "*" })
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 impl fmt::Display for Diagnostics {

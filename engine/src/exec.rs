@@ -840,6 +840,15 @@ impl Job {
         if self.cancel.load(Ordering::Relaxed) {
             return Ok(JobResult::Failed("interrupted".into()));
         }
+        let used: Vec<_> = self
+            .fp
+            .inputs
+            .iter()
+            .map(|(s, a)| (s.clone(), *a))
+            .collect();
+        if let Some(msg) = crate::input_guard::changed_inputs(&self.cache, &stage.id, &used)? {
+            return Ok(JobResult::Failed(self.keep_log(&capture, msg)));
+        }
         let metrics = std::fs::read(staging.path().join("metrics.json"))
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())

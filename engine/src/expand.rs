@@ -32,7 +32,14 @@ pub struct FlatStage {
     pub with: Value,
     pub resources: Option<Value>,
     pub cache: bool,
+    /// A reference in this stage did not resolve (already reported): its params are not
+    /// decoded, so the raw `${...}` text does not give a second, confusing error.
+    pub unresolved: bool,
 }
+
+/// The most stages a manifest may expand to. Counted before a group is expanded, so a small
+/// file with a large `matrix` is refused instead of exhausting memory.
+pub const MAX_STAGES: usize = 10_000;
 
 fn join(parent: &str, child: &str) -> String {
     if parent.is_empty() {
@@ -63,6 +70,23 @@ pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
                         rounds,
                         result,
                     } => {
+                        let stages = rounds.len().checked_mul(g.body.len());
+                        if stages
+                            .and_then(|n| n.checked_add(out.len()))
+                            .is_none_or(|t| t > MAX_STAGES)
+                        {
+                            c.at(
+                                &join(&g.path, "repeat.rounds"),
+                                Some(&g.id),
+                                format!(
+                                    "{} rounds of {} stages go past the limit of {MAX_STAGES} \
+                                     stages in a manifest",
+                                    rounds.len(),
+                                    g.body.len()
+                                ),
+                            );
+                            continue;
+                        }
                         let mut prev = from.clone();
                         for (r, round) in rounds.iter().enumerate() {
                             // A round's own fields may reference params (`target: ${params.t}`).
@@ -125,6 +149,32 @@ pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
                             c.at(&e.path, Some(&g.id), e.message);
                         }
                         let axes = &axes;
+                        let copies = axes
+                            .iter()
+                            .try_fold(1usize, |n, (_, v)| n.checked_mul(v.len()));
+                        let stages = copies.and_then(|n| n.checked_mul(g.body.len()));
+                        let total = stages.and_then(|n| n.checked_add(out.len()));
+                        if total.is_none_or(|t| t > MAX_STAGES) {
+                            let sizes: Vec<String> = axes
+                                .iter()
+                                .map(|(a, v)| format!("{a}: {}", v.len()))
+                                .collect();
+                            let copies = copies
+                                .map(|n| n.to_string())
+                                .unwrap_or_else(|| "more than 2^64".into());
+                            c.at(
+                                &join(&g.path, "matrix"),
+                                Some(&g.id),
+                                format!(
+                                    "this matrix expands to {copies} copies of {} stage{} ({}), past \
+                                     the limit of {MAX_STAGES} stages in a manifest; split the sweep",
+                                    g.body.len(),
+                                    if g.body.len() == 1 { "" } else { "s" },
+                                    sizes.join(" x ")
+                                ),
+                            );
+                            continue;
+                        }
                         for combo in combinations(axes) {
                             let scope = Scope {
                                 params: &m.params,
@@ -308,6 +358,7 @@ fn flatten(
     } else {
         with
     };
+    let unresolved = !errs.is_empty();
     for e in errs {
         c.at(&e.path, Some(id), e.message);
     }
@@ -319,6 +370,7 @@ fn flatten(
         with,
         resources,
         cache: s.cache,
+        unresolved,
     }
 }
 
@@ -353,6 +405,19 @@ fn stringify_env(c: &mut Collector, id: &str, path: &str, env: Value) -> Value {
     let mut out = Mapping::new();
     for (k, v) in m {
         let name = key_text(&k);
+        if name.starts_with("POLLARD_") {
+            // pollard sets these (POLLARD_OUT, POLLARD_IN_<SLOT>, ...); overriding one would
+            // send the stage's output outside its folder.
+            c.at_key(
+                &join(path, &name),
+                Some(id),
+                format!(
+                    "env `{name}`: names starting with `POLLARD_` are set by pollard for every \
+                     command (POLLARD_OUT, POLLARD_IN_<SLOT>); choose another name"
+                ),
+            );
+            continue;
+        }
         let text = match &v {
             Value::String(s) => s.clone(),
             Value::Number(_) | Value::Bool(_) => key_text(&v),

@@ -7,7 +7,9 @@ pub mod diag;
 pub mod error;
 pub mod exec;
 pub mod expand;
+pub mod fields;
 pub mod graph;
+pub mod input_guard;
 pub mod interp;
 pub mod job;
 pub mod lockfile;
@@ -19,6 +21,7 @@ pub mod resources;
 pub mod span;
 pub mod spec;
 pub mod stage;
+pub mod watchdog;
 pub mod workspace;
 
 pub use command::{CommandParams, CommandStage};

@@ -139,7 +139,7 @@ pub enum GroupShape {
 }
 
 const TOP_FIELDS: &[&str] = &["pipeline", "description", "params", "stages"];
-const STAGE_FIELDS: &[&str] = &[
+pub const STAGE_FIELDS: &[&str] = &[
     "kind",
     "inputs",
     "with",
@@ -149,8 +149,8 @@ const STAGE_FIELDS: &[&str] = &[
     "deps",
     "env",
 ];
-const GROUP_FIELDS: &[&str] = &["repeat", "matrix", "name", "stages"];
-const REPEAT_FIELDS: &[&str] = &["from", "rounds", "result"];
+pub const GROUP_FIELDS: &[&str] = &["repeat", "matrix", "name", "stages"];
+pub const REPEAT_FIELDS: &[&str] = &["from", "rounds", "result"];
 pub const COMMAND_FIELDS: &[&str] = &["cmd", "deps", "env"];
 
 /// Stage ids (and group and round names) match `[a-z0-9_-]+`.
@@ -225,6 +225,19 @@ fn as_str(
 /// Parses the manifest text. Returns None only when the YAML itself does not parse (the
 /// syntax error is then the one diagnostic); shape errors are collected and parsing goes on.
 pub fn parse(c: &mut Collector) -> Option<RawManifest> {
+    if let Some(pos) = c.src.spans.too_deep {
+        c.at_pos(
+            pos,
+            None,
+            format!(
+                "maps and lists nest deeper than {} levels here; a manifest is limited to {} \
+                 (recipes need about six)",
+                crate::span::MAX_DEPTH,
+                crate::span::MAX_DEPTH
+            ),
+        );
+        return None;
+    }
     let root: Value = match serde_yaml::from_str(&c.src.text) {
         Ok(v) => v,
         Err(e) => {
@@ -379,7 +392,18 @@ fn parse_stage(
         }
     }
     let kind = match m.get("kind") {
-        Some(v) => as_str(c, &join(path, "kind"), stage, v, "`kind`").unwrap_or_default(),
+        Some(v) => match as_str(c, &join(path, "kind"), stage, v, "`kind`") {
+            Some(k) if k.trim().is_empty() => {
+                c.at(
+                    &join(path, "kind"),
+                    stage,
+                    "`kind` is empty: every stage names its kind (e.g. `kind: train`)",
+                );
+                String::new()
+            }
+            Some(k) => k,
+            None => String::new(),
+        },
         None => {
             c.at_key(path, stage, "missing required field `kind`");
             String::new()

@@ -19,7 +19,14 @@ pub struct Pos {
 pub struct SpanMap {
     keys: HashMap<String, Pos>,
     values: HashMap<String, Pos>,
+    /// Where the nesting first went past [`MAX_DEPTH`]; the walk stopped there.
+    pub too_deep: Option<Pos>,
 }
+
+/// The deepest nesting of maps and lists a manifest may have. Real recipes nest about six
+/// levels; the limit stops a pathological file before its paths (whose length grows with the
+/// depth) cost quadratic time, and stays below serde_yaml's own recursion limit of 128.
+pub const MAX_DEPTH: usize = 64;
 
 enum Frame {
     Map { path: String, key: Option<String> },
@@ -134,7 +141,32 @@ impl SpanMap {
     pub fn parse(text: &str) -> SpanMap {
         let mut rec = Recorder::default();
         let mut parser = Parser::new_from_str(text);
-        let _ = parser.load(&mut rec, false);
+        let mut depth = 0usize;
+        // Event by event rather than `Parser::load`, so that a too-deep file stops at once.
+        loop {
+            let (ev, mark) = match parser.next_token() {
+                Ok(e) => e,
+                // The scanner's own limit on flow nesting (`[[[...`) comes before ours.
+                Err(e) if e.info().contains("recursion limit") => {
+                    rec.map.too_deep = Some(pos(*e.marker()));
+                    break;
+                }
+                Err(_) => break,
+            };
+            match ev {
+                Event::StreamEnd | Event::DocumentEnd => break,
+                Event::MappingStart(..) | Event::SequenceStart(..) => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        rec.map.too_deep = Some(pos(mark));
+                        break;
+                    }
+                }
+                Event::MappingEnd | Event::SequenceEnd => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            rec.on_event(ev, mark);
+        }
         rec.map
     }
 
@@ -194,6 +226,22 @@ mod tests {
         let m = SpanMap::parse(TEXT);
         assert_eq!(m.locate("stages.a.with.missing"), Pos { line: 6, col: 11 });
         assert_eq!(m.locate_key("stages.a.kind"), Pos { line: 4, col: 5 });
+    }
+
+    #[test]
+    fn deep_nesting_stops_the_walk_at_the_limit() {
+        let d = 100_000;
+        let text = format!("a: {}{}\n", "[".repeat(d), "]".repeat(d));
+        let m = SpanMap::parse(&text);
+        assert!(m.too_deep.is_some_and(|p| p.line == 1), "{:?}", m.too_deep);
+        let text = format!(
+            "a:\n{}",
+            (0..200)
+                .map(|i| format!("{}- \n", "  ".repeat(i)))
+                .collect::<String>()
+        );
+        assert!(SpanMap::parse(&text).too_deep.is_some());
+        assert_eq!(SpanMap::parse(TEXT).too_deep, None);
     }
 
     #[test]

@@ -134,6 +134,19 @@ pub fn load(src: &Source, registry: &Registry) -> Result<PipelineSpec, Diagnosti
             Vec::new()
         }
     };
+    if c.diags.is_empty() && stages.len() != flat.len() {
+        // A stage was dropped without a message: refuse rather than index past the end later.
+        for s in flat
+            .iter()
+            .filter(|f| !stages.iter().any(|st| st.id == f.id))
+        {
+            c.at_key(
+                &s.path,
+                Some(&s.id),
+                format!("stage `{}` is not valid", s.id),
+            );
+        }
+    }
     if !c.diags.is_empty() {
         c.diags.sort();
         return Err(c.diags);
@@ -254,6 +267,9 @@ fn check_stage(
                 );
             }
         }
+    }
+    if s.unresolved {
+        return None; // its params hold an unresolved `${...}`, already reported
     }
     // For commands the decoded fields sit beside `with`; elsewhere inside it.
     let field_base = if s.kind == "command" {

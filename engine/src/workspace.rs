@@ -81,7 +81,10 @@ pub fn load(
 
 impl Workspace {
     pub fn open_cache(&self) -> Result<Cache, EngineError> {
-        Ok(Cache::open(&Cache::default_root(&self.spec.dir))?)
+        let cache = Cache::open(&Cache::default_root(&self.spec.dir))?;
+        // gc keeps what this folder's lock files pin, even when run from another project.
+        cache.register_workspace(&self.spec.dir)?;
+        Ok(cache)
     }
 
     /// Per-workspace bookkeeping: the lock file's guard and journal, failure logs.

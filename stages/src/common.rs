@@ -148,6 +148,15 @@ pub fn check_optim(
     tokens: u64,
 ) {
     use pollard_engine::ParamError;
+    crate::shape::check_sizes(
+        &[
+            ("batch", Some(batch)),
+            ("micro_batch", micro),
+            ("seq_len", Some(seq_len)),
+        ],
+        "",
+        errs,
+    );
     if !(lr.is_finite() && lr > 0.0) {
         errs.push(ParamError::new(
             "lr",

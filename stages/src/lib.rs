@@ -11,6 +11,7 @@ pub mod scores;
 pub mod shape;
 pub mod surgery;
 pub mod trainer;
+pub mod validate;
 
 pub use error::StageError;
 

@@ -114,6 +114,12 @@ impl ModelShape {
             if v == 0 {
                 return Err((name.into(), "must be positive".into()));
             }
+            if v > max_size(name) {
+                return Err((
+                    name.into(),
+                    format!("must be at most {}, got {v}", max_size(name)),
+                ));
+            }
         }
         if self.heads % self.kv_heads != 0 {
             return Err((
@@ -133,30 +139,39 @@ impl ModelShape {
     }
 
     /// Parameters of one decoder layer (two norms, attention, gated MLP; no biases).
+    /// Saturating like every count here: a shape read from an unchecked source cannot wrap
+    /// around to a small number (sizes past [`max_size`] are refused by `check`).
     pub fn layer_params(&self) -> u64 {
         let (h, f) = (self.hidden as u64, self.ffn as u64);
-        let q = (self.heads * self.head_dim) as u64;
-        let kv = (self.kv_heads * self.head_dim) as u64;
-        2 * h + h * q + 2 * h * kv + q * h + 3 * h * f
+        let q = mul(self.heads as u64, self.head_dim as u64);
+        let kv = mul(self.kv_heads as u64, self.head_dim as u64);
+        sum(&[
+            mul(2, h),
+            mul(h, q),
+            mul(mul(2, h), kv),
+            mul(q, h),
+            mul(mul(3, h), f),
+        ])
     }
 
     /// Embedding matrix plus an untied `lm_head`.
     pub fn embedding_params(&self) -> u64 {
-        let e = (self.vocab * self.hidden) as u64;
+        let e = mul(self.vocab as u64, self.hidden as u64);
         if self.tied {
             e
         } else {
-            2 * e
+            mul(2, e)
         }
     }
 
     /// Decoder layers plus the final norm: what Minitron's "non-embedding parameters" counts.
     pub fn non_embedding_params(&self) -> u64 {
-        self.layers as u64 * self.layer_params() + self.hidden as u64
+        mul(self.layers as u64, self.layer_params()).saturating_add(self.hidden as u64)
     }
 
     pub fn params(&self) -> u64 {
-        self.embedding_params() + self.non_embedding_params()
+        self.embedding_params()
+            .saturating_add(self.non_embedding_params())
     }
 
     /// The `describe()` payload of a model artifact.
@@ -197,6 +212,37 @@ impl ModelShape {
     }
 }
 
+/// The largest size a manifest or a checkpoint's config may give each dimension. Far above any
+/// published model (hidden 16,384, ffn 53,248, vocabulary 262,144, 126 layers), low enough
+/// that every estimate below fits in a u64 and an absurd value is refused at validation
+/// instead of allocating until the machine kills the process.
+pub fn max_size(name: &str) -> usize {
+    match name {
+        "vocab" | "vocab_size" => 1 << 24,
+        "layers" | "num_hidden_layers" => 1 << 14,
+        "heads" | "kv_heads" | "num_attention_heads" | "num_key_value_heads" => 1 << 14,
+        "batch" | "micro_batch" | "seq_len" => 1 << 24,
+        _ => 1 << 20,
+    }
+}
+
+/// `field: must be at most N, got V` for each size past [`max_size`] (`name` is the last part
+/// of the field).
+pub fn check_sizes(
+    fields: &[(&str, Option<usize>)],
+    prefix: &str,
+    errs: &mut Vec<pollard_engine::ParamError>,
+) {
+    for &(name, v) in fields {
+        if let Some(v) = v.filter(|&v| v > max_size(name)) {
+            errs.push(pollard_engine::ParamError::new(
+                format!("{prefix}{name}"),
+                format!("must be at most {}, got {v}", max_size(name)),
+            ));
+        }
+    }
+}
+
 /// Bytes per element of a weight dtype name (`f32`, `bf16`, `f16`).
 pub fn dtype_bytes(dtype: &str) -> u64 {
     match dtype {
@@ -205,39 +251,52 @@ pub fn dtype_bytes(dtype: &str) -> u64 {
     }
 }
 
+fn mul(a: u64, b: u64) -> u64 {
+    a.saturating_mul(b)
+}
+
+fn sum(xs: &[u64]) -> u64 {
+    xs.iter().fold(0u64, |a, &b| a.saturating_add(b))
+}
+
 /// Memory estimates for a stage's `resources()`: weights, optimizer state and activations.
+/// Saturating: an estimate too large for a u64 stays the largest u64, which no machine meets.
 pub mod memory {
-    use super::ModelShape;
+    use super::{mul, sum, ModelShape};
 
     /// Bytes to hold the weights.
     pub fn weights(s: &ModelShape, bytes: u64) -> u64 {
-        s.params() * bytes
+        mul(s.params(), bytes)
     }
 
     /// Activations kept for the backward pass of one micro-batch: per layer the residual,
     /// norms, q/k/v/o and attention probabilities, the MLP's gate/up/act/product, and the
     /// logits with their softmax and gradient. A coarse upper estimate (no recomputation).
     pub fn activations(s: &ModelShape, micro_batch: u64, seq: u64, bytes: u64) -> u64 {
-        let tokens = micro_batch * seq;
+        let tokens = mul(micro_batch, seq);
         let h = s.hidden as u64;
-        let q = (s.heads * s.head_dim) as u64;
-        let kv = (s.kv_heads * s.head_dim) as u64;
-        let per_layer = tokens * (4 * h + 2 * q + 2 * kv + 4 * s.ffn as u64)
-            + micro_batch * s.heads as u64 * seq * seq * 2;
-        let logits = tokens * s.vocab as u64 * 3;
-        (s.layers as u64 * per_layer + logits) * bytes
+        let q = mul(s.heads as u64, s.head_dim as u64);
+        let kv = mul(s.kv_heads as u64, s.head_dim as u64);
+        let width = sum(&[mul(4, h), mul(2, q), mul(2, kv), mul(4, s.ffn as u64)]);
+        let scores = mul(mul(mul(micro_batch, s.heads as u64), mul(seq, seq)), 2);
+        let per_layer = mul(tokens, width).saturating_add(scores);
+        let logits = mul(mul(tokens, s.vocab as u64), 3);
+        mul(
+            mul(s.layers as u64, per_layer).saturating_add(logits),
+            bytes,
+        )
     }
 
     /// Forward only (scoring, evaluation, a teacher): weights plus one layer's working set and
     /// the logits, since nothing is kept for backward.
     pub fn inference(s: &ModelShape, micro_batch: u64, seq: u64, bytes: u64) -> u64 {
         let one_layer = ModelShape { layers: 1, ..*s };
-        weights(s, bytes) + activations(&one_layer, micro_batch, seq, bytes)
+        weights(s, bytes).saturating_add(activations(&one_layer, micro_batch, seq, bytes))
     }
 
     /// Training: weights, gradients and the two AdamW moments (four copies), plus activations.
     pub fn training(s: &ModelShape, micro_batch: u64, seq: u64, bytes: u64) -> u64 {
-        4 * weights(s, bytes) + activations(s, micro_batch, seq, bytes)
+        mul(4, weights(s, bytes)).saturating_add(activations(s, micro_batch, seq, bytes))
     }
 }
 
@@ -275,6 +334,17 @@ mod tests {
         assert!((4.4..4.6).contains(&p), "{p}");
         let ne = s.non_embedding_params() as f64 / 1e9;
         assert!((3.6..3.8).contains(&ne), "{ne}");
+    }
+
+    #[test]
+    fn huge_arch_sizes_saturate_instead_of_wrapping() {
+        let s = ModelShape {
+            hidden: usize::MAX / 2,
+            ffn: usize::MAX,
+            ..llama_8b()
+        };
+        assert_eq!(memory::training(&s, 8, 4096, 4), u64::MAX);
+        assert!(s.check().unwrap_err().1.starts_with("must be at most"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use candle_core::Device;
 use pollard_model::Llama;
 
 use crate::common::{write_json, PROVENANCE};
+use crate::validate::finite;
 
 use crate::error::{Result, StageError};
 
@@ -56,6 +57,11 @@ pub struct LoopOutcome {
 }
 
 const CKPT: &str = "checkpoint";
+
+/// Besides `checkpoint_every`, a training stage checkpoints every this many seconds and when it
+/// is interrupted, so Ctrl-C or a kill loses at most this much work even when a recipe sets
+/// no step cadence.
+pub const CHECKPOINT_SECS: f64 = 300.0;
 const LOG: &str = "log.jsonl";
 
 /// The sampler as pollard-train's batch source: one `next_batch` per micro-batch, so after `s`
@@ -92,6 +98,7 @@ fn train_config(cfg: &LoopConfig) -> TrainConfig {
     t.log_every = cfg.log_every.max(1);
     t.eval_every = cfg.eval_every;
     t.checkpoint_every = cfg.checkpoint_every;
+    t.checkpoint_secs = CHECKPOINT_SECS;
     t
 }
 
@@ -148,9 +155,8 @@ pub fn run_loop(
     let mut trainer = Trainer::new(train_config(cfg), vars)?
         .with_log(&log_path)
         .with_log_options(log_options);
-    if cfg.checkpoint_every > 0 {
-        trainer = trainer.with_checkpoints(scratch.join(CKPT));
-    }
+    // Always: the time cadence and interrupts write checkpoints even without a step cadence.
+    trainer = trainer.with_checkpoints(scratch.join(CKPT));
     let mut source = Windows(sampler);
     let resumed = trainer.resume(&mut source).map_err(stage_error)?;
     if let Some(step) = resumed {
@@ -209,8 +215,8 @@ pub fn write_outputs(
 ) -> Result<()> {
     save_model(ctx, model, data_dir)?;
     let metrics = json!({
-        "train_loss": outcome.final_loss,
-        "val_loss": outcome.final_val_loss,
+        "train_loss": finite("train_loss", outcome.final_loss)?,
+        "val_loss": outcome.final_val_loss.map(|v| finite("val_loss", v)).transpose()?,
         "tokens": outcome.tokens,
         "steps": steps,
         "params": crate::runtime::param_count(model),

@@ -122,7 +122,7 @@ pub fn filters(ws: &Ws) -> insta::Settings {
     s
 }
 
-fn regex_escape(s: &str) -> String {
+pub fn regex_escape(s: &str) -> String {
     let mut out = String::new();
     for c in s.chars() {
         if "\\.+*?()|[]{}^$".contains(c) {

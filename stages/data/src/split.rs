@@ -39,9 +39,44 @@ pub fn is_val(index: usize, val_fraction: f64) -> bool {
     ((index as f64 + 1.0) * f + 0.5).floor() > (index as f64 * f + 0.5).floor()
 }
 
+/// The documents to split when `val_fraction` of them should go to validation: `docs` as
+/// they are when that holds out at least one, else (a single file written without blank
+/// lines, say) every non-blank line as its own document, so validation is split within the
+/// text. Still none held out (a one-line text) is for the caller to refuse.
+pub fn for_validation(docs: Vec<&str>, val_fraction: f64) -> Vec<&str> {
+    let holds_out = |n: usize| (0..n).any(|i| is_val(i, val_fraction));
+    if val_fraction <= 0.0 || holds_out(docs.len()) {
+        return docs;
+    }
+    let lines: Vec<&str> = docs
+        .iter()
+        .flat_map(|d| d.lines())
+        .map(str::trim_end)
+        .filter(|l| !l.trim_start().is_empty())
+        .collect();
+    if lines.len() > docs.len() {
+        lines
+    } else {
+        docs
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_single_document_is_split_at_lines_for_validation() {
+        let text: String = (0..40).map(|i| format!("line {i}\n")).collect();
+        let docs = for_validation(documents(&text), 0.05);
+        assert_eq!(docs.len(), 40);
+        assert_eq!(docs[3], "line 3");
+        assert_eq!((0..40).filter(|&i| is_val(i, 0.05)).count(), 2);
+        // Enough documents already: unchanged.
+        let many = "a\n\nb\n\nc\n\nd\n\ne\n\nf\n\ng\n\nh\n\ni\n\nj\n";
+        assert_eq!(for_validation(documents(many), 0.1).len(), 10);
+        assert_eq!(for_validation(vec!["one line"], 0.05), vec!["one line"]);
+    }
 
     #[test]
     fn documents_split_at_blank_lines() {

@@ -334,7 +334,12 @@ fn build(ctx: &StageCtx, p: &DatasetParams) -> Result<(), StageError> {
                     return Err(StageError::Cancelled);
                 }
                 let text = sources::read_text(f)?;
-                w.add(&split::documents(&text))?;
+                let docs = split::documents(&text);
+                if files.len() == 1 {
+                    w.add(&split::for_validation(docs, p.val_fraction))?;
+                } else {
+                    w.add(&docs)?;
+                }
             }
             w.finish(vocab, files_source(ctx.workdir(), &files), None)?
         }
@@ -366,7 +371,7 @@ fn build(ctx: &StageCtx, p: &DatasetParams) -> Result<(), StageError> {
                     (text, files_source(ctx.workdir(), &files), None)
                 }
             };
-            let docs = split::documents(&text);
+            let docs = split::for_validation(split::documents(&text), p.val_fraction);
             ctx.log(&format!(
                 "{} documents, {} bytes of text",
                 docs.len(),
@@ -385,6 +390,21 @@ fn build(ctx: &StageCtx, p: &DatasetParams) -> Result<(), StageError> {
             )?
         }
     };
+    if p.val_fraction > 0.0 && meta.val_tokens == 0 {
+        // Every stage after this one measures on val.bin; an empty one fails them later.
+        return Err(StageError::param(
+            "val_fraction",
+            format!(
+                "the text has {} document(s) and no line to hold out for validation \
+                 ({} of them at val_fraction {}); split it into documents with blank lines or \
+                 more lines, add files, or set `val_fraction: 0` when nothing downstream \
+                 evaluates",
+                meta.train_documents + meta.val_documents,
+                meta.val_documents,
+                p.val_fraction
+            ),
+        ));
+    }
     phase(
         ctx,
         4,
@@ -673,6 +693,33 @@ mod tests {
     }
 
     #[test]
+    fn a_single_text_file_without_blank_lines_gets_a_validation_split_within_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let text: String = (0..100)
+            .map(|i| format!("sentence number {i}.\n"))
+            .collect();
+        std::fs::write(dir.path().join("one.txt"), &text).unwrap();
+        for tok in ["{ byte: true }", "{ bpe: 260 }"] {
+            let p = params(&format!(
+                "{{ text: {{ files: one.txt }}, tokenizer: {tok} }}"
+            ));
+            let out = run_in(dir.path(), &p).unwrap();
+            let ds = pollard_data::Dataset::open(&out).unwrap();
+            let meta = ds.meta();
+            assert_eq!((meta.train_documents, meta.val_documents), (95, 5), "{tok}");
+            assert!(meta.val_tokens > 0);
+        }
+        // One line cannot be split: refused, with the fix.
+        std::fs::write(dir.path().join("one.txt"), "a single line of text").unwrap();
+        let p = params("{ text: { files: one.txt }, tokenizer: { byte: true } }");
+        let err = run_in(dir.path(), &p).unwrap_err().to_string();
+        assert!(
+            err.contains("no line to hold out for validation") && err.contains("val_fraction: 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_glob_matching_nothing_fails_the_run_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let p = params("{ text: { files: ['missing/*.txt'] }, tokenizer: { byte: true } }");
@@ -692,7 +739,8 @@ mod tests {
             .save(&dir.path().join("tok.json"))
             .unwrap();
         let p = params(
-            "{ text: { synthetic: { words: 500, seed: 1 } }, tokenizer: { file: tok.json } }",
+            // Seven documents hold out none at the default share: no validation split asked.
+            "{ text: { synthetic: { words: 500, seed: 1 } }, tokenizer: { file: tok.json }, val_fraction: 0 }",
         );
         let out = run_in(dir.path(), &p).unwrap();
         let ds = pollard_data::Dataset::open(&out).unwrap();

@@ -16,6 +16,7 @@ use crate::common::{
 use crate::error::StageError;
 use crate::runtime::{evaluate, open_dataset, param_count};
 use crate::shape::{memory, ModelShape};
+use crate::validate::finite;
 
 pub struct Evaluate;
 
@@ -132,13 +133,13 @@ impl Stage for Evaluate {
             "model": shape,
         });
         if want(Metric::Loss) {
-            m["val_loss"] = json!(e.loss);
+            m["val_loss"] = json!(finite("val_loss", e.loss)?);
         }
         if want(Metric::Perplexity) {
-            m["perplexity"] = json!(e.loss.exp());
+            m["perplexity"] = json!(finite("perplexity", e.loss.exp())?);
         }
         if want(Metric::Accuracy) {
-            m["accuracy"] = json!(e.accuracy);
+            m["accuracy"] = json!(finite("accuracy", e.accuracy)?);
         }
         if want(Metric::Throughput) {
             m["tokens_per_s"] = json!(e.tokens as f64 / e.seconds.max(1e-9));

@@ -118,6 +118,19 @@ impl Stage for Load {
             errs.push(ParamError::new("path", "must name a Hugging Face folder"));
         }
         if let Some(e) = &p.expect {
+            crate::shape::check_sizes(
+                &[
+                    ("hidden", e.hidden),
+                    ("ffn", e.ffn),
+                    ("heads", e.heads),
+                    ("kv_heads", e.kv_heads),
+                    ("layers", e.layers),
+                    ("vocab", e.vocab),
+                    ("head_dim", e.head_dim),
+                ],
+                "expect.",
+                &mut errs,
+            );
             if let (Some(h), Some(k)) = (e.heads, e.kv_heads) {
                 if k == 0 || h % k != 0 {
                     errs.push(ParamError::new(
@@ -203,6 +216,7 @@ impl Stage for Load {
         }
         ctx.log(&format!("loading {}", dir.display()));
         let ck = Checkpoint::load(&dir, &candle_core::Device::Cpu, Some(p.dtype.candle()))?;
+        crate::validate::finite_weights(&ck.tensors).and(crate::validate::tokenizer_loads(&dir))?;
         if let Some(e) = &p.expect {
             let bad = e.mismatches(&ck.shape);
             if !bad.is_empty() {

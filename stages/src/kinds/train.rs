@@ -65,6 +65,23 @@ impl Arch {
     }
 
     pub fn check(&self, errs: &mut Vec<ParamError>) {
+        let before = errs.len();
+        crate::shape::check_sizes(
+            &[
+                ("hidden", Some(self.hidden)),
+                ("ffn", Some(self.ffn)),
+                ("heads", Some(self.heads)),
+                ("kv_heads", self.kv_heads),
+                ("layers", Some(self.layers)),
+                ("head_dim", self.head_dim),
+                ("vocab", self.vocab),
+            ],
+            "arch.",
+            errs,
+        );
+        if errs.len() > before {
+            return; // the checks below would only restate an absurd size
+        }
         for (name, v) in [
             ("hidden", self.hidden),
             ("ffn", self.ffn),

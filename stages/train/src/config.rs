@@ -63,6 +63,11 @@ pub struct TrainConfig {
     /// How many checkpoints to keep in the scratch folder (at least 1).
     #[serde(default = "default_keep")]
     pub keep_checkpoints: usize,
+    /// Also write a checkpoint when this many seconds have passed since the last one (and
+    /// always when the run is cancelled), so an interrupt or a kill loses at most this much
+    /// work; 0 = no time cadence. Only used when a checkpoint folder is set.
+    #[serde(default)]
+    pub checkpoint_secs: f64,
 }
 
 fn one() -> u32 {
@@ -112,6 +117,7 @@ impl TrainConfig {
             eval_every: 0,
             checkpoint_every: 0,
             keep_checkpoints: default_keep(),
+            checkpoint_secs: 0.0,
         }
     }
 
@@ -187,6 +193,7 @@ impl TrainConfig {
                 "eval_every",
                 "checkpoint_every",
                 "keep_checkpoints",
+                "checkpoint_secs",
             ] {
                 map.remove(k);
             }

@@ -316,9 +316,19 @@ impl Trainer {
         let var_refs: Vec<&Var> = vars.iter().collect();
         let mut grads = Grads::new(vars.len());
         let (mut final_loss, mut final_eval) = (None, None);
+        // The step of the newest checkpoint on disk, and when the cadence clock last started.
+        let mut saved_step = self.step;
+        let mut last_save = Instant::now();
 
         while self.step < self.total {
             if hooks.cancel.as_ref().is_some_and(|c| c()) {
+                // Keep the work done so far: the rerun resumes here instead of at step 1.
+                if let Some(dir) = self.checkpoint_dir.clone() {
+                    if self.step > saved_step {
+                        let elapsed = self.elapsed_before + started.elapsed().as_secs_f64();
+                        self.save_checkpoint(&dir, source.position(), elapsed)?;
+                    }
+                }
                 return Err(TrainError::Cancelled { step: self.step });
             }
             let step_no = self.step + 1; // 1-based number of the step being taken, for messages
@@ -424,8 +434,12 @@ impl Trainer {
                 }
             }
             if let Some(dir) = self.checkpoint_dir.clone() {
-                if last || every(self.cfg.checkpoint_every) {
+                let due = self.cfg.checkpoint_secs > 0.0
+                    && last_save.elapsed().as_secs_f64() >= self.cfg.checkpoint_secs;
+                if last || every(self.cfg.checkpoint_every) || due {
                     self.save_checkpoint(&dir, source.position(), elapsed)?;
+                    saved_step = self.step;
+                    last_save = Instant::now();
                 }
             }
         }

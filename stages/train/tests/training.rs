@@ -242,7 +242,8 @@ fn killed_run_resumes_and_ends_bit_identical_to_an_uninterrupted_one() {
         Some(&straight_log),
     );
 
-    // First attempt: cancelled before step k+1 (the last checkpoint is at step 6).
+    // First attempt: cancelled before step k+1 (the last cadence checkpoint is at step 6; the
+    // cancellation itself writes one at step 7).
     let dir = tempfile::tempdir().unwrap();
     let (ckpt, log) = (dir.path().join("ckpt"), dir.path().join("log.jsonl"));
     {
@@ -279,7 +280,7 @@ fn killed_run_resumes_and_ends_bit_identical_to_an_uninterrupted_one() {
             Hooks::default(),
         )
         .unwrap();
-    assert_eq!(summary.resumed_from, Some(6));
+    assert_eq!(summary.resumed_from, Some(k));
     assert_eq!(summary.steps, n);
     assert_eq!(
         model.bit_diffs(&straight),
@@ -585,7 +586,8 @@ fn resume_then_run_continues_without_loading_twice() {
     let (straight, _) = train(config(6, 1), 5, None, None);
     let mut cfg = config(6, 1);
     cfg.checkpoint_every = 3;
-    // A first run cancelled after step 4 leaves the checkpoint of step 3.
+    // A first run cancelled after step 4 leaves the checkpoint of step 3 and, written by the
+    // cancellation, that of step 4.
     let model = TinyLm::new(5);
     let mut t = Trainer::new(cfg.clone(), model.params())
         .unwrap()
@@ -610,12 +612,70 @@ fn resume_then_run_continues_without_loading_twice() {
         .unwrap()
         .with_checkpoints(&ckpt);
     let mut src = source(4);
-    assert_eq!(t.resume(&mut src).unwrap(), Some(3));
+    assert_eq!(t.resume(&mut src).unwrap(), Some(4));
     // With the checkpoints gone, a second load would find none and report no resume.
     std::fs::remove_dir_all(&ckpt).unwrap();
     let s = t
         .run(&mut src, |ids| Ok(model.loss(ids)?), Hooks::default())
         .unwrap();
-    assert_eq!(s.resumed_from, Some(3));
+    assert_eq!(s.resumed_from, Some(4));
     assert_eq!(model.bit_diffs(&straight), 0);
+}
+
+#[test]
+fn an_interrupt_without_a_checkpoint_cadence_keeps_its_progress() {
+    // No `checkpoint_every` (the tiny recipe's case): Ctrl-C used to lose every step.
+    let n = 10u64;
+    let cfg = config(n, 1);
+    assert_eq!(cfg.checkpoint_every, 0);
+    let (straight, _) = train(cfg.clone(), 5, None, None);
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let model = TinyLm::new(5);
+    let mut t = Trainer::new(cfg.clone(), model.params())
+        .unwrap()
+        .with_checkpoints(&ckpt);
+    let done = Cell::new(0u64);
+    let e = t
+        .run(
+            &mut source(cfg.batch),
+            |ids| Ok(model.loss(ids)?),
+            Hooks {
+                progress: Some(Box::new(|p| done.set(p.step))),
+                cancel: Some(Box::new(|| done.get() >= 6)),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(e, TrainError::Cancelled { step: 6 }), "{e}");
+    let model = TinyLm::new(99);
+    let mut t = Trainer::new(cfg.clone(), model.params())
+        .unwrap()
+        .with_checkpoints(&ckpt);
+    let s = t
+        .run(
+            &mut source(cfg.batch),
+            |ids| Ok(model.loss(ids)?),
+            Hooks::default(),
+        )
+        .unwrap();
+    assert_eq!(
+        s.resumed_from,
+        Some(6),
+        "the rerun starts where the interrupt stopped"
+    );
+    assert_eq!(model.bit_diffs(&straight), 0);
+}
+
+#[test]
+fn a_time_cadence_writes_checkpoints_without_a_step_cadence() {
+    let mut cfg = config(5, 1);
+    cfg.checkpoint_secs = 1e-9; // due after every step
+    cfg.keep_checkpoints = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    train(cfg, 5, Some(&ckpt), None);
+    let (found, bad) = pollard_train::checkpoint::list(&ckpt).unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(found.len(), 5, "one checkpoint per step");
 }
