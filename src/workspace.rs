@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use pollard_cache::Cache;
-use pollard_engine::{lock_path_for, EngineError, LockFile, PipelineSpec, Registry, Source};
+use pollard_engine::{
+    experiment_lock_path, lock_path_for, EngineError, LockFile, Override, PipelineSpec, Registry,
+    Source,
+};
 
 /// Recipes built into the binary: (name, text).
 pub const RECIPES: &[(&str, &str)] = &[
@@ -33,6 +36,10 @@ pub fn recipe(name: &str) -> Result<&'static str> {
 /// A loaded manifest with its lock file and cache.
 pub struct Workspace {
     pub spec: PipelineSpec,
+    /// The manifest's path (for the embedded recipe, where it would be).
+    pub manifest: PathBuf,
+    /// `-S` overrides this command was given; with any, `lock_path` is the experiment's record.
+    pub overrides: Vec<Override>,
     pub lock_path: PathBuf,
     pub lock: Option<LockFile>,
 }
@@ -43,8 +50,21 @@ pub fn registry() -> Registry {
     reg
 }
 
-/// Finds and validates the manifest. Manifest errors come back as `EngineError::Manifest`.
-pub fn load(file: Option<&Path>, say_embedded: bool) -> Result<Workspace> {
+/// The manifest a command means, without reading it: `-f FILE`, else `./pollard.yaml`, else
+/// the embedded default recipe as `./<name>.yaml`.
+pub fn manifest_path(file: Option<&Path>) -> Result<PathBuf> {
+    Ok(match file {
+        Some(f) => f.to_path_buf(),
+        None if Path::new("pollard.yaml").exists() => PathBuf::from("pollard.yaml"),
+        None => std::env::current_dir()
+            .context("cannot read the current folder")?
+            .join(format!("{DEFAULT_RECIPE}.yaml")),
+    })
+}
+
+/// Finds and validates the manifest with its `-S` overrides (`sets`). Manifest errors come back
+/// as `EngineError::Manifest`, a bad override as `EngineError::Usage`.
+pub fn load(file: Option<&Path>, sets: &[String], say_embedded: bool) -> Result<Workspace> {
     let (source, manifest) = match file {
         Some(f) => {
             let src = Source::read(f).map_err(|source| EngineError::ReadManifest {
@@ -75,11 +95,24 @@ pub fn load(file: Option<&Path>, say_embedded: bool) -> Result<Workspace> {
             (src, cwd.join(name))
         }
     };
+    let overrides = sets
+        .iter()
+        .map(|s| Override::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(EngineError::Usage)?;
+    let source = source
+        .with_overrides(overrides.clone())
+        .map_err(|errors| EngineError::Usage(errors.join("\n")))?;
     let spec = pollard_engine::load(&source, &registry()).map_err(EngineError::Manifest)?;
-    let lock_path = lock_path_for(&manifest);
+    let mut lock_path = lock_path_for(&manifest);
+    if !overrides.is_empty() {
+        lock_path = experiment_lock_path(&lock_path, &spec.dir.join(".pollard"), &overrides);
+    }
     let lock = LockFile::read(&lock_path).map_err(EngineError::Lock)?;
     Ok(Workspace {
         spec,
+        manifest,
+        overrides,
         lock_path,
         lock,
     })
