@@ -2,6 +2,7 @@
 //! engine, renders results, and maps failures to exit codes (0 ok, 1 a stage failed, 2 a usage
 //! or manifest error, 130 interrupted).
 
+mod diff_cmd;
 mod dot_stale;
 mod gc_text;
 mod model_cmd;
@@ -39,6 +40,16 @@ struct ManifestArg {
     file: Option<PathBuf>,
 }
 
+/// `-S PATH=VALUE`: run the manifest with other values without editing it.
+#[derive(Args, Clone, Default)]
+struct OverrideArg {
+    /// Override a manifest value, e.g. `-S params.lr=1e-4` or `-S round.half.target.ffn=448`
+    /// (repeatable; values are YAML). The run is recorded under .pollard/experiments/, and the
+    /// lock file beside the manifest stays the record of the manifest as written
+    #[arg(short = 'S', long = "set", value_name = "PATH=VALUE")]
+    set: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run what is stale, in dependency order, reusing the cache for the rest
@@ -47,6 +58,8 @@ enum Command {
     Status {
         #[command(flatten)]
         manifest: ManifestArg,
+        #[command(flatten)]
+        overrides: OverrideArg,
         /// Only these stages and what they need
         stages: Vec<String>,
         /// Print JSON
@@ -57,6 +70,8 @@ enum Command {
     Dag {
         #[command(flatten)]
         manifest: ManifestArg,
+        #[command(flatten)]
+        overrides: OverrideArg,
         /// Graphviz output
         #[arg(long)]
         dot: bool,
@@ -70,6 +85,8 @@ enum Command {
         stage: String,
         #[command(flatten)]
         manifest: ManifestArg,
+        #[command(flatten)]
+        overrides: OverrideArg,
         /// Print only the artifact's folder
         #[arg(long)]
         path: bool,
@@ -108,6 +125,21 @@ enum Command {
         /// The job spec (JSON) in the stage's scratch folder
         file: PathBuf,
     },
+    /// Compare the params of two records (lock files or git revisions)
+    Params {
+        #[command(subcommand)]
+        command: diff_cmd::DiffCommand,
+    },
+    /// Compare the metrics of two records (lock files or git revisions)
+    Metrics {
+        #[command(subcommand)]
+        command: diff_cmd::DiffCommand,
+    },
+    /// Print a shell completion script (`pollard completions bash > ~/.local/share/bash-completion/completions/pollard`)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
     /// Write a built-in recipe out as ./pollard.yaml to edit
     Init {
         /// The recipe to write
@@ -123,6 +155,8 @@ enum Command {
 struct RunArgs {
     #[command(flatten)]
     manifest: ManifestArg,
+    #[command(flatten)]
+    overrides: OverrideArg,
     /// Only these stages and what they need
     stages: Vec<String>,
     /// Rerun this stage even if cached (repeatable)
@@ -138,7 +172,7 @@ struct RunArgs {
     #[arg(long, value_name = "SPEC", env = "POLLARD_GPUS")]
     gpus: Option<String>,
     /// Print what would run and why, with resources, and run nothing
-    #[arg(long)]
+    #[arg(short = 'n', long)]
     dry_run: bool,
     /// After a failure, still run every stage that does not depend on it
     #[arg(long)]
@@ -211,10 +245,11 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Run(args) => run(args),
         Command::Status {
             manifest,
+            overrides,
             stages,
             json,
         } => {
-            let ws = workspace::load(manifest.file.as_deref(), false)?;
+            let ws = workspace::load(manifest.file.as_deref(), &overrides.set, false)?;
             let cache = ws.open_cache()?;
             let sel = Selection::new(&ws.spec, &stages, &[], false)?;
             let rows = plan(
@@ -234,10 +269,11 @@ fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Dag {
             manifest,
+            overrides,
             dot,
             json,
         } => {
-            let ws = workspace::load(manifest.file.as_deref(), false)?;
+            let ws = workspace::load(manifest.file.as_deref(), &overrides.set, false)?;
             if dot {
                 let cache = ws.open_cache()?;
                 let rows = plan(
@@ -275,15 +311,16 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Show {
             stage,
             manifest,
+            overrides,
             path,
             json,
-        } => show(manifest.file.as_deref(), &stage, path, json),
+        } => show(manifest.file.as_deref(), &overrides.set, &stage, path, json),
         Command::Gc {
             manifest,
             dry_run,
             json,
         } => {
-            let ws = workspace::load(manifest.file.as_deref(), false)?;
+            let ws = workspace::load(manifest.file.as_deref(), &[], false)?;
             let cache = ws.open_cache()?;
             let mut roots = ws.gc_roots()?;
             roots.dry_run = dry_run;
@@ -310,7 +347,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Verify { manifest, json } => {
-            let ws = workspace::load(manifest.file.as_deref(), false)?;
+            let ws = workspace::load(manifest.file.as_deref(), &[], false)?;
             let cache = ws.open_cache()?;
             let report = cache.verify().map_err(EngineError::from)?;
             if json {
@@ -357,6 +394,14 @@ fn dispatch(cli: Cli) -> Result<u8> {
             model_cmd::run(command)?;
             Ok(0)
         }
+        Command::Params { command } => diff_cmd::run(pollard_engine::DiffWhat::Params, command),
+        Command::Metrics { command } => diff_cmd::run(pollard_engine::DiffWhat::Metrics, command),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "pollard", &mut std::io::stdout());
+            Ok(0)
+        }
         Command::Init { recipe, force } => {
             let text = workspace::recipe(&recipe).map_err(|e| EngineError::Usage(e.to_string()))?;
             let dest = Path::new("pollard.yaml");
@@ -374,7 +419,23 @@ fn dispatch(cli: Cli) -> Result<u8> {
 }
 
 fn run(args: RunArgs) -> Result<u8> {
-    let ws = workspace::load(args.manifest.file.as_deref(), true)?;
+    let ws = workspace::load(args.manifest.file.as_deref(), &args.overrides.set, true)?;
+    if !ws.overrides.is_empty() && !args.dry_run {
+        if let Some(dir) = ws.lock_path.parent() {
+            // The record and, beside it, the journal its entries are appended to first.
+            let journal_dir = dir.join(".pollard");
+            std::fs::create_dir_all(&journal_dir)
+                .with_context(|| format!("cannot create {}", journal_dir.display()))?;
+        }
+        let texts: Vec<&str> = ws.overrides.iter().map(|o| o.text.as_str()).collect();
+        eprintln!(
+            "with {}: recorded in {} ({} stays the record of {} as written)",
+            texts.join(" "),
+            ws.lock_path.display(),
+            pollard_engine::lock_path_for(&ws.manifest_path).display(),
+            ws.spec.file
+        );
+    }
     let inventory = Inventory::resolve(args.gpus.as_deref()).map_err(EngineError::Usage)?;
     let cache = Arc::new(ws.open_cache()?);
     let sel = Selection::new(&ws.spec, &args.stages, &args.force, args.force_all)?;
@@ -408,9 +469,8 @@ fn run(args: RunArgs) -> Result<u8> {
             eprintln!("interrupted: stopping running stages (again to quit at once)");
         });
     }
-    let console = Arc::new(
-        progress::Console::new(args.plain, args.json).with_total(plan.stages.len()),
-    );
+    let console =
+        Arc::new(progress::Console::new(args.plain, args.json).with_total(plan.stages.len()));
     let lock = ws.lock_writer();
     let failure_logs = ws.failure_logs();
     let spec = Arc::new(ws.spec);
@@ -462,8 +522,14 @@ fn run(args: RunArgs) -> Result<u8> {
     Ok(if summary.failed() { 1 } else { 0 })
 }
 
-fn show(file: Option<&Path>, stage: &str, path_only: bool, json: bool) -> Result<u8> {
-    let ws = workspace::load(file, false)?;
+fn show(
+    file: Option<&Path>,
+    sets: &[String],
+    stage: &str,
+    path_only: bool,
+    json: bool,
+) -> Result<u8> {
+    let ws = workspace::load(file, sets, false)?;
     let cache = ws.open_cache()?;
     let Some(i) = ws.spec.index_of(stage) else {
         let e = ws

@@ -1,7 +1,7 @@
 //! The recipes built into the binary and the stage kinds it links; where a command's manifest,
 //! lock file and cache are is the engine's (`pollard_engine::workspace`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use pollard_engine::workspace::Workspace;
@@ -36,11 +36,26 @@ pub fn registry() -> Registry {
     reg
 }
 
+/// The manifest a command means, without reading it: `-f FILE`, else `./pollard.yaml`, else
+/// the embedded default recipe as `./<name>.yaml`.
+pub fn manifest_path(file: Option<&Path>) -> Result<PathBuf> {
+    Ok(match file {
+        Some(f) => f.to_path_buf(),
+        None if Path::new(pollard_engine::workspace::DEFAULT_MANIFEST).exists() => {
+            PathBuf::from(pollard_engine::workspace::DEFAULT_MANIFEST)
+        }
+        None => std::env::current_dir()
+            .context("cannot read the current folder")?
+            .join(format!("{DEFAULT_RECIPE}.yaml")),
+    })
+}
+
 /// Finds and validates the manifest (see [`pollard_engine::workspace`]); says so when the
 /// embedded recipe stands in for a missing one.
-pub fn load(file: Option<&Path>, say_embedded: bool) -> Result<Workspace> {
+pub fn load(file: Option<&Path>, sets: &[String], say_embedded: bool) -> Result<Workspace> {
     let ws = pollard_engine::workspace::load(
         file,
+        sets,
         &registry(),
         (DEFAULT_RECIPE, recipe(DEFAULT_RECIPE)?),
     )?;

@@ -678,19 +678,10 @@ fn entry_of(fp: &Fingerprint, key: &CacheKey, rec: &RunRecord) -> LockEntry {
     )
 }
 
-/// The headline metrics kept in the lock file: the numbers at the top level of `metrics.json`.
+/// The metrics kept in the lock file: every numeric field of `metrics.json`, nested ones under
+/// dotted names (`tasks.hellaswag.acc`), so `pollard metrics diff` can compare any of them.
 fn metrics_of(m: &serde_json::Value) -> Option<serde_json::Value> {
-    let obj = m.as_object()?;
-    let nums: serde_json::Map<String, serde_json::Value> = obj
-        .iter()
-        .filter(|(_, v)| v.is_number())
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    if nums.is_empty() {
-        None
-    } else {
-        Some(serde_json::Value::Object(nums))
-    }
+    crate::diff::numeric_metrics(m)
 }
 
 /// Keeps a stage's log lines (for its run record) while passing them on.

@@ -27,6 +27,9 @@ pub struct ManifestText {
     pub file: String,
     pub dir: PathBuf,
     pub text: String,
+    /// The `-S` overrides the driver ran with: the job applies the same ones.
+    #[serde(default)]
+    pub overrides: Vec<crate::overrides::Override>,
 }
 
 /// Everything a stage's process needs.
@@ -94,7 +97,9 @@ pub fn run_job(path: &Path, registry: &Registry, cancel: Arc<AtomicBool>) -> Res
         job.manifest.file.clone(),
         job.manifest.dir.clone(),
         job.manifest.text.clone(),
-    );
+    )
+    .with_overrides(job.manifest.overrides.clone())
+    .map_err(|e| e.join("\n"))?;
     let spec = crate::spec::load(&src, registry).map_err(|d| d.to_string())?;
     let i = spec
         .index_of(&job.stage)

@@ -4,6 +4,7 @@
 pub mod canonical;
 pub mod command;
 pub mod diag;
+pub mod diff;
 pub mod error;
 pub mod exec;
 pub mod expand;
@@ -14,6 +15,7 @@ pub mod interp;
 pub mod job;
 pub mod lockfile;
 pub mod manifest;
+pub mod overrides;
 pub mod plan;
 pub mod quantity;
 pub mod registry;
@@ -26,10 +28,12 @@ pub mod workspace;
 
 pub use command::{CommandParams, CommandStage};
 pub use diag::{Diagnostic, Diagnostics};
+pub use diff::{diff, DiffRow, DiffWhat};
 pub use error::EngineError;
 pub use exec::{Event, Outcome, Reporter, RunOptions, RunSummary, Runner};
 pub use lockfile::{lock_path_for, LockFile, LockWriter};
 pub use manifest::Source;
+pub use overrides::{experiment_lock_path, Override};
 pub use plan::{status, Reason, Selection, StageStatus};
 pub use quantity::{Bytes, Count};
 pub use registry::{DecodeError, DecodedParams, ErasedStage, Registry};

@@ -20,6 +20,8 @@ pub struct Source {
     pub dir: PathBuf,
     pub text: String,
     pub spans: SpanMap,
+    /// `-S PATH=VALUE` overrides applied to the tree before it is read (see overrides.rs).
+    pub overrides: Vec<crate::overrides::Override>,
 }
 
 impl Source {
@@ -30,7 +32,22 @@ impl Source {
             dir,
             text,
             spans,
+            overrides: Vec::new(),
         }
+    }
+
+    /// The same manifest with `-S` overrides. Each path is checked against the tree now, so a
+    /// typo is a usage error before anything is planned. (A manifest that is not valid YAML is
+    /// left for `parse` to report.)
+    pub fn with_overrides(
+        mut self,
+        overrides: Vec<crate::overrides::Override>,
+    ) -> Result<Source, Vec<String>> {
+        if let Ok(mut root) = serde_yaml::from_str::<Value>(&self.text) {
+            crate::overrides::apply(&mut root, &overrides)?;
+        }
+        self.overrides = overrides;
+        Ok(self)
     }
 
     /// Reads a manifest file. The error is the io error with the path.
@@ -239,7 +256,11 @@ pub fn parse(c: &mut Collector) -> Option<RawManifest> {
         return None;
     }
     let root: Value = match serde_yaml::from_str(&c.src.text) {
-        Ok(v) => v,
+        Ok(mut v) => {
+            // Checked by `Source::with_overrides`; a failure here cannot happen for the same text.
+            let _ = crate::overrides::apply(&mut v, &c.src.overrides);
+            v
+        }
         Err(e) => {
             let pos = e
                 .location()

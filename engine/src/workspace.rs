@@ -12,6 +12,7 @@ use crate::error::EngineError;
 use crate::job::ManifestText;
 use crate::lockfile::{lock_path_for, LockFile, LockWriter};
 use crate::manifest::Source;
+use crate::overrides::{experiment_lock_path, Override};
 use crate::registry::Registry;
 use crate::spec::PipelineSpec;
 
@@ -26,6 +27,11 @@ pub struct Workspace {
     pub spec: PipelineSpec,
     /// The manifest's text, for stages that run in processes of their own.
     pub manifest: ManifestText,
+    /// The manifest's path (for the embedded recipe, where it would be).
+    pub manifest_path: PathBuf,
+    /// `-S` overrides this command was given; with any, `lock_path` is the experiment's record
+    /// (see [`crate::overrides::experiment_lock_path`]).
+    pub overrides: Vec<Override>,
     pub lock_path: PathBuf,
     pub lock: Option<LockFile>,
     /// True when no manifest was found and the embedded recipe stands in for one.
@@ -39,10 +45,12 @@ fn read(path: &Path) -> Result<Source, EngineError> {
     })
 }
 
-/// Finds, parses and validates the manifest (manifest errors come back as
-/// `EngineError::Manifest`) and reads its lock file.
+/// Finds, parses and validates the manifest with its `-S PATH=VALUE` overrides (manifest errors
+/// come back as `EngineError::Manifest`, a bad override as `EngineError::Usage`) and reads its
+/// lock file.
 pub fn load(
     file: Option<&Path>,
+    sets: &[String],
     registry: &Registry,
     default: Embedded<'_>,
 ) -> Result<Workspace, EngineError> {
@@ -63,8 +71,19 @@ pub fn load(
             (src, cwd.join(file), true)
         }
     };
+    let overrides = sets
+        .iter()
+        .map(|s| Override::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(EngineError::Usage)?;
+    let source = source
+        .with_overrides(overrides.clone())
+        .map_err(|errors| EngineError::Usage(errors.join("\n")))?;
     let spec = crate::spec::load(&source, registry).map_err(EngineError::Manifest)?;
-    let lock_path = lock_path_for(&manifest);
+    let mut lock_path = lock_path_for(&manifest);
+    if !overrides.is_empty() {
+        lock_path = experiment_lock_path(&lock_path, &spec.dir.join(".pollard"), &overrides);
+    }
     let lock = LockFile::read(&lock_path)?;
     Ok(Workspace {
         spec,
@@ -72,7 +91,10 @@ pub fn load(
             file: source.file.clone(),
             dir: source.dir.clone(),
             text: source.text.clone(),
+            overrides: overrides.clone(),
         },
+        manifest_path: manifest,
+        overrides,
         lock_path,
         lock,
         embedded,
