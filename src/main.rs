@@ -15,6 +15,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pollard_cache::ArtifactId;
+use pollard_engine::executor::{Executor, LocalExecutor, SlurmExecutor, SlurmOptions};
 use pollard_engine::lockfile::LockError;
 use pollard_engine::plan::{plan, Action, Plan};
 use pollard_engine::{EngineError, Inventory, Outcome, RunOptions, Runner, Selection};
@@ -143,6 +144,27 @@ struct RunArgs {
     /// Print a JSON summary on stdout (progress goes to stderr)
     #[arg(long)]
     json: bool,
+    /// Where stages run: `local` (this machine) or `slurm` (one batch job per stage)
+    #[arg(long, value_enum, default_value_t = ExecutorKind::Local)]
+    executor: ExecutorKind,
+    /// Slurm partition for every job (`sbatch --partition`)
+    #[arg(long, value_name = "NAME")]
+    slurm_partition: Option<String>,
+    /// Slurm account for every job (`sbatch --account`)
+    #[arg(long, value_name = "NAME")]
+    slurm_account: Option<String>,
+    /// Time limit for every job (`sbatch --time`, e.g. `2:00:00`)
+    #[arg(long, value_name = "TIME")]
+    slurm_time: Option<String>,
+    /// A further `sbatch` argument for every job (repeatable, e.g. `--slurm-arg=--qos=high`)
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    slurm_arg: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExecutorKind {
+    Local,
+    Slurm,
 }
 
 fn main() -> ExitCode {
@@ -351,7 +373,19 @@ fn dispatch(cli: Cli) -> Result<u8> {
 
 fn run(args: RunArgs) -> Result<u8> {
     let ws = workspace::load(args.manifest.file.as_deref(), true)?;
-    let inventory = Inventory::resolve(args.gpus.as_deref()).map_err(EngineError::Usage)?;
+    let slurm = args.executor == ExecutorKind::Slurm;
+    if slurm && args.gpus.is_some() {
+        return Err(EngineError::Usage(
+            "--gpus describes this machine; under --executor slurm the cluster places stages"
+                .into(),
+        )
+        .into());
+    }
+    let inventory = if slurm {
+        SlurmExecutor::inventory()
+    } else {
+        Inventory::resolve(args.gpus.as_deref()).map_err(EngineError::Usage)?
+    };
     let cache = Arc::new(ws.open_cache()?);
     let sel = Selection::new(&ws.spec, &args.stages, &args.force, args.force_all)?;
     let plan = plan(&ws.spec, &cache, ws.lock.as_ref(), &sel, &inventory)?;
@@ -387,6 +421,7 @@ fn run(args: RunArgs) -> Result<u8> {
     let console = Arc::new(progress::Console::new(args.plain, args.json));
     let lock = ws.lock_writer();
     let failure_logs = ws.failure_logs();
+    let state_dir = ws.state_dir();
     let spec = Arc::new(ws.spec);
     let isolation = std::env::current_exe()
         .ok()
@@ -395,6 +430,20 @@ fn run(args: RunArgs) -> Result<u8> {
             args: vec!["stage-job".into()],
             manifest: ws.manifest.clone(),
         });
+    let executor: Arc<dyn Executor> = if slurm {
+        Arc::new(SlurmExecutor {
+            options: SlurmOptions {
+                partition: args.slurm_partition.clone(),
+                account: args.slurm_account.clone(),
+                time: args.slurm_time.clone(),
+                extra: args.slurm_arg.clone(),
+            },
+            isolation: isolation.context("cannot find this program's path for Slurm jobs")?,
+            jobs_dir: state_dir.join("slurm"),
+        })
+    } else {
+        Arc::new(LocalExecutor { isolation })
+    };
     let runner = Runner {
         spec: spec.clone(),
         cache,
@@ -403,7 +452,7 @@ fn run(args: RunArgs) -> Result<u8> {
         reporter: console,
         cancel,
         failure_logs,
-        isolation,
+        executor,
     };
     let opts = RunOptions {
         jobs: args.jobs,

@@ -6,6 +6,7 @@ pub mod command;
 pub mod diag;
 pub mod error;
 pub mod exec;
+pub mod executor;
 pub mod expand;
 pub mod graph;
 pub mod interp;
