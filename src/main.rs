@@ -15,7 +15,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pollard_cache::ArtifactId;
-use pollard_engine::executor::{Executor, LocalExecutor, SlurmExecutor, SlurmOptions};
+use pollard_engine::executor::{
+    from_manifest, Executor, ExecutorChoice, LocalExecutor, SlurmExecutor, SlurmOptions,
+};
 use pollard_engine::lockfile::LockError;
 use pollard_engine::plan::{plan, Action, Plan};
 use pollard_engine::{EngineError, Inventory, Outcome, RunOptions, Runner, Selection};
@@ -144,9 +146,10 @@ struct RunArgs {
     /// Print a JSON summary on stdout (progress goes to stderr)
     #[arg(long)]
     json: bool,
-    /// Where stages run: `local` (this machine) or `slurm` (one batch job per stage)
-    #[arg(long, value_enum, default_value_t = ExecutorKind::Local)]
-    executor: ExecutorKind,
+    /// Where stages run: `local` (this machine) or `slurm` (one batch job per stage); overrides
+    /// the manifest's `executor:` (default: local)
+    #[arg(long, value_enum)]
+    executor: Option<ExecutorKind>,
     /// Slurm partition for every job (`sbatch --partition`)
     #[arg(long, value_name = "NAME")]
     slurm_partition: Option<String>,
@@ -373,7 +376,8 @@ fn dispatch(cli: Cli) -> Result<u8> {
 
 fn run(args: RunArgs) -> Result<u8> {
     let ws = workspace::load(args.manifest.file.as_deref(), true)?;
-    let slurm = args.executor == ExecutorKind::Slurm;
+    let slurm_options = slurm_options(&args, from_manifest(&ws.manifest)?);
+    let slurm = slurm_options.is_some();
     if slurm && args.gpus.is_some() {
         return Err(EngineError::Usage(
             "--gpus describes this machine; under --executor slurm the cluster places stages"
@@ -432,12 +436,7 @@ fn run(args: RunArgs) -> Result<u8> {
         });
     let executor: Arc<dyn Executor> = if slurm {
         Arc::new(SlurmExecutor {
-            options: SlurmOptions {
-                partition: args.slurm_partition.clone(),
-                account: args.slurm_account.clone(),
-                time: args.slurm_time.clone(),
-                extra: args.slurm_arg.clone(),
-            },
+            options: slurm_options.unwrap_or_default(),
             isolation: isolation.context("cannot find this program's path for Slurm jobs")?,
             jobs_dir: state_dir.join("slurm"),
         })
@@ -477,6 +476,26 @@ fn run(args: RunArgs) -> Result<u8> {
         return Ok(130);
     }
     Ok(if summary.failed() { 1 } else { 0 })
+}
+
+/// The Slurm options when stages run on Slurm: the manifest's `executor:` unless `--executor`
+/// says otherwise, each `--slurm-*` flag replacing its field (`--slurm-arg`s add to `extra`).
+fn slurm_options(args: &RunArgs, manifest: Option<ExecutorChoice>) -> Option<SlurmOptions> {
+    let mut o = match (args.executor, manifest) {
+        (Some(ExecutorKind::Local), _) | (None, None | Some(ExecutorChoice::Local)) => return None,
+        (_, Some(ExecutorChoice::Slurm(o))) => o,
+        (Some(ExecutorKind::Slurm), _) => SlurmOptions::default(),
+    };
+    let flag = |f: &Option<String>, field: &mut Option<String>| {
+        if f.is_some() {
+            field.clone_from(f);
+        }
+    };
+    flag(&args.slurm_partition, &mut o.partition);
+    flag(&args.slurm_account, &mut o.account);
+    flag(&args.slurm_time, &mut o.time);
+    o.extra.extend(args.slurm_arg.iter().cloned());
+    Some(o)
 }
 
 fn show(file: Option<&Path>, stage: &str, path_only: bool, json: bool) -> Result<u8> {

@@ -293,3 +293,48 @@ fn a_rerun_after_a_killed_driver_reattaches_to_its_job_instead_of_submitting_aga
         "slept\n"
     );
 }
+
+#[test]
+fn the_manifest_chooses_slurm_with_its_options_and_the_flag_overrides_it() {
+    if !cluster() {
+        return;
+    }
+    let name = unique("manifest");
+    let m = format!(
+        "pipeline: {name}\nexecutor: {{ slurm: {{ time: '0:05:00', extra: --comment=from-the-manifest }} }}\nstages:\n  a:\n    kind: command\n    cmd: echo $SLURM_JOB_ID > $POLLARD_OUT/id\n"
+    );
+    let ws = Ws::new(&m);
+    let r = ws.run(&["run", "--plain"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let jobs = jobs_of(&name);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let out = Command::new("scontrol")
+        .args(["show", "job", "-o", &jobs[0].0.to_string()])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(line.contains("TimeLimit=00:05:00"), "{line}");
+    assert!(line.contains("Comment=from-the-manifest"), "{line}");
+    // `--executor local` wins over the manifest: a forced rerun submits nothing.
+    let r = ws.run(&["run", "--plain", "--executor", "local", "--force", "a"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(jobs_of(&name).len(), 1);
+}
+
+#[test]
+fn an_unknown_field_of_the_manifest_executor_is_a_manifest_error_naming_its_line() {
+    // Needs no cluster: the manifest is refused before anything runs.
+    let ws = Ws::new(
+        "pipeline: p\nstages:\n  a:\n    kind: command\n    cmd: \"true\"\nexecutor:\n  slurm: { partitoin: gpu }\n",
+    );
+    let r = ws.run(&["run", "--plain"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("pollard.yaml:6:1: `executor` must be `local` or"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("partitoin"), "{}", r.stderr);
+    assert!(!ws.file("pollard.lock").exists());
+}

@@ -138,7 +138,8 @@ pub enum GroupShape {
     },
 }
 
-const TOP_FIELDS: &[&str] = &["pipeline", "description", "params", "stages"];
+// `executor` is read by `executor::config` (where stages run is not part of any key).
+const TOP_FIELDS: &[&str] = &["pipeline", "description", "params", "stages", "executor"];
 const STAGE_FIELDS: &[&str] = &[
     "kind",
     "inputs",

@@ -4,6 +4,7 @@
 //! stage's log lines and progress. The run loop then commits, as it does for every executor.
 //! `local` runs stages on this machine (today's behaviour); `slurm` runs each as a batch job.
 
+pub mod config;
 mod local;
 pub mod slurm;
 
@@ -17,6 +18,7 @@ use crate::error::EngineError;
 use crate::spec::{PipelineSpec, StageSpec};
 use crate::stage::{Inputs, ProgressSink, Resources, StageCtx};
 
+pub use config::{from_manifest, ExecutorChoice};
 pub use local::LocalExecutor;
 pub use slurm::{SlurmExecutor, SlurmOptions};
 

@@ -32,7 +32,7 @@ use crate::stage::{Inputs, Progress, ProgressSink, Resources, StageCtx};
 
 /// What every job of a run is submitted with (`--partition`, `--account`, `--time`, and
 /// further `sbatch` arguments).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SlurmOptions {
     pub partition: Option<String>,
     pub account: Option<String>,
