@@ -125,14 +125,7 @@ pub fn plan_resources(
         let (r, refusal) = estimate(spec, i, &mut descriptions, inventory);
         out[i] = r;
         if let Some(message) = refusal {
-            let stage = &spec.stages[i];
-            diags.0.push(Diagnostic {
-                file: spec.file.clone(),
-                line: stage.pos.line,
-                col: stage.pos.col,
-                stage: Some(stage.id.clone()),
-                message,
-            });
+            diags.0.push(Diagnostic::at_stage(spec, i, message));
         }
     }
     if diags.is_empty() {

@@ -479,14 +479,7 @@ impl Executor for SlurmExecutor {
                 verdicts.insert(args.clone(), refusal);
             }
             if let Some(message) = &verdicts[&args] {
-                let stage = &spec.stages[i];
-                diags.0.push(Diagnostic {
-                    file: spec.file.clone(),
-                    line: stage.pos.line,
-                    col: stage.pos.col,
-                    stage: Some(stage.id.clone()),
-                    message: message.clone(),
-                });
+                diags.0.push(Diagnostic::at_stage(spec, i, message.clone()));
             }
         }
         if diags.is_empty() {
