@@ -18,6 +18,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pollard_cache::ArtifactId;
+use pollard_engine::executor::{
+    from_manifest, Executor, ExecutorChoice, LocalExecutor, SlurmExecutor, SlurmOptions,
+};
 use pollard_engine::lockfile::LockError;
 use pollard_engine::plan::{plan, Action, Plan};
 use pollard_engine::{EngineError, Inventory, Outcome, RunOptions, Runner, Selection};
@@ -183,6 +186,28 @@ struct RunArgs {
     /// Print a JSON summary on stdout (progress goes to stderr)
     #[arg(long)]
     json: bool,
+    /// Where stages run: `local` (this machine) or `slurm` (one batch job per stage); overrides
+    /// the manifest's `executor:` (default: local)
+    #[arg(long, value_enum)]
+    executor: Option<ExecutorKind>,
+    /// Slurm partition for every job (`sbatch --partition`)
+    #[arg(long, value_name = "NAME")]
+    slurm_partition: Option<String>,
+    /// Slurm account for every job (`sbatch --account`)
+    #[arg(long, value_name = "NAME")]
+    slurm_account: Option<String>,
+    /// Time limit for every job (`sbatch --time`, e.g. `2:00:00`)
+    #[arg(long, value_name = "TIME")]
+    slurm_time: Option<String>,
+    /// A further `sbatch` argument for every job (repeatable, e.g. `--slurm-arg=--qos=high`)
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    slurm_arg: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExecutorKind {
+    Local,
+    Slurm,
 }
 
 fn main() -> ExitCode {
@@ -436,7 +461,20 @@ fn run(args: RunArgs) -> Result<u8> {
             ws.spec.file
         );
     }
-    let inventory = Inventory::resolve(args.gpus.as_deref()).map_err(EngineError::Usage)?;
+    let slurm_options = slurm_options(&args, from_manifest(&ws.manifest)?);
+    let slurm = slurm_options.is_some();
+    if slurm && args.gpus.is_some() {
+        return Err(EngineError::Usage(
+            "--gpus describes this machine; under --executor slurm the cluster places stages"
+                .into(),
+        )
+        .into());
+    }
+    let inventory = if slurm {
+        SlurmExecutor::inventory()
+    } else {
+        Inventory::resolve(args.gpus.as_deref()).map_err(EngineError::Usage)?
+    };
     let cache = Arc::new(ws.open_cache()?);
     let sel = Selection::new(&ws.spec, &args.stages, &args.force, args.force_all)?;
     let plan = plan(&ws.spec, &cache, ws.lock.as_ref(), &sel, &inventory)?;
@@ -473,6 +511,7 @@ fn run(args: RunArgs) -> Result<u8> {
         Arc::new(progress::Console::new(args.plain, args.json).with_total(plan.stages.len()));
     let lock = ws.lock_writer();
     let failure_logs = ws.failure_logs();
+    let state_dir = ws.state_dir();
     let spec = Arc::new(ws.spec);
     let isolation = std::env::current_exe()
         .ok()
@@ -481,6 +520,15 @@ fn run(args: RunArgs) -> Result<u8> {
             args: vec!["stage-job".into()],
             manifest: ws.manifest.clone(),
         });
+    let executor: Arc<dyn Executor> = if slurm {
+        Arc::new(SlurmExecutor {
+            options: slurm_options.unwrap_or_default(),
+            isolation: isolation.context("cannot find this program's path for Slurm jobs")?,
+            jobs_dir: state_dir.join("slurm"),
+        })
+    } else {
+        Arc::new(LocalExecutor { isolation })
+    };
     let runner = Runner {
         spec: spec.clone(),
         cache,
@@ -489,7 +537,7 @@ fn run(args: RunArgs) -> Result<u8> {
         reporter: console,
         cancel,
         failure_logs,
-        isolation,
+        executor,
     };
     let opts = RunOptions {
         jobs: args.jobs,
@@ -520,6 +568,26 @@ fn run(args: RunArgs) -> Result<u8> {
         return Ok(130);
     }
     Ok(if summary.failed() { 1 } else { 0 })
+}
+
+/// The Slurm options when stages run on Slurm: the manifest's `executor:` unless `--executor`
+/// says otherwise, each `--slurm-*` flag replacing its field (`--slurm-arg`s add to `extra`).
+fn slurm_options(args: &RunArgs, manifest: Option<ExecutorChoice>) -> Option<SlurmOptions> {
+    let mut o = match (args.executor, manifest) {
+        (Some(ExecutorKind::Local), _) | (None, None | Some(ExecutorChoice::Local)) => return None,
+        (_, Some(ExecutorChoice::Slurm(o))) => o,
+        (Some(ExecutorKind::Slurm), _) => SlurmOptions::default(),
+    };
+    let flag = |f: &Option<String>, field: &mut Option<String>| {
+        if f.is_some() {
+            field.clone_from(f);
+        }
+    };
+    flag(&args.slurm_partition, &mut o.partition);
+    flag(&args.slurm_account, &mut o.account);
+    flag(&args.slurm_time, &mut o.time);
+    o.extra.extend(args.slurm_arg.iter().cloned());
+    Some(o)
 }
 
 fn show(

@@ -16,6 +16,20 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+impl Diagnostic {
+    /// A problem with stage `i` of `spec`, at the stage's position in the manifest.
+    pub fn at_stage(spec: &crate::spec::PipelineSpec, i: usize, message: String) -> Diagnostic {
+        let stage = &spec.stages[i];
+        Diagnostic {
+            file: spec.file.clone(),
+            line: stage.pos.line,
+            col: stage.pos.col,
+            stage: Some(stage.id.clone()),
+            message,
+        }
+    }
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}: ", self.file, self.line, self.col)?;

@@ -5,7 +5,6 @@
 //! the running stages and commits nothing half-done.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -17,7 +16,8 @@ use serde::Serialize;
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::error::EngineError;
-use crate::job::{spawn_job, Isolation, JobSpec};
+use crate::executor::{Executor, Task};
+use crate::job::Allocation;
 use crate::lockfile::{LockEntry, LockWriter};
 use crate::plan::{
     deps_digests, effective_resources, estimate, fingerprint, lookup, plan_inputs, short, Action,
@@ -125,14 +125,7 @@ pub fn plan_resources(
         let (r, refusal) = estimate(spec, i, &mut descriptions, inventory);
         out[i] = r;
         if let Some(message) = refusal {
-            let stage = &spec.stages[i];
-            diags.0.push(Diagnostic {
-                file: spec.file.clone(),
-                line: stage.pos.line,
-                col: stage.pos.col,
-                stage: Some(stage.id.clone()),
-                message,
-            });
+            diags.0.push(Diagnostic::at_stage(spec, i, message));
         }
     }
     if diags.is_empty() {
@@ -179,8 +172,8 @@ pub struct Runner {
     /// Where the output of a failed stage is kept (`<dir>/<stage>.log`); a stage that succeeds
     /// keeps its output in its run record instead.
     pub failure_logs: PathBuf,
-    /// How to run built-in stages in processes of their own (None: on worker threads).
-    pub isolation: Option<Isolation>,
+    /// Where stages run (`LocalExecutor`: this machine; `SlurmExecutor`: batch jobs).
+    pub executor: Arc<dyn Executor>,
 }
 
 /// The run's bookkeeping: per stage state, and the ready set in topological order, so each
@@ -295,6 +288,14 @@ impl Runner {
     /// then turn out cached: early cutoff).
     pub fn run(&self, plan: &Plan, opts: &RunOptions) -> Result<RunSummary, EngineError> {
         let spec = &self.spec;
+        // Requests the executor can never meet are refused before anything starts.
+        let to_run: Vec<(usize, Resources)> = plan
+            .stages
+            .iter()
+            .filter(|p| matches!(p.action, Action::Run { .. }))
+            .map(|p| (p.index, p.resources))
+            .collect();
+        self.executor.preflight(spec, &to_run)?;
         let pool = Pool::new(self.inventory.clone(), opts.jobs);
         let n = spec.stages.len();
         let mut board = Board {
@@ -428,7 +429,7 @@ impl Runner {
                         fp: p.fp.clone(),
                         forced: plan.forced[i] || !stage.cache,
                         resources: p.resources,
-                        isolation: self.isolation.clone(),
+                        executor: self.executor.clone(),
                         lease,
                         reporter: self.reporter.clone(),
                         cancel: self.cancel.clone(),
@@ -625,36 +626,6 @@ enum Rekeyed {
     Failed(String),
 }
 
-/// Runs a stage on this thread; a panic is the stage's failure, not the run's.
-fn in_process(
-    stage: &crate::spec::StageSpec,
-    ctx: &mut StageCtx,
-    inputs: &Inputs,
-) -> Result<(), String> {
-    match std::panic::catch_unwind(AssertUnwindSafe(|| {
-        stage.stage.run(ctx, &stage.params, inputs)
-    })) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
-            let mut msg = e.to_string();
-            let mut src = e.source();
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            Err(msg)
-        }
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Err(format!("the stage panicked: {what}"))
-        }
-    }
-}
-
 /// The run record's memory: the estimates the stage was scheduled with and, when it ran in a
 /// process of its own, its measured peak (no GPU query in this build: no GPU peak).
 fn memory_of(r: &Resources, peak_host: Option<u64>) -> BTreeMap<String, u64> {
@@ -720,7 +691,7 @@ struct Job {
     fp: Fingerprint,
     forced: bool,
     resources: Resources,
-    isolation: Option<Isolation>,
+    executor: Arc<dyn Executor>,
     lease: Lease,
     reporter: Arc<dyn Reporter>,
     cancel: Arc<AtomicBool>,
@@ -804,30 +775,24 @@ impl Job {
         .with_workdir(self.spec.dir.clone());
         let started = Timestamp::now();
         let t0 = Instant::now();
-        let mut peak_host_bytes = None;
-        let outcome = match &self.isolation {
-            Some(iso) if stage.stage.own_process() => {
-                let job = JobSpec {
-                    manifest: iso.manifest.clone(),
-                    stage: stage.id.clone(),
-                    cache_root: self.cache.root().to_path_buf(),
-                    inputs: self.fp.inputs.clone(),
-                    out_dir: staging.path().to_path_buf(),
-                    scratch_dir: scratch.clone(),
-                    gpus: self.lease.gpus.clone(),
-                    threads: self.lease.cpus,
-                };
-                spawn_job(iso, &job, capture.as_ref(), &self.cancel).and_then(|ended| {
-                    peak_host_bytes = Some(ended.peak_host_bytes);
-                    ended.result
-                })
-            }
-            _ => in_process(stage, &mut ctx, &inputs),
+        let task = Task {
+            pipeline: &self.spec.name,
+            stage,
+            key: self.key,
+            artifacts: &self.fp.inputs,
+            resources: self.resources,
+            cache_root: self.cache.root(),
+            out_dir: staging.path(),
+            scratch: &scratch,
         };
+        let outcome = self
+            .executor
+            .run(&task, &mut ctx, &inputs, capture.as_ref(), &self.cancel);
         let duration_s = t0.elapsed().as_secs_f64();
-        if let Err(msg) = outcome {
-            return Ok(JobResult::Failed(self.keep_log(&capture, msg)));
-        }
+        let ran = match outcome {
+            Ok(ran) => ran,
+            Err(msg) => return Ok(JobResult::Failed(self.keep_log(&capture, msg))),
+        };
         if self.cancel.load(Ordering::Relaxed) {
             return Ok(JobResult::Failed("interrupted".into()));
         }
@@ -845,11 +810,13 @@ impl Job {
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .unwrap_or(serde_json::Value::Null);
         let artifact = self.cache.commit(staging)?;
-        let devices = if self.lease.gpus.is_empty() {
-            vec![format!("cpu x{}", self.lease.cpus)]
-        } else {
-            self.lease.gpus.iter().map(|g| format!("gpu:{g}")).collect()
-        };
+        let devices = ran.devices.unwrap_or_else(|| {
+            Allocation {
+                gpus: self.lease.gpus.clone(),
+                threads: self.lease.cpus,
+            }
+            .devices()
+        });
         let record = RunRecord {
             key: self.key,
             stage: stage.id.clone(),
@@ -862,7 +829,7 @@ impl Job {
             finished: Timestamp::now(),
             duration_s,
             devices,
-            memory: memory_of(&self.resources, peak_host_bytes),
+            memory: memory_of(&self.resources, ran.peak_host_bytes),
             log: Some(
                 capture
                     .log

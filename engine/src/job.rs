@@ -43,6 +43,50 @@ pub struct JobSpec {
     pub scratch_dir: PathBuf,
     pub gpus: Vec<u32>,
     pub threads: usize,
+    /// Devices and threads come from the batch system's allocation (`CUDA_VISIBLE_DEVICES`,
+    /// `SLURM_CPUS_PER_TASK`) instead of `gpus` and `threads`; the job writes what it got to
+    /// `allocation.json` beside the spec, for the run record.
+    #[serde(default)]
+    pub from_allocation: bool,
+}
+
+/// The devices and threads a job ran with (`allocation.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub gpus: Vec<u32>,
+    pub threads: usize,
+}
+
+impl Allocation {
+    /// What the batch system granted this process: its visible GPUs and its cores.
+    fn from_env(fallback_threads: usize) -> Allocation {
+        let gpus = std::env::var("CUDA_VISIBLE_DEVICES")
+            .or_else(|_| std::env::var("SLURM_JOB_GPUS"))
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|g| g.trim().parse().ok())
+            .collect();
+        let threads = ["SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().and_then(|n| n.parse().ok()))
+            .unwrap_or(fallback_threads)
+            .max(1);
+        Allocation { gpus, threads }
+    }
+
+    /// The run record's device list, as a local grant would read.
+    pub fn devices(&self) -> Vec<String> {
+        if self.gpus.is_empty() {
+            vec![format!("cpu x{}", self.threads)]
+        } else {
+            self.gpus.iter().map(|g| format!("gpu:{g}")).collect()
+        }
+    }
+}
+
+/// The allocation file of the job spec at `job_file`.
+pub fn allocation_path(job_file: &Path) -> PathBuf {
+    job_file.with_file_name("allocation.json")
 }
 
 /// How the engine starts a stage's process: this binary and the subcommand that runs a job.
@@ -91,8 +135,19 @@ impl ProgressSink for StdoutSink {
 pub fn run_job(path: &Path, registry: &Registry, cancel: Arc<AtomicBool>) -> Result<(), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read job {}: {e}", path.display()))?;
-    let job: JobSpec = serde_json::from_str(&text)
+    let mut job: JobSpec = serde_json::from_str(&text)
         .map_err(|e| format!("job {} is not valid: {e}", path.display()))?;
+    if job.from_allocation {
+        let got = Allocation::from_env(job.threads);
+        let file = allocation_path(path);
+        std::fs::write(
+            &file,
+            serde_json::to_vec(&got).expect("an allocation serialises"),
+        )
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        job.gpus = got.gpus;
+        job.threads = got.threads;
+    }
     let src = Source::new(
         job.manifest.file.clone(),
         job.manifest.dir.clone(),
@@ -143,6 +198,15 @@ pub fn run_job(path: &Path, registry: &Registry, cancel: Arc<AtomicBool>) -> Res
             }
             msg
         })
+}
+
+/// Passes one line a job's process printed on to `sink` (a log line when it is not a job line).
+pub fn forward_line(sink: &dyn ProgressSink, stage: &str, line: &str) {
+    match serde_json::from_str::<Line>(line) {
+        Ok(Line::Log { line }) => sink.log(stage, &line),
+        Ok(Line::Progress { progress }) => sink.progress(stage, &progress),
+        Err(_) => sink.log(stage, line),
+    }
 }
 
 /// How a job's process ended.
@@ -196,11 +260,7 @@ pub fn spawn_job(
     std::thread::scope(|s| {
         s.spawn(|| {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                match serde_json::from_str::<Line>(&line) {
-                    Ok(Line::Log { line }) => sink.log(&stage, &line),
-                    Ok(Line::Progress { progress }) => sink.progress(&stage, &progress),
-                    Err(_) => sink.log(&stage, &line),
-                }
+                forward_line(sink, &stage, &line);
             }
         });
         let mut status: libc::c_int = 0;

@@ -7,6 +7,7 @@ pub mod diag;
 pub mod diff;
 pub mod error;
 pub mod exec;
+pub mod executor;
 pub mod expand;
 pub mod fields;
 pub mod graph;

@@ -155,7 +155,8 @@ pub enum GroupShape {
     },
 }
 
-const TOP_FIELDS: &[&str] = &["pipeline", "description", "params", "stages"];
+// `executor` is read by `executor::config` (where stages run is not part of any key).
+const TOP_FIELDS: &[&str] = &["pipeline", "description", "params", "stages", "executor"];
 pub const STAGE_FIELDS: &[&str] = &[
     "kind",
     "inputs",
