@@ -600,30 +600,18 @@ mod tests {
             let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() - 0.5).collect();
             Tensor::from_vec(v, dims, &dev).unwrap()
         };
-        let (q, kv) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
-        tensors.insert(
-            "model.embed_tokens.weight".to_string(),
-            rnd(&[s.vocab, s.hidden]),
-        );
-        tensors.insert("lm_head.weight".to_string(), rnd(&[s.vocab, s.hidden]));
-        tensors.insert("model.norm.weight".to_string(), rnd(&[s.hidden]));
-        for l in 0..s.layers {
-            for (f, d) in [
-                ("input_layernorm.weight", vec![s.hidden]),
-                ("post_attention_layernorm.weight", vec![s.hidden]),
-                ("self_attn.q_proj.weight", vec![q, s.hidden]),
-                ("self_attn.k_proj.weight", vec![kv, s.hidden]),
-                ("self_attn.v_proj.weight", vec![kv, s.hidden]),
-                ("self_attn.o_proj.weight", vec![s.hidden, q]),
-                ("mlp.gate_proj.weight", vec![s.ffn, s.hidden]),
-                ("mlp.up_proj.weight", vec![s.ffn, s.hidden]),
-                ("mlp.down_proj.weight", vec![s.hidden, s.ffn]),
-            ] {
-                tensors.insert(layer_name(l, f), rnd(&d));
-            }
+        let cfg = pollard_model::LlamaConfig::new(
+            s.vocab, s.hidden, s.ffn, s.layers, s.heads, s.kv_heads, s.head_dim,
+        )
+        .with_family(s.family);
+        for (name, dims) in cfg.expected_tensors() {
+            tensors.insert(name, rnd(&dims));
         }
+        let serde_json::Value::Object(config) = cfg.to_hf_json() else {
+            unreachable!("to_hf_json writes an object")
+        };
         Checkpoint {
-            config: serde_json::Map::new(),
+            config,
             shape: s,
             tensors,
         }

@@ -845,7 +845,10 @@ mod tests {
 
     #[test]
     fn nemotron_and_qwen3_parse_in_both_styles_and_round_trip() {
-        for (name, family) in [("tiny-nemotron", Family::Nemotron), ("tiny-qwen3", Family::Qwen3)] {
+        for (name, family) in [
+            ("tiny-nemotron", Family::Nemotron),
+            ("tiny-qwen3", Family::Qwen3),
+        ] {
             let a = LlamaConfig::from_json(&fixture_config(name, "config.json")).unwrap();
             let b = LlamaConfig::from_json(&fixture_config(name, "config.legacy.json")).unwrap();
             assert_eq!(a, b, "{name}: both styles give one config");
@@ -853,13 +856,22 @@ mod tests {
             assert_eq!(LlamaConfig::from_json(&a.to_hf_json()).unwrap(), a);
         }
         let n = LlamaConfig::from_json(&fixture_config("tiny-nemotron", "config.json")).unwrap();
-        assert_eq!((n.mlp, n.norm, n.qk_norm), (MlpKind::Relu2, NormKind::LayerNorm1p, false));
+        assert_eq!(
+            (n.mlp, n.norm, n.qk_norm),
+            (MlpKind::Relu2, NormKind::LayerNorm1p, false)
+        );
         assert_eq!((n.rotary_dim(), n.rope_inv_freq().len()), (4, 2));
         assert_eq!(n.rms_norm_eps, 1e-5);
-        assert_eq!(n.to_hf_json()["architectures"], json!(["NemotronForCausalLM"]));
+        assert_eq!(
+            n.to_hf_json()["architectures"],
+            json!(["NemotronForCausalLM"])
+        );
         assert_eq!(n.to_hf_json()["norm_eps"], json!(1e-5));
         let q = LlamaConfig::from_json(&fixture_config("tiny-qwen3", "config.json")).unwrap();
-        assert_eq!((q.mlp, q.norm, q.qk_norm), (MlpKind::GatedSilu, NormKind::Rms, true));
+        assert_eq!(
+            (q.mlp, q.norm, q.qk_norm),
+            (MlpKind::GatedSilu, NormKind::Rms, true)
+        );
         assert_eq!((q.head_dim, q.rope_theta), (32, 1e6));
         // Unknown families and activations name their field.
         let mut v = fixture_config("tiny-nemotron", "config.json");

@@ -81,7 +81,14 @@ pub fn assert_same_as_composition(
         .collect();
     let vt: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let (a, b) = (op(&vt).unwrap(), composed(&vt).unwrap());
-    let max = |t: Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let max = |t: Tensor| {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
     let d = max((&a - &b).unwrap());
     assert!(d <= tol, "forward differs by {d}");
     let p = rand_tensor(a.dims(), 4343, a.device());

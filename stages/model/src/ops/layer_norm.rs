@@ -172,7 +172,11 @@ mod tests {
     }
 
     fn case(dev: &Device) {
-        check_grads(&inputs(dev), |v| layer_norm1p(&v[0], &v[1], &v[2], 1e-5), 2e-3);
+        check_grads(
+            &inputs(dev),
+            |v| layer_norm1p(&v[0], &v[1], &v[2], 1e-5),
+            2e-3,
+        );
     }
 
     #[test]
