@@ -56,7 +56,11 @@ def main():
                         f"  prune:\n    kind: prune\n    inputs: {{ model: base }}\n    with: {params}\n")
             run([POLLARD, "run", "--plain"], ws)
             pruned = run([POLLARD, "show", "prune", "--path"], ws).strip()
-            m = AutoModelForCausalLM.from_pretrained(pruned, dtype=torch.float32, attn_implementation="eager").eval()
+            m, info = AutoModelForCausalLM.from_pretrained(pruned, dtype=torch.float32, attn_implementation="eager",
+                                                           output_loading_info=True)
+            m.eval()
+            bad = {k: v for k, v in info.items() if v and k != "error_msgs" or (k == "error_msgs" and v)}
+            assert not bad, (family, bad)  # every tensor read, none missing or left over
             want = type(AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)).__name__
             assert type(m).__name__ == want, (type(m).__name__, want)
             ids = torch.tensor(ref["input_ids"], dtype=torch.int64)

@@ -560,8 +560,16 @@ pub fn apply(ck: &Checkpoint, plan: &KeepPlan) -> Result<Checkpoint> {
         };
         out.insert(name.clone(), new);
     }
+    let mut config = ck.config.clone();
+    // Per-layer config lists (Qwen3's `layer_types`) follow the kept layers: transformers refuses
+    // a list whose length differs from num_hidden_layers.
+    if let Some(serde_json::Value::Array(types)) = config.get_mut("layer_types") {
+        if types.len() == s.layers {
+            *types = plan.layers.iter().map(|&l| types[l].clone()).collect();
+        }
+    }
     let pruned = Checkpoint {
-        config: ck.config.clone(),
+        config,
         shape: plan.shape,
         tensors: out,
     };
