@@ -21,7 +21,10 @@ pub mod taps;
 pub use candle_core;
 pub use config::{Family, LlamaConfig, MlpKind, NormKind, ParamCount, RopeScaling};
 pub use error::{ModelError, Result};
-pub use io::{inspect_hf, load_hf, save_hf, validate_weights, TensorInfo, Weights};
+pub use io::{
+    inspect_hf, load_hf, save_hf, validate_weights, write_weights, TensorInfo, Weights,
+    DEFAULT_SHARD_BYTES,
+};
 pub use metrics::{mean_next_token_logprob, next_token_logprobs};
 pub use model::{Llama, Mode};
 pub use rng::SeededRng;

@@ -391,7 +391,11 @@ fn train(ctx: &mut StageCtx, p: &TrainParams, inputs: &Inputs) -> Result<()> {
         &outcome,
         steps,
         upstream_tokens,
-    )
+    )?;
+    match inputs.optional("model") {
+        Some(dir) => crate::checkpoint::carry_companions(dir, ctx.out_dir()),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
