@@ -383,7 +383,8 @@ mod tests {
     fn documents_start_with_bos_when_the_tokenizer_defines_one() {
         let dir = tempfile::tempdir().unwrap();
         let mut hf = Tokenizer::train_bpe(&docs(), 300).unwrap().hf().clone();
-        hf.add_special_tokens([tokenizers::AddedToken::from("<s>", true)]);
+        hf.add_special_tokens([tokenizers::AddedToken::from("<s>", true)])
+            .unwrap();
         let path = dir.path().join("with-bos.json");
         hf.save(&path, false).unwrap();
         let t = Tokenizer::load(&path).unwrap();
