@@ -43,6 +43,8 @@ fn every_recipe_validates_and_plans() {
         "ablations.yaml",
         "nemotron-15b-8b-4b.yaml",
         "llama-3.1-8b-minitron-4b.yaml",
+        "tiny-nemotron.yaml",
+        "qwen3-8b-6b.yaml",
     ] {
         let spec = load(name);
         let sel = Selection::new(&spec, &[], &[], false).unwrap();
@@ -71,4 +73,24 @@ fn paper_recipes_estimate_gpu_memory_for_the_real_shapes() {
     assert!(width.gpu_memory > 4 * 2 * 4_500_000_000u64, "{width:?}");
     let spec = load("nemotron-15b-8b-4b.yaml");
     assert!(spec.ids().any(|s| s == "shrink.to_4b.distill"));
+}
+
+/// The Qwen3 recipe plans from `expect`: Qwen3-8B's 8.19B parameters (per-head q/k norms
+/// included), and the width-pruned student at ~6.18B.
+#[test]
+fn qwen3_recipe_plans_an_8b_to_6b_width_prune() {
+    let spec = load("qwen3-8b-6b.yaml");
+    let sel = Selection::new(&spec, &[], &[], false).unwrap();
+    let res = plan_resources(&spec, &sel, &Inventory::resolve(Some("none")).unwrap()).unwrap();
+    let distill = res[spec.ids().position(|s| s == "distill").unwrap()];
+    // The 8B teacher's bf16 weights alone are 16 GB; the student trains on top of them.
+    assert!(distill.gpu_memory > 16_000_000_000, "{distill:?}");
+    let p = |h: usize, f: usize| {
+        pollard_model::LlamaConfig::new(151936, h, f, 36, 32, 8, 128)
+            .with_family(pollard_model::Family::Qwen3)
+            .param_count()
+            .total()
+    };
+    assert_eq!(p(4096, 12288), 8_190_735_360);
+    assert_eq!(p(3584, 9728), 6_175_990_272);
 }

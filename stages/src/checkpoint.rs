@@ -1,15 +1,15 @@
 //! Hugging Face checkpoint folders as raw named tensors: what `load` copies and `prune` slices.
 //! Loads through pollard-model's `load_hf` (single file or shards, names and shapes checked),
-//! keeping the raw `config.json` object so fields pollard does not model survive; writes one
-//! `model.safetensors` and a config with an explicit `head_dim`. Working on HF names keeps pruning exact (no model code between file and slice).
+//! keeping the raw `config.json` object so fields pollard does not model survive; writes
+//! `model.safetensors` (or 5 GB shards with an index) and a config with an explicit `head_dim`. Working on HF names keeps pruning exact (no model code between file and slice).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-use crate::error::{CandleContext, Result, StageError};
+use crate::error::{Result, StageError};
 use crate::shape::ModelShape;
 
 /// A checkpoint in memory: its config object, its shape and its tensors by HF name.
@@ -99,27 +99,35 @@ impl Checkpoint {
         let text = serde_json::to_string_pretty(&Value::Object(cfg))
             .expect("a JSON map always serializes");
         std::fs::write(&cfg_path, text + "\n").map_err(|e| StageError::io(&cfg_path, e))?;
-        let st = dir.join("model.safetensors");
-        // safetensors orders tensors itself (by dtype, then name), so the bytes are deterministic.
-        let map: HashMap<&str, Tensor> = self
-            .tensors
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.clone()))
-            .collect();
-        candle_core::safetensors::save(&map, &st).ctx(|| format!("writing {}", st.display()))?;
+        // One file, or 5 GB shards with an index for large models (as transformers writes them).
+        pollard_model::write_weights(dir, &self.tensors, pollard_model::DEFAULT_SHARD_BYTES)?;
         Ok(())
     }
 }
 
-/// Copies `tokenizer.json` (and its companions) from one model folder to another when present,
-/// so a pruned or trained model stays usable with its tokenizer.
+/// The files of a Hugging Face folder that describe how to use the model rather than the model
+/// itself; every model stage carries them from its input model to its output unchanged.
+const COMPANIONS: [&str; 3] = [
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+];
+
+/// Copies `tokenizer.json` and its companions from one model folder to another when present,
+/// so a loaded or pruned model stays usable with its tokenizer.
 pub fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
-    for name in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "generation_config.json",
-    ] {
+    copy_present(from, to, &["tokenizer.json"])?;
+    carry_companions(from, to)
+}
+
+/// Copies whichever of [`COMPANIONS`] exist in `from` into `to` (a trained model keeps the
+/// dataset's `tokenizer.json`, which its training used, but its input's generation settings).
+pub fn carry_companions(from: &Path, to: &Path) -> Result<()> {
+    copy_present(from, to, &COMPANIONS)
+}
+
+fn copy_present(from: &Path, to: &Path, names: &[&str]) -> Result<()> {
+    for name in names {
         let src = from.join(name);
         if src.is_file() {
             let dst = to.join(name);

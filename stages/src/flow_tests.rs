@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
 use pollard_engine::{InputArtifact, Inputs, Progress, ProgressSink, Stage, StageCtx};
-use pollard_model::{Llama, LlamaConfig, Mode, TapSpec};
+use pollard_model::names::{self, LayerTensor};
+use pollard_model::{Family, Llama, LlamaConfig, Mode, TapSpec};
 use tempfile::TempDir;
 
 use crate::kinds::distill::{Distill, DistillParams};
@@ -23,6 +24,11 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_of(Family::Llama)
+}
+
+/// The fixture's model as `family` (Nemotron rotating half of each head, as Nemotron-4 does).
+fn fixture_of(family: Family) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -40,7 +46,10 @@ fn fixture() -> Fixture {
     )
     .unwrap();
     let vocab = pollard_data::Dataset::open(&data).unwrap().vocab_size();
-    let cfg = LlamaConfig::new(vocab, 32, 64, 3, 4, 2, 8);
+    let mut cfg = LlamaConfig::new(vocab, 32, 64, 3, 4, 2, 8).with_family(family);
+    if family == Family::Nemotron {
+        cfg.partial_rotary_factor = 0.5;
+    }
     let model = Llama::init(&cfg, 7, &Device::Cpu).unwrap();
     // Larger weights than the default init, so activations differ clearly between units.
     let weights: pollard_model::Weights = model
@@ -205,7 +214,13 @@ fn scores_match_a_naive_per_unit_computation() {
 
 #[test]
 fn pruned_models_load_and_keep_the_kept_units_outputs() {
-    let f = fixture();
+    for family in [Family::Llama, Family::Nemotron, Family::Qwen3] {
+        pruned_models_keep_the_kept_units_outputs(family);
+    }
+}
+
+fn pruned_models_keep_the_kept_units_outputs(family: Family) {
+    let f = fixture_of(family);
     let out = tempfile::tempdir().unwrap();
     let p: PruneParams = serde_yaml::from_str(
         "{ method: magnitude, target: { ffn: 40, heads: 2 }, depth: { drop: [1] } }",
@@ -245,8 +260,8 @@ fn pruned_models_load_and_keep_the_kept_units_outputs() {
             )
             .unwrap()
         };
-        let down = format!("model.layers.{layer}.mlp.down_proj.weight");
-        let o = format!("model.layers.{layer}.self_attn.o_proj.weight");
+        let down = names::layer(*layer, LayerTensor::Down);
+        let o = names::layer(*layer, LayerTensor::O);
         w.insert(
             down.clone(),
             mask_cols(&w[&down], &|c| neurons.contains(&c)),
@@ -267,7 +282,8 @@ fn pruned_models_load_and_keep_the_kept_units_outputs() {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    assert!(diff < 1e-4, "max |pruned - masked| = {diff}");
+    assert!(diff < 1e-4, "{family:?}: max |pruned - masked| = {diff}");
+    assert_eq!(pruned.config().family, family);
 
     // Hidden-size pruning changes RMSNorm statistics, so only loading and finiteness are checked.
     let out2 = tempfile::tempdir().unwrap();

@@ -4,13 +4,15 @@
 
 use std::path::Path;
 
+use pollard_model::{Family, MlpKind, NormKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Result, StageError};
 
-/// The shape of a Llama-family decoder. `head_dim` is explicit because width pruning keeps it
-/// while `hidden` shrinks (Minitron's 4B-Width has 32 x 128 != 3072).
+/// The shape of a decoder of any supported family. `head_dim` is explicit because width pruning
+/// keeps it while `hidden` shrinks (Minitron's 4B-Width has 32 x 128 != 3072); `family` decides
+/// which tensors a layer has (gate or not, norm biases, q/k norms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelShape {
@@ -24,6 +26,13 @@ pub struct ModelShape {
     /// `lm_head` shares the embedding matrix.
     #[serde(default)]
     pub tied: bool,
+    /// Omitted (Llama) in `describe()` output, so Llama plans read as before.
+    #[serde(default, skip_serializing_if = "is_llama")]
+    pub family: Family,
+}
+
+fn is_llama(f: &Family) -> bool {
+    *f == Family::Llama
 }
 
 fn field(cfg: &Value, path: &Path, name: &str) -> Result<Option<usize>> {
@@ -65,7 +74,22 @@ impl ModelShape {
                 })
             }
         };
+        let family = match cfg.get("model_type").and_then(Value::as_str) {
+            None | Some("llama") | Some("mistral") => Family::Llama,
+            Some("nemotron") => Family::Nemotron,
+            Some("qwen3") => Family::Qwen3,
+            Some(other) => {
+                return Err(StageError::Config {
+                    path: path.to_path_buf(),
+                    field: "model_type".into(),
+                    message: format!(
+                        "unsupported architecture {other:?} (supported: llama, mistral, nemotron, qwen3)"
+                    ),
+                })
+            }
+        };
         let shape = Self {
+            family,
             vocab: required(cfg, path, "vocab_size")?,
             hidden,
             ffn: required(cfg, path, "intermediate_size")?,
@@ -138,19 +162,37 @@ impl ModelShape {
         self.heads / self.kv_heads
     }
 
-    /// Parameters of one decoder layer (two norms, attention, gated MLP; no biases).
+    /// Parameters of one norm over the hidden size (a LayerNorm has a bias too).
+    fn norm_params(&self) -> u64 {
+        match self.family.norm() {
+            NormKind::Rms => self.hidden as u64,
+            NormKind::LayerNorm1p => mul(2, self.hidden as u64),
+        }
+    }
+
+    /// Parameters of one decoder layer (two norms, attention with its q/k norms, the MLP).
     /// Saturating like every count here: a shape read from an unchecked source cannot wrap
     /// around to a small number (sizes past [`max_size`] are refused by `check`).
     pub fn layer_params(&self) -> u64 {
         let (h, f) = (self.hidden as u64, self.ffn as u64);
         let q = mul(self.heads as u64, self.head_dim as u64);
         let kv = mul(self.kv_heads as u64, self.head_dim as u64);
+        let mlp = match self.family.mlp() {
+            MlpKind::GatedSilu => 3,
+            MlpKind::Relu2 => 2,
+        };
+        let qk = if self.family.qk_norm() {
+            mul(2, self.head_dim as u64)
+        } else {
+            0
+        };
         sum(&[
-            mul(2, h),
+            mul(2, self.norm_params()),
             mul(h, q),
             mul(mul(2, h), kv),
             mul(q, h),
-            mul(mul(3, h), f),
+            qk,
+            mul(mul(mlp, h), f),
         ])
     }
 
@@ -166,7 +208,7 @@ impl ModelShape {
 
     /// Decoder layers plus the final norm: what Minitron's "non-embedding parameters" counts.
     pub fn non_embedding_params(&self) -> u64 {
-        mul(self.layers as u64, self.layer_params()).saturating_add(self.hidden as u64)
+        mul(self.layers as u64, self.layer_params()).saturating_add(self.norm_params())
     }
 
     pub fn params(&self) -> u64 {
@@ -196,6 +238,10 @@ impl ModelShape {
             head_dim: get("head_dim")?,
             layers: get("layers")?,
             tied: m.get("tied").and_then(Value::as_bool).unwrap_or(false),
+            family: m
+                .get("family")
+                .and_then(|f| serde_json::from_value(f.clone()).ok())
+                .unwrap_or_default(),
         })
     }
 
@@ -314,6 +360,7 @@ mod tests {
             head_dim: 128,
             layers: 32,
             tied: false,
+            family: Family::Llama,
         }
     }
 
@@ -349,8 +396,48 @@ mod tests {
 
     #[test]
     fn description_round_trips() {
-        let s = llama_8b();
-        assert_eq!(ModelShape::from_description(&s.describe()), Some(s));
+        for family in [Family::Llama, Family::Nemotron, Family::Qwen3] {
+            let s = ModelShape {
+                family,
+                ..llama_8b()
+            };
+            assert_eq!(ModelShape::from_description(&s.describe()), Some(s));
+        }
+    }
+
+    /// Nemotron-4 15B (hidden 6144, MLP 24576, 48 heads / 8 KV, 32 layers, vocab 256000) has
+    /// about 15.6B parameters: its MLP has no gate and its norms have biases.
+    #[test]
+    fn nemotron_15b_has_15_6b_params_and_counts_match_the_model_config() {
+        let s = ModelShape {
+            vocab: 256000,
+            hidden: 6144,
+            ffn: 24576,
+            heads: 48,
+            kv_heads: 8,
+            head_dim: 128,
+            layers: 32,
+            tied: false,
+            family: Family::Nemotron,
+        };
+        let p = s.params() as f64 / 1e9;
+        assert!((15.5..15.7).contains(&p), "{p}");
+        // The same count as the model layer's config, for every family.
+        for family in [Family::Llama, Family::Nemotron, Family::Qwen3] {
+            let s = ModelShape {
+                family,
+                vocab: 50,
+                hidden: 16,
+                ffn: 24,
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 6,
+                layers: 2,
+                tied: false,
+            };
+            let cfg = pollard_model::LlamaConfig::new(50, 16, 24, 2, 4, 2, 6).with_family(family);
+            assert_eq!(s.params(), cfg.param_count().total(), "{family:?}");
+        }
     }
 
     #[test]

@@ -2,17 +2,20 @@
 //! units to keep ([`plan`]) and slices every tensor consistently ([`apply`]).
 //!
 //! Axes (Minitron, homogeneous: every layer gets the same new sizes):
-//! - hidden channels: one global index set, applied to the embedding, every norm, q/k/v/gate/up
-//!   input columns, o/down output rows and `lm_head`;
-//! - MLP neurons: per layer, gate/up rows and down columns;
+//! - hidden channels: one global index set, applied to the embedding, every norm (weights and,
+//!   for LayerNorm1p, biases), q/k/v/gate/up input columns, o/down output rows and `lm_head`;
+//! - MLP neurons: per layer, gate (when the MLP is gated) and up rows and down columns;
 //! - attention heads under GQA: KV groups ranked by group score, then the same number of query
-//!   heads kept in every kept group, ranked within the group; `head_dim` is unchanged;
+//!   heads kept in every kept group, ranked within the group; `head_dim` is unchanged, so
+//!   Qwen3's per-head q/k norms (over `head_dim`) are kept as they are;
 //! - depth: whole layers dropped and the rest renumbered.
 
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+
+use pollard_model::names::{self, LayerTensor as T};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{CandleContext, Result, StageError};
@@ -42,7 +45,8 @@ pub enum Method {
     /// Activation importance from a `score` stage (Minitron's method).
     #[default]
     Activation,
-    /// Weight norms: neurons by the L2 norm of their `gate_proj` row, heads by their q_proj rows
+    /// Weight norms: neurons by the L2 norm of their `gate_proj` row (`up_proj` in an MLP
+    /// without a gate), heads by their q_proj rows
     /// and o_proj columns, KV groups by those of their heads plus their k/v rows, channels by
     /// their embedding column.
     Magnitude,
@@ -233,17 +237,9 @@ struct Importance {
     neurons: Vec<Vec<f64>>,
 }
 
-fn layer_name(i: usize, rest: &str) -> String {
-    format!("model.layers.{i}.{rest}")
-}
-
 fn magnitude(ck: &Checkpoint) -> Result<Importance> {
     let s = ck.shape;
-    let channels = norms(
-        ck.get("model.embed_tokens.weight")?,
-        0,
-        "model.embed_tokens.weight",
-    )?;
+    let channels = norms(ck.get(names::EMBED)?, 0, names::EMBED)?;
     let mut imp = Importance {
         channels,
         heads: vec![],
@@ -251,12 +247,17 @@ fn magnitude(ck: &Checkpoint) -> Result<Importance> {
         neurons: vec![],
     };
     for l in 0..s.layers {
-        let gate = layer_name(l, "mlp.gate_proj.weight");
+        let gate = names::layer(l, T::Gate);
+        let gate = if ck.tensors.contains_key(&gate) {
+            gate
+        } else {
+            names::layer(l, T::Up)
+        };
         imp.neurons.push(norms(ck.get(&gate)?, 1, &gate)?);
-        let q = layer_name(l, "self_attn.q_proj.weight");
-        let o = layer_name(l, "self_attn.o_proj.weight");
-        let k = layer_name(l, "self_attn.k_proj.weight");
-        let v = layer_name(l, "self_attn.v_proj.weight");
+        let q = names::layer(l, T::Q);
+        let o = names::layer(l, T::O);
+        let k = names::layer(l, T::K);
+        let v = names::layer(l, T::V);
         let q_rows = block_sq(&norms(ck.get(&q)?, 1, &q)?, s.head_dim);
         let o_cols = block_sq(&norms(ck.get(&o)?, 0, &o)?, s.head_dim);
         let k_rows = block_sq(&norms(ck.get(&k)?, 1, &k)?, s.head_dim);
@@ -515,13 +516,8 @@ pub fn apply(ck: &Checkpoint, plan: &KeepPlan) -> Result<Checkpoint> {
     let ch = &plan.channels;
     let mut out = std::collections::BTreeMap::new();
     for (name, t) in &ck.tensors {
-        let new = if let Some(rest) = name.strip_prefix("model.layers.") {
-            let (idx, field) = rest
-                .split_once('.')
-                .ok_or_else(|| StageError::tensor(name, "not a `model.layers.N.*` name"))?;
-            let old: usize = idx.parse().map_err(|_| {
-                StageError::tensor(name, format!("layer index `{idx}` is not a number"))
-            })?;
+        if let Some(split) = names::split_layer(name) {
+            let (old, field) = split.map_err(|why| StageError::tensor(name, why))?;
             if old >= s.layers {
                 return Err(StageError::tensor(
                     name,
@@ -531,53 +527,49 @@ pub fn apply(ck: &Checkpoint, plan: &KeepPlan) -> Result<Checkpoint> {
             let Some(pos) = plan.layers.iter().position(|&l| l == old) else {
                 continue;
             };
+            let lt = T::from_suffix(field).ok_or_else(|| {
+                StageError::tensor(name, "unknown layer tensor: cannot tell how to prune it")
+            })?;
             let q_rows = head_rows(&plan.heads[pos], hd);
             let kv_rows = head_rows(&plan.groups[pos], hd);
             let neurons = &plan.neurons[pos];
-            let sliced = match field {
-                "input_layernorm.weight" | "post_attention_layernorm.weight" => {
+            let sliced = match lt {
+                T::AttnNorm | T::AttnNormBias | T::MlpNorm | T::MlpNormBias => {
                     select(t, 0, ch, name)?
                 }
-                "self_attn.q_proj.weight" => select(&select(t, 0, &q_rows, name)?, 1, ch, name)?,
-                "self_attn.q_proj.bias" => select(t, 0, &q_rows, name)?,
-                "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => {
-                    select(&select(t, 0, &kv_rows, name)?, 1, ch, name)?
-                }
-                "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => select(t, 0, &kv_rows, name)?,
-                "self_attn.o_proj.weight" => select(&select(t, 0, ch, name)?, 1, &q_rows, name)?,
-                "self_attn.o_proj.bias" | "mlp.down_proj.bias" => select(t, 0, ch, name)?,
-                "mlp.gate_proj.weight" | "mlp.up_proj.weight" => {
-                    select(&select(t, 0, neurons, name)?, 1, ch, name)?
-                }
-                "mlp.gate_proj.bias" | "mlp.up_proj.bias" => select(t, 0, neurons, name)?,
-                "mlp.down_proj.weight" => select(&select(t, 0, ch, name)?, 1, neurons, name)?,
-                // Old checkpoints store RoPE frequencies; they depend on head_dim only.
-                "self_attn.rotary_emb.inv_freq" => t.clone(),
-                _ => {
-                    return Err(StageError::tensor(
-                        name,
-                        "unknown Llama layer tensor: cannot tell how to prune it",
-                    ))
-                }
+                T::Q => select(&select(t, 0, &q_rows, name)?, 1, ch, name)?,
+                T::K | T::V => select(&select(t, 0, &kv_rows, name)?, 1, ch, name)?,
+                T::O => select(&select(t, 0, ch, name)?, 1, &q_rows, name)?,
+                // Per-head norms act over head_dim, which pruning keeps.
+                T::QNorm | T::KNorm => t.clone(),
+                T::Gate | T::Up => select(&select(t, 0, neurons, name)?, 1, ch, name)?,
+                T::Down => select(&select(t, 0, ch, name)?, 1, neurons, name)?,
             };
-            out.insert(format!("model.layers.{pos}.{field}"), sliced);
+            out.insert(names::layer(pos, lt), sliced);
             continue;
-        } else {
-            match name.as_str() {
-                "model.embed_tokens.weight" | "lm_head.weight" => select(t, 1, ch, name)?,
-                "model.norm.weight" => select(t, 0, ch, name)?,
-                _ => {
-                    return Err(StageError::tensor(
-                        name,
-                        "unknown Llama tensor: cannot tell how to prune it",
-                    ))
-                }
+        }
+        let new = match name.as_str() {
+            names::EMBED | names::LM_HEAD => select(t, 1, ch, name)?,
+            names::FINAL_NORM | names::FINAL_NORM_BIAS => select(t, 0, ch, name)?,
+            _ => {
+                return Err(StageError::tensor(
+                    name,
+                    "unknown tensor: cannot tell how to prune it",
+                ))
             }
         };
         out.insert(name.clone(), new);
     }
+    let mut config = ck.config.clone();
+    // Per-layer config lists (Qwen3's `layer_types`) follow the kept layers: transformers refuses
+    // a list whose length differs from num_hidden_layers.
+    if let Some(serde_json::Value::Array(types)) = config.get_mut("layer_types") {
+        if types.len() == s.layers {
+            *types = plan.layers.iter().map(|&l| types[l].clone()).collect();
+        }
+    }
     let pruned = Checkpoint {
-        config: ck.config.clone(),
+        config,
         shape: plan.shape,
         tensors: out,
     };
@@ -600,6 +592,7 @@ mod tests {
             head_dim: 2,
             layers: 3,
             tied: false,
+            family: pollard_model::Family::Llama,
         }
     }
 
@@ -615,30 +608,18 @@ mod tests {
             let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() - 0.5).collect();
             Tensor::from_vec(v, dims, &dev).unwrap()
         };
-        let (q, kv) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
-        tensors.insert(
-            "model.embed_tokens.weight".to_string(),
-            rnd(&[s.vocab, s.hidden]),
-        );
-        tensors.insert("lm_head.weight".to_string(), rnd(&[s.vocab, s.hidden]));
-        tensors.insert("model.norm.weight".to_string(), rnd(&[s.hidden]));
-        for l in 0..s.layers {
-            for (f, d) in [
-                ("input_layernorm.weight", vec![s.hidden]),
-                ("post_attention_layernorm.weight", vec![s.hidden]),
-                ("self_attn.q_proj.weight", vec![q, s.hidden]),
-                ("self_attn.k_proj.weight", vec![kv, s.hidden]),
-                ("self_attn.v_proj.weight", vec![kv, s.hidden]),
-                ("self_attn.o_proj.weight", vec![s.hidden, q]),
-                ("mlp.gate_proj.weight", vec![s.ffn, s.hidden]),
-                ("mlp.up_proj.weight", vec![s.ffn, s.hidden]),
-                ("mlp.down_proj.weight", vec![s.hidden, s.ffn]),
-            ] {
-                tensors.insert(layer_name(l, f), rnd(&d));
-            }
+        let cfg = pollard_model::LlamaConfig::new(
+            s.vocab, s.hidden, s.ffn, s.layers, s.heads, s.kv_heads, s.head_dim,
+        )
+        .with_family(s.family);
+        for (name, dims) in cfg.expected_tensors() {
+            tensors.insert(name, rnd(&dims));
         }
+        let serde_json::Value::Object(config) = cfg.to_hf_json() else {
+            unreachable!("to_hf_json writes an object")
+        };
         Checkpoint {
-            config: serde_json::Map::new(),
+            config,
             shape: s,
             tensors,
         }

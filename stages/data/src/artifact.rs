@@ -37,6 +37,10 @@ pub struct Meta {
     pub tokenizer_vocab_size: u32,
     /// The id appended after every document, if the tokenizer has one.
     pub eos_id: Option<u32>,
+    /// The id put before every document, if the tokenizer defines one (absent otherwise, so
+    /// datasets of tokenizers without one read as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_id: Option<u32>,
     pub train_tokens: u64,
     pub val_tokens: u64,
     pub train_documents: u64,
@@ -127,6 +131,9 @@ impl<'t> DatasetWriter<'t> {
                 } else {
                     &mut self.train
                 };
+                if let Some(bos) = self.tokenizer.bos_id() {
+                    shard.append(&[bos])?;
+                }
                 shard.append(&ids)?;
                 if let Some(eos) = self.tokenizer.eos_id() {
                     shard.append(&[eos])?;
@@ -157,6 +164,7 @@ impl<'t> DatasetWriter<'t> {
             vocab_size: to_u32(vocab_size),
             tokenizer_vocab_size: to_u32(self.tokenizer.vocab_size()),
             eos_id: self.tokenizer.eos_id(),
+            bos_id: self.tokenizer.bos_id(),
             train_tokens: self.train.tokens,
             val_tokens: self.val.tokens,
             train_documents: self.train.documents,
@@ -367,6 +375,52 @@ mod tests {
         assert_eq!(ds.train().iter().filter(|&&id| id == 0).count(), 40);
         assert!(ds.val().is_empty());
         assert_eq!(ds.tokenizer().kind(), TokenizerKind::Bpe);
+    }
+
+    /// A tokenizer that defines a BOS (here `<s>`, as Llama 2's and Nemotron's) starts every
+    /// document with it, and the meta records it.
+    #[test]
+    fn documents_start_with_bos_when_the_tokenizer_defines_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut hf = Tokenizer::train_bpe(&docs(), 300).unwrap().hf().clone();
+        hf.add_special_tokens([tokenizers::AddedToken::from("<s>", true)])
+            .unwrap();
+        let path = dir.path().join("with-bos.json");
+        hf.save(&path, false).unwrap();
+        let t = Tokenizer::load(&path).unwrap();
+        let bos = t.bos_id().expect("<s> is a BOS");
+        let out = dir.path().join("ds");
+        std::fs::create_dir_all(&out).unwrap();
+        let meta = write_dataset(&out, &docs(), &t, 512, 0.0, "test".into(), None).unwrap();
+        assert_eq!(meta.bos_id, Some(bos));
+        let ds = Dataset::open(&out).unwrap();
+        let train = ds.train();
+        assert_eq!(train[0], bos);
+        assert_eq!(train.iter().filter(|&&id| id == bos).count(), 40);
+        // Every BOS follows an EOS (the previous document's end), except the first.
+        for (i, _) in train
+            .iter()
+            .enumerate()
+            .filter(|(_, &id)| id == bos)
+            .skip(1)
+        {
+            assert_eq!(Some(train[i - 1]), meta.eos_id);
+        }
+        // Tokenizers without one read as before: no `bos_id` in meta.json.
+        let plain = dir.path().join("plain");
+        std::fs::create_dir_all(&plain).unwrap();
+        write_dataset(
+            &plain,
+            &docs(),
+            &Tokenizer::byte(),
+            256,
+            0.0,
+            "t".into(),
+            None,
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(plain.join("meta.json")).unwrap();
+        assert!(!text.contains("bos_id"), "{text}");
     }
 
     #[test]

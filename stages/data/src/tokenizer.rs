@@ -25,6 +25,11 @@ pub const MIN_BPE_VOCAB: usize = 257;
 /// End-of-text spellings recognised in a loaded `tokenizer.json` (GPT-2, Llama 3, Llama 2, Gemma).
 const EOS_NAMES: &[&str] = &[END_OF_TEXT, "<|end_of_text|>", "</s>", "<eos>", "<|eos|>"];
 
+/// Beginning-of-text spellings recognised in a loaded `tokenizer.json` (Llama 2, Llama 3, Gemma,
+/// Nemotron). Real models saw one before every document in training, so their logits on windows
+/// without it are skewed.
+const BOS_NAMES: &[&str] = &["<s>", "<|begin_of_text|>", "<bos>", "<|bos|>"];
+
 /// Where a tokenizer came from; recorded in a dataset's `meta.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,6 +50,7 @@ pub struct Tokenizer {
     /// saving; encoding bytes takes a direct path that gives the same ids).
     hf: tokenizers::Tokenizer,
     eos: Option<u32>,
+    bos: Option<u32>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -53,6 +59,7 @@ impl std::fmt::Debug for Tokenizer {
             .field("kind", &self.kind)
             .field("vocab_size", &self.vocab_size())
             .field("eos", &self.eos)
+            .field("bos", &self.bos)
             .finish()
     }
 }
@@ -66,6 +73,7 @@ impl Tokenizer {
             kind: TokenizerKind::Byte,
             hf,
             eos: None,
+            bos: None,
         }
     }
 
@@ -117,6 +125,7 @@ impl Tokenizer {
             kind: TokenizerKind::Bpe,
             hf,
             eos,
+            bos: None,
         })
     }
 
@@ -128,10 +137,15 @@ impl Tokenizer {
             message: e.to_string(),
         })?;
         let eos = EOS_NAMES.iter().find_map(|name| hf.token_to_id(name));
+        let bos = BOS_NAMES
+            .iter()
+            .find_map(|name| hf.token_to_id(name))
+            .filter(|&b| Some(b) != eos);
         Ok(Self {
             kind: TokenizerKind::File,
             hf,
             eos,
+            bos,
         })
     }
 
@@ -141,6 +155,7 @@ impl Tokenizer {
         t.kind = kind;
         if kind == TokenizerKind::Byte {
             t.eos = None;
+            t.bos = None;
         }
         Ok(t)
     }
@@ -155,6 +170,11 @@ impl Tokenizer {
             TokenizerKind::Byte => 256,
             _ => self.hf.get_vocab_size(true),
         }
+    }
+
+    /// The id that starts a document, if the tokenizer defines one (loaded tokenizers only).
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
     }
 
     /// The id that ends a document, if the tokenizer has one.

@@ -1,8 +1,14 @@
-//! `config.json` of a Hugging Face Llama-family checkpoint -> [`LlamaConfig`] (validated), and back.
+//! `config.json` of a Hugging Face decoder checkpoint (Llama, Mistral, Nemotron, Qwen3) ->
+//! [`LlamaConfig`] (validated), and back.
+//!
+//! The families differ only in data: which MLP ([`MlpKind`]), which norm ([`NormKind`]), how much
+//! of each head RoPE rotates, and whether queries/keys are normalised per head. The one forward
+//! pass reads these fields; nothing else knows the family.
 //!
 //! Both config styles are accepted: transformers 5's `rope_parameters` object and the classic
-//! top-level `rope_theta` + `rope_scaling` of released Llama checkpoints. Fields are read one by
-//! one (not with a derived `Deserialize`) so that every error names the field and the value.
+//! top-level `rope_theta` + `rope_scaling` (+ `partial_rotary_factor`) of released checkpoints.
+//! Fields are read one by one (not with a derived `Deserialize`) so that every error names the
+//! field and the value.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,6 +17,90 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{ModelError, Result};
+use crate::names::{self, LayerTensor};
+
+/// A model family: fixes the class transformers loads and the per-family choices below.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// `LlamaForCausalLM` / `MistralForCausalLM`: SwiGLU, RMSNorm, full RoPE.
+    #[default]
+    Llama,
+    /// `NemotronForCausalLM`: squared-ReLU MLP, LayerNorm1p with bias, partial RoPE.
+    Nemotron,
+    /// `Qwen3ForCausalLM`: SwiGLU, RMSNorm, per-head q/k RMSNorm before RoPE.
+    Qwen3,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Nemotron => "nemotron",
+            Family::Qwen3 => "qwen3",
+        }
+    }
+
+    pub fn mlp(self) -> MlpKind {
+        match self {
+            Family::Nemotron => MlpKind::Relu2,
+            _ => MlpKind::GatedSilu,
+        }
+    }
+
+    pub fn norm(self) -> NormKind {
+        match self {
+            Family::Nemotron => NormKind::LayerNorm1p,
+            _ => NormKind::Rms,
+        }
+    }
+
+    pub fn qk_norm(self) -> bool {
+        self == Family::Qwen3
+    }
+
+    /// The `hidden_act` transformers' class uses for this family's MLP.
+    pub fn hidden_act(self) -> &'static str {
+        match self.mlp() {
+            MlpKind::GatedSilu => "silu",
+            MlpKind::Relu2 => "relu2",
+        }
+    }
+
+    /// The config key of the norms' epsilon.
+    pub fn eps_key(self) -> &'static str {
+        match self {
+            Family::Nemotron => "norm_eps",
+            _ => "rms_norm_eps",
+        }
+    }
+}
+
+/// The MLP of every layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlpKind {
+    /// `down(silu(gate(x)) * up(x))`.
+    #[default]
+    GatedSilu,
+    /// `down(relu(up(x))^2)`: no gate.
+    Relu2,
+}
+
+/// The norm before attention, before the MLP and at the end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// `x / sqrt(mean(x^2) + eps) * w`.
+    #[default]
+    Rms,
+    /// `(x - mean) / sqrt(var + eps) * (1 + w) + b` (the stored weight is gamma - 1).
+    LayerNorm1p,
+}
+
+fn one() -> f64 {
+    1.0
+}
 
 /// How RoPE frequencies are derived from `rope_theta`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,8 +122,20 @@ pub enum RopeScaling {
 /// A validated Llama-family architecture. All sizes are resolved (e.g. `head_dim` is explicit).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
-    /// `"llama"` or `"mistral"` (the `model_type` field).
+    /// `"llama"`, `"mistral"`, `"nemotron"` or `"qwen3"` (the `model_type` field).
     pub model_type: String,
+    #[serde(default)]
+    pub family: Family,
+    #[serde(default)]
+    pub mlp: MlpKind,
+    #[serde(default)]
+    pub norm: NormKind,
+    /// Per-head RMSNorm of queries and keys (over `head_dim`) before RoPE.
+    #[serde(default)]
+    pub qk_norm: bool,
+    /// The leading fraction of each head's dims that RoPE rotates; the rest pass through.
+    #[serde(default = "one")]
+    pub partial_rotary_factor: f64,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -43,6 +145,7 @@ pub struct LlamaConfig {
     /// Per-head width; may differ from `hidden_size / num_attention_heads` (pruned models).
     pub head_dim: usize,
     pub max_position_embeddings: usize,
+    /// Epsilon of every norm (`rms_norm_eps`, or `norm_eps` for Nemotron).
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: RopeScaling,
@@ -66,9 +169,9 @@ pub struct ParamCount {
     pub embed: u64,
     /// q, k, v, o projections over all layers.
     pub attention: u64,
-    /// gate, up, down projections over all layers.
+    /// gate (when gated), up, down projections over all layers.
     pub mlp: u64,
-    /// All RMSNorm weights (2 per layer + the final norm).
+    /// All norm weights and biases (2 per layer + the final norm, plus q/k norms).
     pub norms: u64,
     /// `lm_head.weight`; 0 when tied to the embedding.
     pub lm_head: u64,
@@ -93,6 +196,8 @@ const KNOWN: &[&str] = &[
     "head_dim",
     "max_position_embeddings",
     "rms_norm_eps",
+    "norm_eps",
+    "partial_rotary_factor",
     "rope_theta",
     "rope_scaling",
     "rope_parameters",
@@ -244,30 +349,45 @@ impl LlamaConfig {
             .as_object()
             .ok_or_else(|| ModelError::config("<root>", "expected a JSON object"))?;
         let model_type = get_str(m, "model_type")?.unwrap_or("llama").to_owned();
-        if !matches!(model_type.as_str(), "llama" | "mistral") {
-            return Err(ModelError::config(
-                "model_type",
-                format!("unsupported architecture {model_type:?} (supported: llama, mistral)"),
-            ));
-        }
+        let family = match model_type.as_str() {
+            "llama" | "mistral" => Family::Llama,
+            "nemotron" => Family::Nemotron,
+            "qwen3" => Family::Qwen3,
+            _ => {
+                return Err(ModelError::config(
+                    "model_type",
+                    format!("unsupported architecture {model_type:?} (supported: llama, mistral, nemotron, qwen3)"),
+                ))
+            }
+        };
+        let class = hf_class(&model_type);
         if let Some(archs) = m.get("architectures").and_then(Value::as_array) {
             for a in archs {
                 let a = a.as_str().unwrap_or("");
-                if !matches!(a, "LlamaForCausalLM" | "MistralForCausalLM") {
+                if a != class {
                     return Err(ModelError::config(
                         "architectures",
-                        format!("unsupported architecture {a:?} (supported: LlamaForCausalLM, MistralForCausalLM)"),
+                        format!("unsupported architecture {a:?} for model_type {model_type:?} (expected {class})"),
                     ));
                 }
             }
         }
         if let Some(act) = get_str(m, "hidden_act")? {
-            if act != "silu" {
+            if act != family.hidden_act() {
                 return Err(ModelError::config(
                     "hidden_act",
-                    format!("unsupported activation {act:?} (only silu)"),
+                    format!(
+                        "unsupported activation {act:?} for model_type {model_type:?} (only {})",
+                        family.hidden_act()
+                    ),
                 ));
             }
+        }
+        if get_bool(m, "use_sliding_window")? == Some(true) {
+            return Err(ModelError::config(
+                "use_sliding_window",
+                "sliding-window attention is supported for mistral only (expected false)",
+            ));
         }
         for key in ["attention_bias", "mlp_bias"] {
             if get_bool(m, key)? == Some(true) {
@@ -310,11 +430,8 @@ impl LlamaConfig {
                 hidden_size / num_attention_heads
             }
         };
-        if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(ModelError::config(
-                "head_dim",
-                format!("must be even and positive for RoPE, got {head_dim}"),
-            ));
+        if head_dim == 0 {
+            return Err(ModelError::config("head_dim", "must be positive, got 0"));
         }
 
         // RoPE: transformers 5 style first, then the classic top-level fields.
@@ -356,10 +473,34 @@ impl LlamaConfig {
             ));
         }
 
-        let rms_norm_eps = get_f64(m, "rms_norm_eps")?.unwrap_or(1e-6);
+        let partial_rotary_factor = match m.get("rope_parameters") {
+            Some(Value::Object(rp)) if rp.contains_key("partial_rotary_factor") => {
+                get_f64(rp, "partial_rotary_factor").map_err(|_| {
+                    ModelError::config("rope_parameters.partial_rotary_factor", "expected a number")
+                })?
+            }
+            _ => get_f64(m, "partial_rotary_factor")?,
+        }
+        .unwrap_or(1.0);
+        if !(partial_rotary_factor > 0.0 && partial_rotary_factor <= 1.0) {
+            return Err(ModelError::config(
+                "partial_rotary_factor",
+                format!("must be in (0, 1], got {partial_rotary_factor}"),
+            ));
+        }
+        let rot = rotary_dim(head_dim, partial_rotary_factor);
+        if rot == 0 || rot % 2 != 0 {
+            return Err(ModelError::config(
+                "head_dim",
+                format!("RoPE rotates pairs: head_dim {head_dim} x partial_rotary_factor {partial_rotary_factor} = {rot} dims, which must be even and positive"),
+            ));
+        }
+
+        let eps_key = family.eps_key();
+        let rms_norm_eps = get_f64(m, eps_key)?.unwrap_or(1e-6);
         if !(rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {
             return Err(ModelError::config(
-                "rms_norm_eps",
+                eps_key,
                 format!("must be >= 0, got {rms_norm_eps}"),
             ));
         }
@@ -378,6 +519,11 @@ impl LlamaConfig {
             .collect();
         Ok(LlamaConfig {
             model_type,
+            family,
+            mlp: family.mlp(),
+            norm: family.norm(),
+            qk_norm: family.qk_norm(),
+            partial_rotary_factor,
             vocab_size: req_usize(m, "vocab_size")?,
             hidden_size,
             intermediate_size: req_usize(m, "intermediate_size")?,
@@ -410,6 +556,11 @@ impl LlamaConfig {
     ) -> Self {
         LlamaConfig {
             model_type: "llama".into(),
+            family: Family::Llama,
+            mlp: MlpKind::GatedSilu,
+            norm: NormKind::Rms,
+            qk_norm: false,
+            partial_rotary_factor: 1.0,
             vocab_size,
             hidden_size,
             intermediate_size,
@@ -429,17 +580,27 @@ impl LlamaConfig {
         }
     }
 
-    /// `config.json` as transformers' `LlamaForCausalLM` reads it. RoPE settings are written in
-    /// the classic top-level style (`rope_theta`, `rope_scaling`), which transformers 4 and 5 both
-    /// read; `head_dim` is always explicit because pruning can make it differ from hidden/heads.
+    /// This config as another family with the family's MLP, norm and q/k-norm choices (for a
+    /// model built from scratch; a loaded checkpoint gets them from its `model_type`).
+    pub fn with_family(mut self, family: Family) -> Self {
+        self.family = family;
+        self.model_type = family.name().into();
+        self.mlp = family.mlp();
+        self.norm = family.norm();
+        self.qk_norm = family.qk_norm();
+        self
+    }
+
+    /// `config.json` as transformers' class for the family reads it. RoPE settings are written in
+    /// the classic top-level style (`rope_theta`, `rope_scaling`, `partial_rotary_factor`), which
+    /// transformers 4 and 5 both read; `head_dim` is always explicit because pruning can make it
+    /// differ from hidden/heads.
     pub fn to_hf_json(&self) -> Value {
         let mut m: Map<String, Value> = self.extra.clone().into_iter().collect();
-        let arch = if self.model_type == "mistral" {
-            "MistralForCausalLM"
-        } else {
-            "LlamaForCausalLM"
-        };
-        m.insert("architectures".into(), Value::from(vec![arch]));
+        m.insert(
+            "architectures".into(),
+            Value::from(vec![hf_class(&self.model_type)]),
+        );
         m.insert("model_type".into(), self.model_type.clone().into());
         m.insert("vocab_size".into(), self.vocab_size.into());
         m.insert("hidden_size".into(), self.hidden_size.into());
@@ -458,8 +619,14 @@ impl LlamaConfig {
             "max_position_embeddings".into(),
             self.max_position_embeddings.into(),
         );
-        m.insert("rms_norm_eps".into(), self.rms_norm_eps.into());
+        m.insert(self.family.eps_key().into(), self.rms_norm_eps.into());
         m.insert("rope_theta".into(), self.rope_theta.into());
+        if self.partial_rotary_factor != 1.0 || self.family == Family::Nemotron {
+            m.insert(
+                "partial_rotary_factor".into(),
+                self.partial_rotary_factor.into(),
+            );
+        }
         let scaling = match &self.rope_scaling {
             RopeScaling::Default => Value::Null,
             s => serde_json::to_value(s).expect("RopeScaling serialises to a JSON object"),
@@ -469,9 +636,11 @@ impl LlamaConfig {
             "tie_word_embeddings".into(),
             self.tie_word_embeddings.into(),
         );
-        m.insert("hidden_act".into(), "silu".into());
+        m.insert("hidden_act".into(), self.family.hidden_act().into());
         m.insert("attention_bias".into(), false.into());
-        m.insert("mlp_bias".into(), false.into());
+        if self.family != Family::Qwen3 {
+            m.insert("mlp_bias".into(), false.into());
+        }
         m.insert("initializer_range".into(), self.initializer_range.into());
         if self.model_type == "mistral" {
             m.insert(
@@ -502,11 +671,24 @@ impl LlamaConfig {
         );
         let q = (self.num_attention_heads * self.head_dim) as u64;
         let kv = (self.num_key_value_heads * self.head_dim) as u64;
+        let mlp_mats = match self.mlp {
+            MlpKind::GatedSilu => 3,
+            MlpKind::Relu2 => 2,
+        };
+        let per_norm = match self.norm {
+            NormKind::Rms => h,
+            NormKind::LayerNorm1p => 2 * h,
+        };
+        let qk = if self.qk_norm {
+            2 * self.head_dim as u64
+        } else {
+            0
+        };
         ParamCount {
             embed: v * h,
             attention: l * (h * q + 2 * h * kv + q * h),
-            mlp: l * 3 * h * i,
-            norms: (2 * l + 1) * h,
+            mlp: l * mlp_mats * h * i,
+            norms: (2 * l + 1) * per_norm + l * qk,
             lm_head: if self.tie_word_embeddings { 0 } else { v * h },
         }
     }
@@ -517,33 +699,48 @@ impl LlamaConfig {
         let (h, i) = (self.hidden_size, self.intermediate_size);
         let q = self.num_attention_heads * self.head_dim;
         let kv = self.num_key_value_heads * self.head_dim;
+        let d = self.head_dim;
+        let bias = self.norm == NormKind::LayerNorm1p;
         let mut t = BTreeMap::new();
-        t.insert(
-            "model.embed_tokens.weight".to_owned(),
-            vec![self.vocab_size, h],
-        );
-        t.insert("model.norm.weight".to_owned(), vec![h]);
+        t.insert(names::EMBED.to_owned(), vec![self.vocab_size, h]);
+        t.insert(names::FINAL_NORM.to_owned(), vec![h]);
+        if bias {
+            t.insert(names::FINAL_NORM_BIAS.to_owned(), vec![h]);
+        }
         if !self.tie_word_embeddings {
-            t.insert("lm_head.weight".to_owned(), vec![self.vocab_size, h]);
+            t.insert(names::LM_HEAD.to_owned(), vec![self.vocab_size, h]);
         }
         for l in 0..self.num_hidden_layers {
-            let p = format!("model.layers.{l}.");
-            t.insert(format!("{p}input_layernorm.weight"), vec![h]);
-            t.insert(format!("{p}post_attention_layernorm.weight"), vec![h]);
-            t.insert(format!("{p}self_attn.q_proj.weight"), vec![q, h]);
-            t.insert(format!("{p}self_attn.k_proj.weight"), vec![kv, h]);
-            t.insert(format!("{p}self_attn.v_proj.weight"), vec![kv, h]);
-            t.insert(format!("{p}self_attn.o_proj.weight"), vec![h, q]);
-            t.insert(format!("{p}mlp.gate_proj.weight"), vec![i, h]);
-            t.insert(format!("{p}mlp.up_proj.weight"), vec![i, h]);
-            t.insert(format!("{p}mlp.down_proj.weight"), vec![h, i]);
+            for lt in LayerTensor::ALL {
+                let shape = match lt {
+                    LayerTensor::AttnNorm | LayerTensor::MlpNorm => vec![h],
+                    LayerTensor::AttnNormBias | LayerTensor::MlpNormBias if bias => vec![h],
+                    LayerTensor::AttnNormBias | LayerTensor::MlpNormBias => continue,
+                    LayerTensor::Q => vec![q, h],
+                    LayerTensor::K | LayerTensor::V => vec![kv, h],
+                    LayerTensor::O => vec![h, q],
+                    LayerTensor::QNorm | LayerTensor::KNorm if self.qk_norm => vec![d],
+                    LayerTensor::QNorm | LayerTensor::KNorm => continue,
+                    LayerTensor::Gate if self.mlp == MlpKind::GatedSilu => vec![i, h],
+                    LayerTensor::Gate => continue,
+                    LayerTensor::Up => vec![i, h],
+                    LayerTensor::Down => vec![h, i],
+                };
+                t.insert(names::layer(l, lt), shape);
+            }
         }
         t
     }
 
-    /// RoPE inverse frequencies (length `head_dim / 2`), as transformers computes them (in f32).
+    /// How many leading dims of each head RoPE rotates (`int(head_dim * partial_rotary_factor)`,
+    /// as transformers computes it).
+    pub fn rotary_dim(&self) -> usize {
+        rotary_dim(self.head_dim, self.partial_rotary_factor)
+    }
+
+    /// RoPE inverse frequencies (length `rotary_dim / 2`), as transformers computes them (in f32).
     pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let d = self.head_dim;
+        let d = self.rotary_dim();
         let base: Vec<f32> = (0..d / 2)
             .map(|i| 1.0 / (self.rope_theta as f32).powf((2 * i) as f32 / d as f32))
             .collect();
@@ -589,6 +786,20 @@ impl LlamaConfig {
     }
 }
 
+/// transformers' class for a `model_type`.
+fn hf_class(model_type: &str) -> &'static str {
+    match model_type {
+        "mistral" => "MistralForCausalLM",
+        "nemotron" => "NemotronForCausalLM",
+        "qwen3" => "Qwen3ForCausalLM",
+        _ => "LlamaForCausalLM",
+    }
+}
+
+fn rotary_dim(head_dim: usize, factor: f64) -> usize {
+    (head_dim as f64 * factor) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,6 +833,55 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn fixture_config(name: &str, file: &str) -> Value {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(name)
+            .join(file);
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn nemotron_and_qwen3_parse_in_both_styles_and_round_trip() {
+        for (name, family) in [
+            ("tiny-nemotron", Family::Nemotron),
+            ("tiny-qwen3", Family::Qwen3),
+        ] {
+            let a = LlamaConfig::from_json(&fixture_config(name, "config.json")).unwrap();
+            let b = LlamaConfig::from_json(&fixture_config(name, "config.legacy.json")).unwrap();
+            assert_eq!(a, b, "{name}: both styles give one config");
+            assert_eq!(a.family, family);
+            assert_eq!(LlamaConfig::from_json(&a.to_hf_json()).unwrap(), a);
+        }
+        let n = LlamaConfig::from_json(&fixture_config("tiny-nemotron", "config.json")).unwrap();
+        assert_eq!(
+            (n.mlp, n.norm, n.qk_norm),
+            (MlpKind::Relu2, NormKind::LayerNorm1p, false)
+        );
+        assert_eq!((n.rotary_dim(), n.rope_inv_freq().len()), (4, 2));
+        assert_eq!(n.rms_norm_eps, 1e-5);
+        assert_eq!(
+            n.to_hf_json()["architectures"],
+            json!(["NemotronForCausalLM"])
+        );
+        assert_eq!(n.to_hf_json()["norm_eps"], json!(1e-5));
+        let q = LlamaConfig::from_json(&fixture_config("tiny-qwen3", "config.json")).unwrap();
+        assert_eq!(
+            (q.mlp, q.norm, q.qk_norm),
+            (MlpKind::GatedSilu, NormKind::Rms, true)
+        );
+        assert_eq!((q.head_dim, q.rope_theta), (32, 1e6));
+        // Unknown families and activations name their field.
+        let mut v = fixture_config("tiny-nemotron", "config.json");
+        v["hidden_act"] = json!("silu");
+        let e = LlamaConfig::from_json(&v).unwrap_err().to_string();
+        assert!(e.contains("`hidden_act`") && e.contains("relu2"), "{e}");
+        let mut v = fixture_config("tiny-qwen3", "config.json");
+        v["model_type"] = json!("qwen2_moe");
+        let e = LlamaConfig::from_json(&v).unwrap_err().to_string();
+        assert!(e.contains("`model_type`") && e.contains("qwen3"), "{e}");
     }
 
     #[test]

@@ -233,6 +233,60 @@ fn dtype_name(d: DType) -> &'static str {
     }
 }
 
+/// Shard size of written checkpoints, as transformers' `save_pretrained` default (5 GB).
+pub const DEFAULT_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// Writes `weights` as `model.safetensors`, or, when they exceed `shard_bytes`, as
+/// `model-0000N-of-0000M.safetensors` shards (tensors in name order, a new shard when the next
+/// tensor would overflow) with `model.safetensors.index.json`, the layout transformers writes
+/// and [`load_hf`] reads. Each file carries `{"format": "pt"}` metadata.
+pub fn write_weights(dir: &Path, weights: &Weights, shard_bytes: u64) -> Result<()> {
+    let bytes = |t: &Tensor| (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+    let total: u64 = weights.values().map(bytes).sum();
+    let mut shards: Vec<Vec<(&String, &Tensor)>> = vec![vec![]];
+    let mut size = 0u64;
+    for (n, t) in weights {
+        let b = bytes(t);
+        if size > 0 && size + b > shard_bytes {
+            shards.push(vec![]);
+            size = 0;
+        }
+        size += b;
+        shards.last_mut().expect("one shard exists").push((n, t));
+    }
+    let meta = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    let m = shards.len();
+    let mut map = serde_json::Map::new();
+    for (i, shard) in shards.into_iter().enumerate() {
+        let file = if m == 1 {
+            SINGLE.to_owned()
+        } else {
+            format!("model-{:05}-of-{m:05}.safetensors", i + 1)
+        };
+        let tensors = shard
+            .into_iter()
+            .map(|(n, t)| {
+                map.insert(n.clone(), file.clone().into());
+                Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let path = dir.join(&file);
+        safetensors::serialize_to_file(tensors, Some(meta.clone()), &path).map_err(|e| {
+            ModelError::Safetensors {
+                path: path.clone(),
+                msg: e.to_string(),
+            }
+        })?;
+    }
+    if m > 1 {
+        let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": map });
+        let path = dir.join(INDEX);
+        let text = serde_json::to_string_pretty(&index).expect("a JSON value always serialises");
+        std::fs::write(&path, text + "\n").map_err(io_err(&path))?;
+    }
+    Ok(())
+}
+
 /// Writes a folder transformers loads as `LlamaForCausalLM` and [`load_hf`] loads back
 /// bit-identically: `config.json` (with `head_dim`, and the weights' dtype), `model.safetensors`
 /// with HF names and `{"format": "pt"}` metadata (a tied model has no `lm_head.weight`, as
@@ -254,18 +308,7 @@ pub fn save_hf(
         serde_json::to_string_pretty(&cfg.to_hf_json()).expect("a JSON value always serialises");
     std::fs::write(&cfg_path, text + "\n").map_err(io_err(&cfg_path))?;
 
-    let tensors = weights
-        .iter()
-        .map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
-        .collect::<Result<Vec<_>>>()?;
-    let meta = HashMap::from([("format".to_owned(), "pt".to_owned())]);
-    let st_path = dir.join(SINGLE);
-    safetensors::serialize_to_file(tensors, Some(meta), &st_path).map_err(|e| {
-        ModelError::Safetensors {
-            path: st_path.clone(),
-            msg: e.to_string(),
-        }
-    })?;
+    write_weights(dir, weights, DEFAULT_SHARD_BYTES)?;
     if let Some(tok) = tokenizer_json {
         let dst = dir.join("tokenizer.json");
         std::fs::copy(tok, &dst).map_err(io_err(tok))?;
@@ -308,6 +351,28 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn large_checkpoints_are_written_as_shards_with_an_index_that_loads_back() {
+        let (_, w) = load_hf(&fixture("tiny-nemotron"), DType::F32, &Device::Cpu).unwrap();
+        let td = copy_fixture("tiny-nemotron");
+        std::fs::remove_file(td.path().join(SINGLE)).unwrap();
+        write_weights(td.path(), &w, 200_000).unwrap();
+        assert!(!td.path().join(SINGLE).exists());
+        let index: Value =
+            serde_json::from_str(&std::fs::read_to_string(td.path().join(INDEX)).unwrap()).unwrap();
+        let files: BTreeSet<&str> = index["weight_map"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(files.len() >= 3, "{files:?}");
+        let of = format!("-of-{:05}.safetensors", files.len());
+        assert!(files.iter().all(|f| f.ends_with(&of)), "{files:?}");
+        let (_, w2) = load_hf(td.path(), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(bits(&w), bits(&w2));
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! The Llama decoder: built from a config and [`Weights`], frozen (plain tensors: a teacher) or
+//! The decoder: built from a config and [`Weights`], frozen (plain tensors: a teacher) or
 //! trainable (`Var`s for the optimiser), with ONE forward pass that can also record activations.
 //!
 //! Layout per layer: `h += o_proj(attn(rope(q), rope(k), v))` over `input_layernorm(h)`, then
-//! `h += down_proj(silu(gate_proj(x)) * up_proj(x))` over `post_attention_layernorm(h)`.
+//! `h += down_proj(act(x))` over `post_attention_layernorm(h)`, where the config chooses the norm
+//! (RMSNorm or LayerNorm1p), `act` (`silu(gate_proj(x)) * up_proj(x)` or `relu(up_proj(x))^2`),
+//! how many dims RoPE rotates and whether q/k are RMS-normalised per head first.
 //! Grouped-query attention never copies K/V: each query head reads its shared key/value head
 //! in place (see [`crate::ops::attention`]).
 
@@ -10,10 +12,14 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::config::LlamaConfig;
+use crate::config::{LlamaConfig, MlpKind, NormKind};
 use crate::error::{ModelError, Result};
 use crate::io::{validate_weights, Weights};
-use crate::ops::{causal_attention, rms_norm, rope, softmax::CausalMask, swiglu, RopeTables};
+use crate::names::{self, LayerTensor as T};
+use crate::ops::{
+    causal_attention, layer_norm1p, partial_rope, relu2, rms_norm, softmax::CausalMask, swiglu,
+    RopeTables,
+};
 use crate::rng::SeededRng;
 use crate::taps::{LayerTaps, TapSpec, Taps};
 
@@ -24,14 +30,22 @@ pub enum Mode {
     Trainable,
 }
 
+/// A norm's weight and, for LayerNorm1p, its bias.
+struct Norm {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
 struct Layer {
-    attn_norm: Tensor,
+    attn_norm: Norm,
     q: Tensor,
     k: Tensor,
     v: Tensor,
     o: Tensor,
-    mlp_norm: Tensor,
-    gate: Tensor,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    mlp_norm: Norm,
+    gate: Option<Tensor>,
     up: Tensor,
     down: Tensor,
 }
@@ -41,7 +55,7 @@ pub struct Llama {
     cfg: LlamaConfig,
     embed: Tensor,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: Norm,
     /// `None` when tied to `embed`.
     lm_head: Option<Tensor>,
     /// Parameters by HF name; for a trainable model these share storage with `vars`.
@@ -97,26 +111,39 @@ impl Llama {
                 .cloned()
                 .expect("validate_weights checked every expected name")
         };
+        // The config's expected tensors decide which optional parts exist.
+        let opt = |n: String| params.get(&n).cloned();
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
-                let p = |s: &str| get(&format!("model.layers.{i}.{s}.weight"));
+                let p = |t: T| get(&names::layer(i, t));
                 Layer {
-                    attn_norm: p("input_layernorm"),
-                    q: p("self_attn.q_proj"),
-                    k: p("self_attn.k_proj"),
-                    v: p("self_attn.v_proj"),
-                    o: p("self_attn.o_proj"),
-                    mlp_norm: p("post_attention_layernorm"),
-                    gate: p("mlp.gate_proj"),
-                    up: p("mlp.up_proj"),
-                    down: p("mlp.down_proj"),
+                    attn_norm: Norm {
+                        w: p(T::AttnNorm),
+                        b: opt(names::layer(i, T::AttnNormBias)),
+                    },
+                    q: p(T::Q),
+                    k: p(T::K),
+                    v: p(T::V),
+                    o: p(T::O),
+                    q_norm: opt(names::layer(i, T::QNorm)),
+                    k_norm: opt(names::layer(i, T::KNorm)),
+                    mlp_norm: Norm {
+                        w: p(T::MlpNorm),
+                        b: opt(names::layer(i, T::MlpNormBias)),
+                    },
+                    gate: opt(names::layer(i, T::Gate)),
+                    up: p(T::Up),
+                    down: p(T::Down),
                 }
             })
             .collect();
         Ok(Llama {
-            embed: get("model.embed_tokens.weight"),
-            norm: get("model.norm.weight"),
-            lm_head: (!cfg.tie_word_embeddings).then(|| get("lm_head.weight")),
+            embed: get(names::EMBED),
+            norm: Norm {
+                w: get(names::FINAL_NORM),
+                b: opt(names::FINAL_NORM_BIAS.to_owned()),
+            },
+            lm_head: (!cfg.tie_word_embeddings).then(|| get(names::LM_HEAD)),
             layers,
             cfg,
             params,
@@ -134,7 +161,8 @@ impl Llama {
 
     /// A fresh trainable f32 model, deterministic for `seed` on every platform: linear weights and
     /// the embedding ~ N(0, initializer_range^2), with each output projection (`o_proj`,
-    /// `down_proj`) scaled by 1/sqrt(2 * layers) (GPT-2's residual scaling), norm weights 1.
+    /// `down_proj`) scaled by 1/sqrt(2 * layers) (GPT-2's residual scaling), norms the identity
+    /// (RMSNorm weights 1; LayerNorm1p's stored weight and bias 0, i.e. gamma 1, beta 0).
     /// Each tensor has its own sub-stream derived from its name, so the values do not depend on
     /// the order of construction.
     pub fn init(cfg: &LlamaConfig, seed: u64, dev: &Device) -> Result<Self> {
@@ -143,7 +171,11 @@ impl Llama {
         let mut w = Weights::new();
         for (name, shape) in cfg.expected_tensors() {
             let n: usize = shape.iter().product();
-            let data = if name.ends_with("norm.weight") {
+            let layer_norm = cfg.norm == NormKind::LayerNorm1p
+                && (name.ends_with("layernorm.weight") || name == names::FINAL_NORM);
+            let data = if name.ends_with("norm.bias") || layer_norm {
+                vec![0f32; n]
+            } else if name.ends_with("norm.weight") {
                 vec![1f32; n]
             } else {
                 let s = if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
@@ -273,7 +305,7 @@ impl Llama {
             if rec && spec.residual_in {
                 lt.residual_in = Some(h.clone());
             }
-            let x = rms_norm(&h, &layer.attn_norm, cfg.rms_norm_eps)?;
+            let x = self.norm(&h, &layer.attn_norm)?;
             if rec && spec.attn_norm {
                 lt.attn_norm = Some(x.clone());
             }
@@ -283,11 +315,16 @@ impl Llama {
             }
             let attn = linear(&heads.flatten_from(2)?, &layer.o)?;
             h = (h + attn)?;
-            let x = rms_norm(&h, &layer.mlp_norm, cfg.rms_norm_eps)?;
+            let x = self.norm(&h, &layer.mlp_norm)?;
             if rec && spec.mlp_norm {
                 lt.mlp_norm = Some(x.clone());
             }
-            let act = swiglu(&linear(&x, &layer.gate)?, &linear(&x, &layer.up)?)?;
+            let act = match (cfg.mlp, &layer.gate) {
+                (MlpKind::GatedSilu, Some(gate)) => {
+                    swiglu(&linear(&x, gate)?, &linear(&x, &layer.up)?)?
+                }
+                _ => relu2(&linear(&x, &layer.up)?)?,
+            };
             if rec && spec.mlp_act {
                 lt.mlp_act = Some(act.clone());
             }
@@ -296,12 +333,21 @@ impl Llama {
                 lt.residual_out = Some(h.clone());
             }
         }
-        let h = rms_norm(&h, &self.norm, cfg.rms_norm_eps)?;
+        let h = self.norm(&h, &self.norm)?;
         if spec.final_norm {
             taps.final_norm = Some(h.clone());
         }
         let out = if logits { self.project(&h)? } else { h };
         Ok((out, taps))
+    }
+
+    /// The config's norm of `h` over its last dim.
+    fn norm(&self, h: &Tensor, n: &Norm) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
+        Ok(match (self.cfg.norm, &n.b) {
+            (NormKind::LayerNorm1p, Some(b)) => layer_norm1p(h, &n.w, b, eps)?,
+            _ => rms_norm(h, &n.w, eps)?,
+        })
     }
 
     /// Attention of one layer over normalised input `x` `[b, t, H]`; returns each head's output
@@ -323,8 +369,17 @@ impl Llama {
         );
         // q [b, nh, t, d] and k [b, nkv, t, d] after RoPE; v stays [b, t, nkv, d] (no transpose
         // copy: the attention op reads it in place).
-        let q = rope(&linear(x, &l.q)?.reshape((b, t, nh, d))?, tables)?;
-        let k = rope(&linear(x, &l.k)?.reshape((b, t, nkv, d))?, tables)?;
+        // Qwen3 RMS-normalises each head over head_dim before RoPE.
+        let per_head = |y: Tensor, w: &Option<Tensor>| -> Result<Tensor> {
+            Ok(match w {
+                Some(w) => rms_norm(&y, w, cfg.rms_norm_eps)?,
+                None => y,
+            })
+        };
+        let q = per_head(linear(x, &l.q)?.reshape((b, t, nh, d))?, &l.q_norm)?;
+        let k = per_head(linear(x, &l.k)?.reshape((b, t, nkv, d))?, &l.k_norm)?;
+        let q = partial_rope(&q, tables)?;
+        let k = partial_rope(&k, tables)?;
         let v = linear(x, &l.v)?.reshape((b, t, nkv, d))?;
         // Fused kernel on CPU f32 (1.5x faster forward, 2.6x forward+backward than the composed
         // path, see ops::attention); composed matmuls + causal softmax elsewhere.
@@ -352,9 +407,27 @@ mod tests {
         lp.mean_all().unwrap().neg().unwrap()
     }
 
+    /// The tiny config as each family (Nemotron with half of each head rotated).
+    fn families() -> Vec<LlamaConfig> {
+        use crate::config::Family;
+        [Family::Llama, Family::Nemotron, Family::Qwen3]
+            .into_iter()
+            .map(|f| {
+                let mut c = tiny().with_family(f);
+                if f == Family::Nemotron {
+                    c.partial_rotary_factor = 0.5;
+                }
+                c
+            })
+            .collect()
+    }
+
     fn every_parameter_gets_a_gradient_case(dev: &Device) {
-        for tied in [false, true] {
-            let mut cfg = tiny();
+        for (tied, base) in [false, true]
+            .into_iter()
+            .flat_map(|t| families().into_iter().map(move |c| (t, c)))
+        {
+            let mut cfg = base;
             cfg.tie_word_embeddings = tied;
             let m = Llama::init(&cfg, 3, dev).unwrap();
             let grads = loss(&m, &ids(dev)).backward().unwrap();
@@ -387,25 +460,48 @@ mod tests {
     }
 
     /// The whole model's backward agrees with finite differences of the loss, for a few entries
-    /// of each kind of parameter.
+    /// of each kind of parameter, in every family (relu², LayerNorm1p with bias, q/k norms and
+    /// partial RoPE included).
     #[test]
     fn model_gradient_matches_finite_differences() {
+        for cfg in families() {
+            model_gradient_case(cfg);
+        }
+    }
+
+    fn model_gradient_case(cfg: LlamaConfig) {
         let dev = Device::Cpu;
-        let cfg = tiny();
-        let m = Llama::init(&cfg, 5, &dev).unwrap();
+        let mut m = Llama::init(&cfg, 5, &dev).unwrap();
+        // Non-trivial norm parameters, so their gradients are not at a symmetric point.
+        let mut w = m.weights().unwrap();
+        for (n, t) in w.iter_mut() {
+            if n.contains("norm") {
+                let k = t.dims()[0];
+                let r = SeededRng::derive(11, n).normal_vec(k, 0.0, 0.2);
+                *t = (&*t + Tensor::from_vec(r, k, &dev).unwrap()).unwrap();
+            }
+        }
+        m = Llama::new(cfg.clone(), w, Mode::Trainable).unwrap();
         let ids = ids(&dev);
         let grads = loss(&m, &ids).backward().unwrap();
         let base = m.weights().unwrap();
         let h = 1e-2f32;
-        for name in [
+        let wanted = [
             "model.embed_tokens.weight",
             "model.layers.0.self_attn.q_proj.weight",
             "model.layers.1.self_attn.k_proj.weight",
             "model.layers.0.input_layernorm.weight",
+            "model.layers.0.input_layernorm.bias",
+            "model.layers.1.post_attention_layernorm.bias",
+            "model.layers.0.self_attn.q_norm.weight",
+            "model.layers.1.self_attn.k_norm.weight",
+            "model.layers.0.mlp.up_proj.weight",
             "model.layers.1.mlp.down_proj.weight",
             "model.norm.weight",
+            "model.norm.bias",
             "lm_head.weight",
-        ] {
+        ];
+        for name in wanted.into_iter().filter(|n| base.contains_key(*n)) {
             let g = grads
                 .get(&m.params()[name])
                 .unwrap()
@@ -430,7 +526,8 @@ mod tests {
                 let ana = g[k] as f64;
                 assert!(
                     (num - ana).abs() < 2e-3 * (1.0 + ana.abs()) + 2e-4,
-                    "{name}[{k}]: numeric {num} vs backward {ana}"
+                    "{:?} {name}[{k}]: numeric {num} vs backward {ana}",
+                    cfg.family
                 );
             }
         }

@@ -480,7 +480,8 @@ fn distill(ctx: &mut StageCtx, p: &DistillParams, inputs: &Inputs) -> Result<()>
         &outcome,
         steps,
         tokens_seen(student_dir),
-    )
+    )?;
+    crate::checkpoint::carry_companions(student_dir, ctx.out_dir())
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {

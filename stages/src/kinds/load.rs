@@ -36,6 +36,9 @@ pub struct Expect {
     pub head_dim: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tied: Option<bool>,
+    /// `llama` (the default), `nemotron` or `qwen3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<pollard_model::Family>,
 }
 
 impl Expect {
@@ -53,6 +56,7 @@ impl Expect {
                 .unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
             layers: self.layers?,
             tied: self.tied.unwrap_or(false),
+            family: self.family.unwrap_or_default(),
         })
     }
 
@@ -75,6 +79,15 @@ impl Expect {
         check("layers", self.layers, s.layers);
         check("vocab", self.vocab, s.vocab);
         check("head_dim", self.head_dim, s.head_dim);
+        if let Some(f) = self.family {
+            if f != s.family {
+                out.push(format!(
+                    "expect.family: expected {}, the checkpoint is {}",
+                    f.name(),
+                    s.family.name()
+                ));
+            }
+        }
         if let Some(t) = self.tied {
             if t != s.tied {
                 out.push(format!(
@@ -248,6 +261,7 @@ mod tests {
             head_dim: 8,
             layers: 4,
             tied: false,
+            family: pollard_model::Family::Llama,
         };
         let e = Expect {
             hidden: Some(64),

@@ -9,6 +9,7 @@ use crate::checkpoint::{copy_tokenizer, Checkpoint};
 use crate::common::{plan_shape, write_json};
 use crate::error::StageError;
 use crate::scores::Scores;
+use crate::shape::ModelShape;
 use crate::surgery::{apply, plan, target_shape, Depth, Method, Target};
 
 pub struct Prune;
@@ -25,6 +26,50 @@ pub struct PruneParams {
     /// Seed of `method: random`.
     #[serde(default)]
     pub seed: u64,
+    /// Write a Llama whose hidden size is not a multiple of its head count, which pollard runs
+    /// but transformers' `LlamaConfig` refuses to load (off by default: planning refuses it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unloadable_shape: bool,
+}
+
+/// transformers' `LlamaConfig` (5.24) refuses `hidden_size` not divisible by
+/// `num_attention_heads` ("The hidden size (128) is not a multiple of the number of attention
+/// heads (6)"), although the computation is well defined with an explicit `head_dim`. Names the
+/// nearest head counts that load and that the input's KV groups can hold.
+fn check_loadable(input: &ModelShape, out: &ModelShape, t: &Target) -> Result<(), StageError> {
+    if out.family != pollard_model::Family::Llama || out.hidden % out.heads == 0 {
+        return Ok(());
+    }
+    let fits = |h: usize| {
+        h > 0
+            && out.hidden % h == 0
+            && h % out.kv_heads == 0
+            && h / out.kv_heads <= input.group_size()
+    };
+    let below = (1..out.heads).rev().find(|&h| fits(h));
+    let above = (out.heads + 1..=input.heads).find(|&h| fits(h));
+    let nearest: Vec<String> = below
+        .into_iter()
+        .chain(above)
+        .map(|h| h.to_string())
+        .collect();
+    let field = if t.heads.is_some() {
+        "target.heads"
+    } else {
+        "target.hidden"
+    };
+    let hint = if nearest.is_empty() {
+        "no head count over these KV groups divides it".to_string()
+    } else {
+        format!("head counts that load: {}", nearest.join(" or "))
+    };
+    Err(StageError::param(
+        field,
+        format!(
+            "hidden {} is not a multiple of {} heads, which transformers' LlamaConfig refuses to load ({hint}); set `allow_unloadable_shape: true` to write it anyway",
+            out.hidden, out.heads
+        ),
+    ))
 }
 
 impl Stage for Prune {
@@ -118,9 +163,13 @@ impl Stage for Prune {
         match plan_shape(inputs, "model") {
             // A target larger than the input model is refused here, while planning, naming
             // the field (validation alone cannot see the upstream shape).
-            Some(s) => Ok(Some(
-                target_shape(&s, &p.target, p.depth.as_ref())?.describe(),
-            )),
+            Some(s) => {
+                let out = target_shape(&s, &p.target, p.depth.as_ref())?;
+                if !p.allow_unloadable_shape {
+                    check_loadable(&s, &out, &p.target)?;
+                }
+                Ok(Some(out.describe()))
+            }
             None => Ok(None),
         }
     }
@@ -184,6 +233,42 @@ impl Stage for Prune {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The measured case: a Llama pruned to 6 heads with hidden 128 does not load in
+    /// transformers, so planning refuses it unless asked, naming head counts that load.
+    #[test]
+    fn heads_that_do_not_divide_hidden_are_refused_for_llama_unless_allowed() {
+        let s = ModelShape {
+            vocab: 256,
+            hidden: 256,
+            ffn: 512,
+            heads: 8,
+            kv_heads: 2,
+            head_dim: 32,
+            layers: 2,
+            tied: false,
+            family: pollard_model::Family::Llama,
+        };
+        let t = Target {
+            hidden: Some(128),
+            heads: Some(6),
+            ..Default::default()
+        };
+        let out = target_shape(&s, &t, None).unwrap();
+        let e = check_loadable(&s, &out, &t).unwrap_err().to_string();
+        assert!(
+            e.contains("target.heads")
+                && e.contains("4 or 8")
+                && e.contains("allow_unloadable_shape"),
+            "{e}"
+        );
+        // Nemotron and Qwen3 configs take an explicit head_dim without the check.
+        let n = ModelShape {
+            family: pollard_model::Family::Nemotron,
+            ..out
+        };
+        assert!(check_loadable(&s, &n, &t).is_ok());
+    }
     use std::path::{Path, PathBuf};
 
     fn fixture(name: &str) -> PathBuf {

@@ -6,7 +6,7 @@
 use pollard_engine::{
     BoxError, Count, Inputs, ParamError, PlanInputs, Resources, Slots, Stage, StageCtx,
 };
-use pollard_model::{Llama, LlamaConfig, Mode};
+use pollard_model::{Family, Llama, LlamaConfig, Mode};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
@@ -40,6 +40,13 @@ pub struct Arch {
     pub tied: bool,
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f64,
+    /// `llama` (default: SwiGLU, RMSNorm), `nemotron` (squared ReLU, LayerNorm1p, partial RoPE)
+    /// or `qwen3` (SwiGLU, RMSNorm, per-head q/k norms).
+    #[serde(default)]
+    pub family: Family,
+    /// The fraction of each head RoPE rotates; defaults to 0.5 for Nemotron (as Nemotron-4), else 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_rotary_factor: Option<f64>,
 }
 
 fn default_rope_theta() -> f64 {
@@ -61,7 +68,15 @@ impl Arch {
             }),
             layers: self.layers,
             tied: self.tied,
+            family: self.family,
         }
+    }
+
+    fn rotary_factor(&self) -> f64 {
+        self.partial_rotary_factor.unwrap_or(match self.family {
+            Family::Nemotron => 0.5,
+            _ => 1.0,
+        })
     }
 
     pub fn check(&self, errs: &mut Vec<ParamError>) {
@@ -108,14 +123,25 @@ impl Arch {
                 ),
             ));
         }
-        if self.head_dim.is_some_and(|d| d == 0 || d % 2 != 0) {
-            errs.push(ParamError::new(
-                "arch.head_dim",
-                "must be a positive even number (RoPE rotates pairs)",
-            ));
+        if self.head_dim.is_some_and(|d| d == 0) {
+            errs.push(ParamError::new("arch.head_dim", "must be positive"));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             errs.push(ParamError::new("arch.rope_theta", "must be positive"));
+        }
+        let f = self.rotary_factor();
+        let head_dim = self.shape(1).head_dim;
+        let rot = (head_dim as f64 * f) as usize;
+        if !(f > 0.0 && f <= 1.0) {
+            errs.push(ParamError::new(
+                "arch.partial_rotary_factor",
+                format!("must be in (0, 1], got {f}"),
+            ));
+        } else if head_dim > 0 && (rot == 0 || rot % 2 != 0) {
+            errs.push(ParamError::new(
+                "arch.partial_rotary_factor",
+                format!("head_dim {head_dim} x {f} = {rot} rotated dims, which must be even and positive"),
+            ));
         }
     }
 
@@ -123,7 +149,9 @@ impl Arch {
         let s = self.shape(vocab);
         let mut cfg = LlamaConfig::new(
             s.vocab, s.hidden, s.ffn, s.layers, s.heads, s.kv_heads, s.head_dim,
-        );
+        )
+        .with_family(self.family);
+        cfg.partial_rotary_factor = self.rotary_factor();
         cfg.tie_word_embeddings = s.tied;
         cfg.rope_theta = self.rope_theta;
         cfg.max_position_embeddings = cfg.max_position_embeddings.max(max_positions);
@@ -380,7 +408,11 @@ fn train(ctx: &mut StageCtx, p: &TrainParams, inputs: &Inputs) -> Result<()> {
         &outcome,
         steps,
         upstream_tokens,
-    )
+    )?;
+    match inputs.optional("model") {
+        Some(dir) => crate::checkpoint::carry_companions(dir, ctx.out_dir()),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

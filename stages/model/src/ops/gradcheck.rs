@@ -66,3 +66,36 @@ pub fn check_grads(
         }
     }
 }
+
+/// Checks that `composed` (the primitive composition that runs off-CPU) gives the same output
+/// and the same input gradients (of `sum(y * P)`) as `op` (the CPU kernel), within `tol`.
+pub fn assert_same_as_composition(
+    inputs: &[Tensor],
+    op: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    composed: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    tol: f32,
+) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let vt: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let (a, b) = (op(&vt).unwrap(), composed(&vt).unwrap());
+    let max = |t: Tensor| {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let d = max((&a - &b).unwrap());
+    assert!(d <= tol, "forward differs by {d}");
+    let p = rand_tensor(a.dims(), 4343, a.device());
+    let ga = (a * &p).unwrap().sum_all().unwrap().backward().unwrap();
+    let gb = (b * &p).unwrap().sum_all().unwrap().backward().unwrap();
+    for (i, v) in vt.iter().enumerate() {
+        let d = max((ga.get(v).unwrap() - gb.get(v).unwrap()).unwrap());
+        assert!(d <= tol * 10.0, "gradient of input {i} differs by {d}");
+    }
+}

@@ -1,4 +1,5 @@
-//! Differentiable building blocks of the Llama forward pass: RMSNorm, RoPE, causal softmax.
+//! Differentiable building blocks of the decoder forward pass: RMSNorm, LayerNorm1p, RoPE (full
+//! and partial), causal softmax, SwiGLU, squared ReLU.
 //!
 //! candle-nn's fused versions of these have no backward and silently cut the gradient, so they
 //! are never used here. On CPU each op is a `CustomOp` with a hand-written f32 kernel and an
@@ -8,13 +9,19 @@
 
 pub mod attention;
 mod cpu;
+pub mod layer_norm;
+pub mod partial_rope;
 mod reference;
+pub mod relu2;
 pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
 pub mod swiglu;
 
 pub use attention::causal_attention;
+pub use layer_norm::layer_norm1p;
+pub use partial_rope::partial_rope;
+pub use relu2::relu2;
 pub use rms_norm::rms_norm;
 pub use rope::{rope, RopeTables};
 pub use softmax::causal_softmax;
@@ -26,5 +33,5 @@ pub(crate) mod gradcheck;
 /// Reference (primitive-op) versions of the ops, used on non-CPU devices and in tests to
 /// cross-check the fused kernels.
 pub mod primitive {
-    pub use super::reference::{causal_softmax, rms_norm, rope, swiglu};
+    pub use super::reference::{causal_softmax, layer_norm1p, relu2, rms_norm, rope, swiglu};
 }

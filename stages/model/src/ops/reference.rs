@@ -48,3 +48,18 @@ pub fn causal_softmax(x: &Tensor, mask: CausalMask) -> candle_core::Result<Tenso
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     gate.silu()? * up
 }
+
+pub fn relu2(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.relu()?.sqr()
+}
+
+pub fn layer_norm1p(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let c = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let var = c.sqr()?.mean_keepdim(D::Minus1)?;
+    let n = c.broadcast_div(&(var + eps)?.sqrt()?)?;
+    n.broadcast_mul(&(w.to_dtype(DType::F32)? + 1.0)?)?
+        .broadcast_add(&b.to_dtype(DType::F32)?)?
+        .to_dtype(dtype)
+}
