@@ -35,6 +35,10 @@ fn shortened_tiny() -> String {
         ("eval_every: 100", "eval_every: 0"),
         ("samples: 64,", "samples: 16,"),
         ("eval: { samples: 128,", "eval: { samples: 32,"),
+        (
+            "tasks: [ { name: agreement }, { name: attributes }, { name: counting }, { name: recall } ]",
+            "tasks: [ { name: agreement, limit: 40 }, { name: recall, limit: 40 } ]",
+        ),
     ] {
         assert!(
             text.contains(from),

@@ -125,6 +125,7 @@ pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
                             c.at(&e.path, Some(&g.id), e.message);
                         }
                         let axes = &axes;
+                        let mut copies = Vec::new();
                         for combo in combinations(axes) {
                             let scope = Scope {
                                 params: &m.params,
@@ -162,6 +163,10 @@ pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
                                 let bind = sibling_binder(&prefix, &g.body);
                                 out.push(flatten(c, s, &id, &scope, &bind));
                             }
+                            copies.push(name);
+                        }
+                        if let Some(sel) = &g.select {
+                            out.push(crate::select::best_stage(&g.id, sel, &copies));
                         }
                     }
                 }

@@ -202,7 +202,7 @@ pub(crate) fn schedule(
 
 impl Stage for Train {
     const KIND: &'static str = "train";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     type Params = TrainParams;
 
     fn slots(&self) -> Slots {
@@ -363,7 +363,12 @@ fn train(ctx: &mut StageCtx, p: &TrainParams, inputs: &Inputs) -> Result<()> {
         &outcome,
         steps,
         upstream_tokens,
-    )
+    )?;
+    if p.arch.is_some() {
+        // A model from scratch has no folder to inherit its tokenizer's special tokens from.
+        crate::hf_tokens::add_tokenizer_files(ctx.out_dir(), data_dir)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
