@@ -93,12 +93,7 @@ def harness_yaml(task, layout, path, tasks_root):
         # The per-subject YAMLs add this description; pollard reads it from `subject`.
         extra = ("description: \"The following are multiple choice questions (with answers) "
                  "about synthetic world.\\n\\n\"\nfewshot_config:\n  sampler: default\n")
-    if layout == "hellaswag":
-        extra = "process_docs: !function utils.process_docs\n"
-    if layout == "winogrande":
-        extra = ("doc_to_text: !function preprocess_winogrande.doc_to_text\n"
-                 "doc_to_target: !function preprocess_winogrande.doc_to_target\n"
-                 "doc_to_choice: !function preprocess_winogrande.doc_to_choice\n")
+    # HellaSwag's process_docs and Winogrande's doc_to_* functions come with the included YAML.
     return (f"include: {tasks_root / include}\ntask: {task}\ntag: []\n{data}{extra}"
             "metric_list:\n  - metric: acc\n  - metric: acc_norm\n")
 
@@ -216,3 +211,7 @@ def main():
     sys.exit(0 if all_ok else 1)
 
 
+
+
+if __name__ == "__main__":
+    main()

@@ -72,7 +72,11 @@ fn range(values: impl Iterator<Item = f64> + Clone) -> Option<(f64, f64)> {
     if !lo.is_finite() || !hi.is_finite() {
         return None;
     }
-    let pad = ((hi - lo) * 0.08).max(hi.abs() * 0.05).max(1e-6);
+    let pad = if hi > lo {
+        (hi - lo) * 0.08
+    } else {
+        (hi.abs() * 0.05).max(1e-6)
+    };
     Some((lo - pad, hi + pad))
 }
 
@@ -86,6 +90,8 @@ pub fn draw(path: &Path, c: &Chart, (width, height): (u32, u32)) -> Result<bool>
     let Some(xr) = range(pts().map(|p| p.0)) else {
         return Ok(false);
     };
+    // Room on the right for the legend, so it never covers a point.
+    let xr = (xr.0, xr.1 + (xr.1 - xr.0) * 0.3);
     let yr = match c.y_range {
         Some(r) => r,
         None => range(pts().map(|p| p.1)).expect("points exist when x does"),

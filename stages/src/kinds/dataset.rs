@@ -298,7 +298,7 @@ impl Stage for Dataset {
 }
 
 /// Items per synthetic task file (`tasks/<name>.jsonl`).
-pub const SYNTHETIC_TASK_ITEMS: usize = 100;
+pub const SYNTHETIC_TASK_ITEMS: usize = 200;
 
 /// Writes the synthetic corpus's multiple-choice tasks (see `pollard_data::synthetic::tasks`)
 /// into `out/tasks/`, where `evaluate` finds a task named without a `path`.

@@ -203,8 +203,21 @@ pub fn table(rows: &[Row]) -> String {
     s
 }
 
+/// A tick label: `400K`, `1.2M` (no trailing `.0`).
 fn count_tick(x: f64) -> String {
-    fmt_count(Some(x.max(0.0).round() as u64))
+    let n = x.max(0.0).round();
+    let (v, unit) = if n >= 1e9 {
+        (n / 1e9, "B")
+    } else if n >= 1e6 {
+        (n / 1e6, "M")
+    } else if n >= 1e3 {
+        (n / 1e3, "K")
+    } else {
+        (n, "")
+    };
+    let t = format!("{v:.2}");
+    let t = t.trim_end_matches('0').trim_end_matches('.');
+    format!("{t}{unit}")
 }
 
 /// Loss curves; None when no input has a log.
@@ -406,6 +419,13 @@ impl Stage for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tick_labels_read_as_counts() {
+        assert_eq!(count_tick(400_000.0), "400K");
+        assert_eq!(count_tick(1_250_000.0), "1.25M");
+        assert_eq!(count_tick(12.0), "12");
+    }
 
     #[test]
     fn report_has_a_row_per_input_and_png_plots() {
