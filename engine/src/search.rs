@@ -240,19 +240,7 @@ pub fn parse_shape(
         );
         return None;
     };
-    for k in m.keys() {
-        let k = key_text(k);
-        if !FIELDS.contains(&k.as_str()) {
-            c.at_key(
-                &format!("{path}.{k}"),
-                stage,
-                format!(
-                    "unknown field `{k}` in `search` (expected one of: {})",
-                    FIELDS.join(", ")
-                ),
-            );
-        }
-    }
+    crate::select::check_fields(c, path, stage, m, "search", FIELDS);
     // `shape` may be `${params.x}`: resolve that one reference form here (expansion has not run).
     let shape = match m.get("shape") {
         Some(Value::String(s)) if s.starts_with("${params.") && s.ends_with('}') => {

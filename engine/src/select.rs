@@ -47,6 +47,30 @@ pub fn compare_slot(copy: &str) -> String {
     format!("compare-{copy}")
 }
 
+/// Reports every key of `m` (the `block` at `path`) that is not in `fields`.
+pub(crate) fn check_fields(
+    c: &mut Collector,
+    path: &str,
+    stage: Option<&str>,
+    m: &Mapping,
+    block: &str,
+    fields: &[&str],
+) {
+    for k in m.keys() {
+        let k = key_text(k);
+        if !fields.contains(&k.as_str()) {
+            c.at_key(
+                &format!("{path}.{k}"),
+                stage,
+                format!(
+                    "unknown field `{k}` in `{block}` (expected one of: {})",
+                    fields.join(", ")
+                ),
+            );
+        }
+    }
+}
+
 /// Parses `select:` of group `id` (at span path `path`) against the group's body.
 pub fn parse(
     c: &mut Collector,
@@ -64,18 +88,7 @@ pub fn parse(
         );
         return None;
     };
-    for k in m.keys() {
-        let k = key_text(k);
-        if !FIELDS.contains(&k.as_str()) {
-            c.at_key(
-                &format!("{path}.{k}"),
-                stage,
-                format!(
-                    "unknown field `{k}` in `select` (expected one of: by, mode, result, compare)"
-                ),
-            );
-        }
-    }
+    check_fields(c, path, stage, m, "select", FIELDS);
     let text = |c: &mut Collector, m: &Mapping, f: &str| -> Option<String> {
         match m.get(f) {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
