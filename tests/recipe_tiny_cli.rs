@@ -35,6 +35,10 @@ fn shortened_tiny() -> String {
         ("eval_every: 100", "eval_every: 0"),
         ("samples: 64,", "samples: 16,"),
         ("eval: { samples: 128,", "eval: { samples: 32,"),
+        (
+            "tasks: [ { name: agreement }, { name: attributes }, { name: counting }, { name: recall } ]",
+            "tasks: [ { name: agreement, limit: 40 }, { name: recall, limit: 40 } ]",
+        ),
     ] {
         assert!(
             text.contains(from),
@@ -87,6 +91,20 @@ fn tiny_recipe_shortened_runs_and_the_distilled_model_beats_the_baseline() {
         assert!(md.contains(row), "report lacks {row}:\n{md}");
     }
     assert!(Path::new(report.trim()).join("loss_curves.png").is_file());
+    // Every evaluation scored the synthetic tasks (shortened to 40 items each) and the report
+    // has their columns and plot.
+    assert!(md.contains("| agreement | recall |"), "{md}");
+    assert!(Path::new(report.trim())
+        .join("task_acc_vs_params.png")
+        .is_file());
+    let (_, eval_dir, _) = pollard(dir, &["show", "shrink.quarter.eval", "--path"]);
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(eval_dir.trim()).join("metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["tasks"]["agreement"]["n"], 40, "{m}");
+    let acc = m["tasks"]["agreement"]["acc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{m}");
 
     // A second run is all cache hits.
     let (code, out, err) = pollard(dir, &["run", "--plain", "--json"]);

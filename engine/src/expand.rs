@@ -175,6 +175,7 @@ pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
                             );
                             continue;
                         }
+                        let mut copies = Vec::new();
                         for combo in combinations(axes) {
                             let scope = Scope {
                                 params: &m.params,
@@ -212,6 +213,10 @@ pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
                                 let bind = sibling_binder(&prefix, &g.body);
                                 out.push(flatten(c, s, &id, &scope, &bind));
                             }
+                            copies.push(name);
+                        }
+                        if let Some(sel) = &g.select {
+                            out.push(crate::select::best_stage(&g.id, sel, &copies));
                         }
                     }
                 }

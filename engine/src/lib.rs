@@ -21,6 +21,8 @@ pub mod plan;
 pub mod quantity;
 pub mod registry;
 pub mod resources;
+pub mod search;
+pub mod select;
 pub mod span;
 pub mod spec;
 pub mod stage;

@@ -141,6 +141,8 @@ pub struct RawGroup {
     /// The `name` template of a matrix copy.
     pub name: Option<String>,
     pub body: Vec<RawStage>,
+    /// A matrix group's choice (`select:`), adding `<group>.best`.
+    pub select: Option<crate::select::Select>,
 }
 
 #[derive(Debug, Clone)]
@@ -167,7 +169,7 @@ pub const STAGE_FIELDS: &[&str] = &[
     "deps",
     "env",
 ];
-pub const GROUP_FIELDS: &[&str] = &["repeat", "matrix", "name", "stages"];
+pub const GROUP_FIELDS: &[&str] = &["repeat", "matrix", "search", "name", "select", "stages"];
 pub const REPEAT_FIELDS: &[&str] = &["from", "rounds", "result"];
 pub const COMMAND_FIELDS: &[&str] = &["cmd", "deps", "env"];
 
@@ -352,7 +354,7 @@ pub fn parse(c: &mut Collector) -> Option<RawManifest> {
                     );
                     continue;
                 }
-                if let Some(entry) = parse_entry(c, &id, &path, v) {
+                if let Some(entry) = parse_entry(c, &id, &path, v, &params) {
                     entries.push(entry);
                 }
             }
@@ -379,7 +381,13 @@ pub fn parse(c: &mut Collector) -> Option<RawManifest> {
     })
 }
 
-fn parse_entry(c: &mut Collector, id: &str, path: &str, v: &Value) -> Option<RawEntry> {
+fn parse_entry(
+    c: &mut Collector,
+    id: &str,
+    path: &str,
+    v: &Value,
+    params: &Value,
+) -> Option<RawEntry> {
     let Value::Mapping(m) = v else {
         c.at(
             path,
@@ -392,7 +400,7 @@ fn parse_entry(c: &mut Collector, id: &str, path: &str, v: &Value) -> Option<Raw
         return None;
     };
     if m.contains_key("repeat") || m.contains_key("matrix") || m.contains_key("stages") {
-        parse_group(c, id, path, m).map(RawEntry::Group)
+        parse_group(c, id, path, m, params).map(RawEntry::Group)
     } else {
         parse_stage(c, id, id, path, m).map(RawEntry::Stage)
     }
@@ -546,7 +554,13 @@ fn parse_stage(
     })
 }
 
-fn parse_group(c: &mut Collector, id: &str, path: &str, m: &Mapping) -> Option<RawGroup> {
+fn parse_group(
+    c: &mut Collector,
+    id: &str,
+    path: &str,
+    m: &Mapping,
+    params: &Value,
+) -> Option<RawGroup> {
     let stage = Some(id);
     for key in m.keys() {
         let k = key_text(key);
@@ -561,7 +575,18 @@ fn parse_group(c: &mut Collector, id: &str, path: &str, m: &Mapping) -> Option<R
             );
         }
     }
-    let shape = match (m.get("repeat"), m.get("matrix")) {
+    let shape = match (m.get("repeat"), m.get("matrix").or(m.get("search"))) {
+        (None, Some(_)) if m.contains_key("matrix") && m.contains_key("search") => {
+            c.at_key(
+                &join(path, "search"),
+                stage,
+                "a group has either `matrix` or `search` (which fills the matrix), not both",
+            );
+            return None;
+        }
+        (None, Some(sv)) if m.contains_key("search") => {
+            crate::search::parse_shape(c, id, &join(path, "search"), sv, params)?
+        }
         (Some(_), Some(_)) => {
             c.at_key(
                 &join(path, "matrix"),
@@ -583,7 +608,11 @@ fn parse_group(c: &mut Collector, id: &str, path: &str, m: &Mapping) -> Option<R
     };
     let name = m
         .get("name")
-        .and_then(|v| as_str(c, &join(path, "name"), stage, v, "`name`"));
+        .and_then(|v| as_str(c, &join(path, "name"), stage, v, "`name`"))
+        .or_else(|| {
+            m.contains_key("search")
+                .then(|| crate::search::name_template(&shape))
+        });
     if name.is_some() && matches!(shape, GroupShape::Repeat { .. }) {
         c.at_key(
             &join(path, "name"),
@@ -648,12 +677,27 @@ fn parse_group(c: &mut Collector, id: &str, path: &str, m: &Mapping) -> Option<R
             );
         }
     }
+    let select = match (m.get("select"), &shape) {
+        (Some(v), GroupShape::Matrix { .. }) => {
+            crate::select::parse(c, id, &join(path, "select"), v, &body)
+        }
+        (Some(_), GroupShape::Repeat { .. }) => {
+            c.at_key(
+                &join(path, "select"),
+                stage,
+                "`select` chooses among a `matrix` (or `search`) group's copies; a `repeat` group has its `result`",
+            );
+            None
+        }
+        (None, _) => None,
+    };
     Some(RawGroup {
         id: id.to_string(),
         path: path.to_string(),
         shape,
         name,
         body,
+        select,
     })
 }
 

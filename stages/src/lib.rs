@@ -5,11 +5,14 @@
 pub mod checkpoint;
 pub mod common;
 pub mod error;
+pub mod hf_tokens;
 pub mod kinds;
+pub mod plot;
 pub mod runtime;
 pub mod scores;
 pub mod shape;
 pub mod surgery;
+pub mod tasks;
 pub mod trainer;
 pub mod validate;
 
@@ -28,4 +31,5 @@ pub fn register(reg: &mut pollard_engine::Registry) {
     reg.register(kinds::distill::Distill);
     reg.register(kinds::evaluate::Evaluate);
     reg.register(kinds::report::Report);
+    reg.register(kinds::select::Select);
 }

@@ -13,6 +13,7 @@
 
 pub mod artifact;
 pub mod error;
+pub mod hf_files;
 pub mod rng;
 pub mod sampler;
 pub mod shard;

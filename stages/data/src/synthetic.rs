@@ -14,6 +14,12 @@
 //!
 //! Documents are single lines separated by a blank line; a "word" is a whitespace-separated
 //! token, and [`generate`] returns exactly the number of words asked (the last story is cut).
+//!
+//! [`tasks`] writes multiple-choice probes of the same structure from the same world (generic
+//! layout, `{"context", "choices", "gold"}` per line), which `evaluate` scores as
+//! lm-evaluation-harness does: `agreement` (the verb after a subject with relative clauses),
+//! `attributes` (a recurring person's city, job or colour), `counting` (how many were counted),
+//! `recall` (what was found at a story's start, asked at its end).
 
 use crate::rng::Rng;
 
@@ -549,6 +555,165 @@ impl Generator {
     }
 }
 
+/// The synthetic task names, in the order [`tasks`] returns them.
+pub const TASKS: [&str; 4] = ["agreement", "attributes", "counting", "recall"];
+
+/// Draws `k` distinct indices below `n` other than `not`, for distractors.
+fn others(rng: &mut Rng, n: usize, not: usize, k: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(k);
+    while out.len() < k {
+        let j = rng.below(n);
+        if j != not && !out.contains(&j) {
+            out.push(j);
+        }
+    }
+    out
+}
+
+/// One task line: the right choice is put at a drawn position among the distractors.
+fn item(rng: &mut Rng, context: String, right: String, wrong: Vec<String>) -> String {
+    let gold = rng.below(wrong.len() + 1);
+    let mut choices = wrong;
+    choices.insert(gold, right);
+    serde_json::json!({ "context": context, "choices": choices, "gold": gold }).to_string()
+}
+
+/// A story's text so far, with the capitalisation state of the stories.
+fn fragment(f: impl FnOnce(&mut Story)) -> String {
+    let mut out = String::new();
+    let mut s = Story {
+        out: &mut out,
+        words: 0,
+        cap: true,
+    };
+    f(&mut s);
+    out
+}
+
+/// `items` multiple-choice items of each task in [`TASKS`], as JSONL text, for the world of
+/// `seed` (the people and facts of [`generate`]'s corpus for the same seed). A stream apart from
+/// the corpus's draws them, so the corpus is the same with or without tasks.
+pub fn tasks(seed: u64, items: usize) -> Vec<(&'static str, String)> {
+    let mut g = Generator {
+        world: World::new(seed),
+        rng: Rng::new(seed ^ 0x7A5C_5EED_0B0E),
+    };
+    let mut out: Vec<(&'static str, String)> = TASKS.iter().map(|t| (*t, String::new())).collect();
+    for _ in 0..items {
+        // agreement: "The dogs that the farmer feeds" -> sleep | sleeps
+        let plural = g.rng.chance(50);
+        let depth = 1 + g.rng.below(2) as u32;
+        let verb = g.rng.pick(IVERBS);
+        let mut ctx = fragment(|s| g.np(s, plural, depth));
+        let (right, wrong) = if plural {
+            (verb.1, verb.0)
+        } else {
+            (verb.0, verb.1)
+        };
+        if ctx.is_empty() {
+            ctx.push_str("The");
+        }
+        let line = item(&mut g.rng, ctx, right.into(), vec![wrong.into()]);
+        out[0].1.push_str(&(line + "\n"));
+
+        // attributes: "Mira lives in" -> her city among three others
+        let i = g.rng.below(PEOPLE);
+        let p = g.world.people[i].clone();
+        let (ctx, right, wrong): (String, String, Vec<String>) = match g.rng.below(3) {
+            0 => (
+                format!("{} lives in", p.name),
+                g.world.cities[p.city].clone(),
+                others(&mut g.rng, CITIES, p.city, 3)
+                    .into_iter()
+                    .map(|c| g.world.cities[c].clone())
+                    .collect(),
+            ),
+            1 => (
+                format!("{} works as a", p.name),
+                JOBS[p.job].into(),
+                others(&mut g.rng, JOBS.len(), p.job, 3)
+                    .into_iter()
+                    .map(|j| JOBS[j].into())
+                    .collect(),
+            ),
+            _ => (
+                format!("{}'s favorite color is", p.name),
+                COLORS[p.color].into(),
+                others(&mut g.rng, COLORS.len(), p.color, 3)
+                    .into_iter()
+                    .map(|c| COLORS[c].into())
+                    .collect(),
+            ),
+        };
+        let line = item(&mut g.rng, ctx, right, wrong);
+        out[1].1.push_str(&(line + "\n"));
+
+        // counting: "Mira counted the cups: one, two, three. She had" -> three
+        let n = g.rng.range(2, 9);
+        let object = g.rng.pick(OBJECTS);
+        let counted: Vec<&str> = NUMBERS[1..=n].to_vec();
+        let ctx = format!(
+            "{} counted the {}: {}. {} had",
+            p.name,
+            object.1,
+            counted.join(", "),
+            if p.she { "She" } else { "He" }
+        );
+        // Other counts from two to ten.
+        let wrong = others(&mut g.rng, 9, n - 2, 3)
+            .into_iter()
+            .map(|k| format!("{} {}", NUMBERS[k + 2], object.1))
+            .collect();
+        let line = item(
+            &mut g.rng,
+            ctx,
+            format!("{} {}", NUMBERS[n], object.1),
+            wrong,
+        );
+        out[2].1.push_str(&(line + "\n"));
+
+        // recall: "... found a blue key in the garden. <sentences> Later, Mira went back to the
+        // garden with the" -> blue key
+        let color = g.rng.below(COLORS.len());
+        let object = g.rng.below(OBJECTS.len());
+        let place = g.rng.below(PLACES.len());
+        let filler = 2 + g.rng.below(3);
+        let mut ctx = format!(
+            "{} found a {} {} in the {}.",
+            p.name, COLORS[color], OBJECTS[object].0, PLACES[place]
+        );
+        for _ in 0..filler {
+            let sentence = fragment(|s| g.agreement(s));
+            ctx.push(' ');
+            ctx.push_str(&sentence);
+        }
+        ctx.push_str(&format!(
+            " Later, {} went back to the {} with the",
+            p.name, PLACES[place]
+        ));
+        // Distractors change the colour, the object, or both.
+        let wrong = (0..3)
+            .map(|k| {
+                let c = if k != 1 {
+                    others(&mut g.rng, COLORS.len(), color, 1)[0]
+                } else {
+                    color
+                };
+                let o = if k != 0 {
+                    others(&mut g.rng, OBJECTS.len(), object, 1)[0]
+                } else {
+                    object
+                };
+                format!("{} {}", COLORS[c], OBJECTS[o].0)
+            })
+            .collect();
+        let right = format!("{} {}", COLORS[color], OBJECTS[object].0);
+        let line = item(&mut g.rng, ctx, right, wrong);
+        out[3].1.push_str(&(line + "\n"));
+    }
+    out
+}
+
 /// Exactly `words` words of synthetic stories for `seed`: documents on single lines, each
 /// followed by a blank line. Same (words, seed), same text; a longer corpus of the same seed
 /// starts with the shorter one's complete stories.
@@ -593,6 +758,40 @@ pub fn generate(words: u64, seed: u64) -> String {
 mod tests {
     use super::*;
     use std::collections::{HashMap, HashSet};
+
+    #[test]
+    fn tasks_are_deterministic_well_formed_and_true_to_the_world() {
+        let a = tasks(7, 20);
+        assert_eq!(a, tasks(7, 20));
+        assert_ne!(a, tasks(8, 20));
+        assert_eq!(a.iter().map(|t| t.0).collect::<Vec<_>>(), TASKS);
+        let world = World::new(7);
+        for (name, text) in &a {
+            assert_eq!(text.lines().count(), 20, "{name}");
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                let choices = v["choices"].as_array().unwrap();
+                let gold = v["gold"].as_u64().unwrap() as usize;
+                assert!(gold < choices.len() && choices.len() >= 2, "{line}");
+                let distinct: HashSet<_> = choices.iter().collect();
+                assert_eq!(distinct.len(), choices.len(), "{line}");
+                let ctx = v["context"].as_str().unwrap();
+                let right = choices[gold].as_str().unwrap();
+                if *name == "attributes" && ctx.ends_with("lives in") {
+                    let who = ctx.trim_end_matches(" lives in");
+                    let p = world.people.iter().find(|p| p.name == who).unwrap();
+                    assert_eq!(right, world.cities[p.city]);
+                }
+                if *name == "counting" {
+                    let counted = ctx.split(": ").nth(1).unwrap().split(", ").count();
+                    assert_eq!(right.split(' ').next(), Some(NUMBERS[counted]), "{line}");
+                }
+                if *name == "recall" {
+                    assert!(ctx.contains(&format!(" {right} in the ")), "{line}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn word_count_is_exact() {

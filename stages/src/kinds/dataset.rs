@@ -152,7 +152,7 @@ impl DatasetParams {
 
 impl Stage for Dataset {
     const KIND: &'static str = "dataset";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     type Params = DatasetParams;
 
     fn slots(&self) -> Slots {
@@ -297,6 +297,21 @@ impl Stage for Dataset {
     }
 }
 
+/// Items per synthetic task file (`tasks/<name>.jsonl`).
+pub const SYNTHETIC_TASK_ITEMS: usize = 200;
+
+/// Writes the synthetic corpus's multiple-choice tasks (see `pollard_data::synthetic::tasks`)
+/// into `out/tasks/`, where `evaluate` finds a task named without a `path`.
+fn write_synthetic_tasks(out: &Path, seed: u64) -> Result<(), StageError> {
+    let dir = out.join("tasks");
+    std::fs::create_dir_all(&dir).map_err(|e| StageError::io(&dir, e))?;
+    for (name, text) in synthetic::tasks(seed, SYNTHETIC_TASK_ITEMS) {
+        let path = dir.join(format!("{name}.jsonl"));
+        std::fs::write(&path, text).map_err(|e| StageError::io(&path, e))?;
+    }
+    Ok(())
+}
+
 /// Announces a phase on the progress line.
 fn phase(ctx: &StageCtx, step: u64, message: String) -> Result<(), StageError> {
     if ctx.cancelled() {
@@ -319,6 +334,10 @@ fn build(ctx: &StageCtx, p: &DatasetParams) -> Result<(), StageError> {
     let spec = p.tokenizer.get().ok_or_else(|| {
         StageError::param("tokenizer", "give exactly one of `bpe`, `byte` or `file`")
     })?;
+    let synthetic_seed = match &text {
+        Text::Synthetic(s) => Some(s.seed),
+        Text::Files(_) => None,
+    };
     let meta = match (text, spec) {
         // A fixed tokenizer needs no pass over the text first: files stream through one at a
         // time, so a corpus larger than memory works (the paper recipes' case).
@@ -404,6 +423,12 @@ fn build(ctx: &StageCtx, p: &DatasetParams) -> Result<(), StageError> {
                 p.val_fraction
             ),
         ));
+    }
+    // The tokenizer's special tokens for Hugging Face tools (`tokenizer_config.json`).
+    let tok = pollard_data::Tokenizer::load(&ctx.out_dir().join(pollard_data::TOKENIZER_FILE))?;
+    pollard_data::hf_files::write_tokenizer_files(ctx.out_dir(), &tok)?;
+    if let Some(seed) = synthetic_seed {
+        write_synthetic_tasks(ctx.out_dir(), seed)?;
     }
     phase(
         ctx,

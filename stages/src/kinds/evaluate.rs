@@ -1,7 +1,9 @@
 //! `evaluate`: a model + data -> `metrics.json` (val_loss in nats on fixed `val.bin` windows,
 //! perplexity, next-token accuracy, parameter counts, tokens/s, tokens the model was trained on).
 //! It also carries the model's `log.jsonl` along, so a `report` over evaluations can draw the
-//! training curves.
+//! training curves. With `tasks`, it also scores multiple-choice task files as
+//! lm-evaluation-harness does (see `crate::tasks`): `tasks.<name>` in `metrics.json` holds acc,
+//! acc_norm, their standard errors and n, and `tasks/<name>.jsonl` every item's log-likelihoods.
 
 use pollard_engine::{
     BoxError, Count, Inputs, ParamError, PlanInputs, Resources, Slots, Stage, StageCtx,
@@ -9,14 +11,16 @@ use pollard_engine::{
 use pollard_model::{Llama, Mode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::path::{Path, PathBuf};
 
 use crate::common::{
-    check_windows, device, gpu_estimate, plan_shape, tokens_seen, write_json, Dtype,
+    check_windows, device, gpu_estimate, plan_shape, resolve, tokens_seen, write_json, Dtype,
 };
 use crate::error::StageError;
 use crate::runtime::{evaluate, open_dataset, param_count};
 use crate::shape::{memory, ModelShape};
 use crate::validate::finite;
+use crate::tasks::{self, score::PairEncoder, TaskSpec};
 
 pub struct Evaluate;
 
@@ -53,6 +57,9 @@ pub struct EvaluateParams {
     pub metrics: Vec<Metric>,
     #[serde(default)]
     pub dtype: Dtype,
+    /// Multiple-choice tasks to score (`batch` requests per forward pass).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskSpec>,
 }
 
 fn default_samples() -> Count {
@@ -86,11 +93,16 @@ impl Stage for Evaluate {
                 "measures nothing: list at least one of loss, perplexity, accuracy, throughput",
             ));
         }
+        tasks::validate("tasks", &p.tasks, &mut errs);
         if errs.is_empty() {
             Ok(())
         } else {
             Err(errs)
         }
+    }
+
+    fn deps(&self, p: &EvaluateParams) -> Vec<PathBuf> {
+        p.tasks.iter().filter_map(|t| t.path.clone()).collect()
     }
 
     fn describe(
@@ -148,6 +160,9 @@ impl Stage for Evaluate {
             "val_loss {:.4}, accuracy {:.3}",
             e.loss, e.accuracy
         ));
+        if !p.tasks.is_empty() {
+            m["tasks"] = score_tasks(ctx, p, &model, model_dir, data.dir())?;
+        }
         write_json(&ctx.out_dir().join("metrics.json"), &m)?;
         let log = model_dir.join("log.jsonl");
         if log.is_file() {
@@ -156,4 +171,58 @@ impl Stage for Evaluate {
         }
         Ok(())
     }
+}
+
+/// Scores every task of `p.tasks`, writes `tasks/<name>.jsonl`, returns `{name: metrics}`.
+fn score_tasks(
+    ctx: &StageCtx,
+    p: &EvaluateParams,
+    model: &Llama,
+    model_dir: &Path,
+    data_dir: &Path,
+) -> Result<serde_json::Value, BoxError> {
+    // The model's own tokenizer when its folder has one (a loaded checkpoint), else the dataset's.
+    let tok_dir = if model_dir.join(pollard_data::TOKENIZER_FILE).is_file() {
+        model_dir
+    } else {
+        data_dir
+    };
+    let tok = pollard_data::Tokenizer::load(&tok_dir.join(pollard_data::TOKENIZER_FILE))?;
+    let prefix = pollard_data::hf_files::prefix_token(tok_dir, &tok);
+    let enc = PairEncoder::new(tok.hf(), prefix);
+    let out = ctx.out_dir().join("tasks");
+    std::fs::create_dir_all(&out).map_err(|e| StageError::io(&out, e))?;
+    let mut all = serde_json::Map::new();
+    for (i, t) in p.tasks.iter().enumerate() {
+        let file = match &t.path {
+            Some(path) => resolve(ctx, path),
+            None => data_dir.join(tasks::data_task_file(&t.name)),
+        };
+        let items = tasks::layout::read_items(&file).map_err(|e| {
+            StageError::param(format!("tasks[{i}]"), format!("task {}: {e}", t.name))
+        })?;
+        ctx.log(&format!(
+            "task {}: {} items, {} shots",
+            t.name,
+            items.len(),
+            t.shots
+        ));
+        let r = tasks::run(model, &enc, t, &items, p.batch, &|| ctx.cancelled())?;
+        ctx.log(&format!(
+            "task {}: acc {:.3}, acc_norm {:.3} (n {})",
+            t.name,
+            r.metrics["acc"].as_f64().unwrap_or(f64::NAN),
+            r.metrics["acc_norm"].as_f64().unwrap_or(f64::NAN),
+            r.items.len()
+        ));
+        let lines: String = r
+            .items
+            .iter()
+            .map(|it| serde_json::to_string(it).expect("an item result always serializes") + "\n")
+            .collect();
+        let dst = out.join(format!("{}.jsonl", t.name));
+        std::fs::write(&dst, lines).map_err(|e| StageError::io(&dst, e))?;
+        all.insert(t.name.clone(), r.metrics);
+    }
+    Ok(serde_json::Value::Object(all))
 }

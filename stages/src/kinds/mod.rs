@@ -7,4 +7,5 @@ pub mod load;
 pub mod prune;
 pub mod report;
 pub mod score;
+pub mod select;
 pub mod train;

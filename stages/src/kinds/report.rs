@@ -1,17 +1,20 @@
 //! `report`: any number of `evaluate` / `train` / `distill` artifacts -> `report.md` (a Markdown
-//! table of every input's metrics, in slot order) and PNG plots: training-loss curves from each
-//! input's `log.jsonl` against tokens, and validation loss against parameter count. The plots
-//! carry no text (no font stack needed); `report.md` gives their axes, ranges and colours.
+//! table of every input's metrics, in slot order, with a column per multiple-choice task) and
+//! PNG plots with titles, axes and legends (see `crate::plot`): training-loss curves from each
+//! input's `log.jsonl` against tokens, validation loss against parameter count, and task
+//! accuracy against parameter count. An input that is a group's choice (`<group>.best`, with
+//! `selection.json`) adds the candidates' ranking.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use plotters::prelude::*;
 use pollard_engine::{BoxError, Inputs, ParamError, PlanInputs, Resources, Slots, Stage, StageCtx};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::common::{read_json, write_json};
 use crate::error::{Result, StageError};
+use crate::plot::{self, Chart, Mark, Series};
 
 pub struct Report;
 
@@ -43,9 +46,24 @@ pub struct Row {
     pub perplexity: Option<f64>,
     pub accuracy: Option<f64>,
     pub tokens: Option<u64>,
+    /// `tasks.<name>` of an evaluation's metrics: acc, acc_norm, their errors, n.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tasks: BTreeMap<String, TaskCell>,
+    /// The `selection.json` of a group's choice, when the input is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Value>,
     /// (tokens, training loss) points.
     #[serde(skip)]
     pub curve: Vec<(f64, f64)>,
+}
+
+/// One task's result in a row.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TaskCell {
+    pub acc: Option<f64>,
+    pub acc_stderr: Option<f64>,
+    pub acc_norm: Option<f64>,
+    pub n: Option<u64>,
 }
 
 fn num(v: &Value, k: &str) -> Option<f64> {
@@ -73,6 +91,23 @@ pub fn read_row(name: &str, stage: &str, dir: &Path) -> Result<Row> {
         row.tokens = int(&m, "tokens_seen")
             .filter(|t| *t > 0)
             .or(int(&m, "tokens"));
+        if let Some(tasks) = m.get("tasks").and_then(Value::as_object) {
+            for (name, t) in tasks {
+                row.tasks.insert(
+                    name.clone(),
+                    TaskCell {
+                        acc: num(t, "acc"),
+                        acc_stderr: num(t, "acc_stderr"),
+                        acc_norm: num(t, "acc_norm"),
+                        n: int(t, "n"),
+                    },
+                );
+            }
+        }
+    }
+    let spath = dir.join("selection.json");
+    if spath.is_file() {
+        row.selection = Some(read_json(&spath)?);
     }
     let lpath = dir.join("log.jsonl");
     if lpath.is_file() {
@@ -109,12 +144,34 @@ fn fmt_f(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |x| format!("{x:.digits$}"))
 }
 
-/// The Markdown table (what `pollard show` prints).
+/// Task names over all rows, in first-seen order.
+fn task_names(rows: &[Row]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for r in rows {
+        for k in r.tasks.keys() {
+            if !names.contains(k) {
+                names.push(k.clone());
+            }
+        }
+    }
+    names
+}
+
+/// The Markdown table (what `pollard show` prints): a column per task with `acc ± stderr`.
 pub fn table(rows: &[Row]) -> String {
-    let mut s = String::from("| input | stage | params | non-emb params | val loss | perplexity | accuracy | tokens seen |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
+    let tasks = task_names(rows);
+    let mut s = String::from(
+        "| input | stage | params | non-emb params | val loss | perplexity | accuracy | tokens seen |",
+    );
+    for t in &tasks {
+        s += &format!(" {t} |");
+    }
+    s += "\n|---|---|---:|---:|---:|---:|---:|---:|";
+    s += &"---:|".repeat(tasks.len());
+    s += "\n";
     for r in rows {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.stage,
             fmt_count(r.params),
@@ -124,140 +181,193 @@ pub fn table(rows: &[Row]) -> String {
             fmt_f(r.accuracy, 3),
             fmt_count(r.tokens)
         );
+        for t in &tasks {
+            let cell = match r.tasks.get(t) {
+                Some(TaskCell {
+                    acc: Some(a),
+                    acc_stderr: Some(se),
+                    ..
+                }) => {
+                    format!("{a:.3} ± {se:.3}")
+                }
+                Some(TaskCell { acc: Some(a), .. }) => format!("{a:.3}"),
+                _ => "-".into(),
+            };
+            s += &format!(" {cell} |");
+        }
+        s += "\n";
+    }
+    if !tasks.is_empty() {
+        s += "\nTask columns: acc (summed log-likelihood, lm-evaluation-harness `multiple_choice` scoring) ± its standard error.\n";
     }
     s
 }
 
-const COLOURS: [(RGBColor, &str); 8] = [
-    (RGBColor(31, 119, 180), "blue"),
-    (RGBColor(255, 127, 14), "orange"),
-    (RGBColor(44, 160, 44), "green"),
-    (RGBColor(214, 39, 40), "red"),
-    (RGBColor(148, 103, 189), "purple"),
-    (RGBColor(140, 86, 75), "brown"),
-    (RGBColor(227, 119, 194), "pink"),
-    (RGBColor(127, 127, 127), "grey"),
-];
-
-fn range(values: impl Iterator<Item = f64> + Clone) -> Option<(f64, f64)> {
-    let lo = values.clone().fold(f64::INFINITY, f64::min);
-    let hi = values.fold(f64::NEG_INFINITY, f64::max);
-    if !lo.is_finite() || !hi.is_finite() {
-        return None;
-    }
-    let pad = ((hi - lo) * 0.05).max(1e-9);
-    Some((lo - pad, hi + pad))
-}
-
-fn plot_err(path: &Path) -> impl Fn(String) -> StageError + '_ {
-    move |message| StageError::Plot {
-        path: path.to_path_buf(),
-        message,
-    }
-}
-
-/// Loss curves; returns the Markdown legend, or None when no input has a log.
-fn plot_curves(rows: &[Row], path: &Path) -> Result<Option<String>> {
-    let series: Vec<&Row> = rows.iter().filter(|r| !r.curve.is_empty()).collect();
-    let Some(xr) = range(series.iter().flat_map(|r| r.curve.iter().map(|p| p.0))) else {
-        return Ok(None);
+/// A tick label: `400K`, `1.2M` (no trailing `.0`).
+fn count_tick(x: f64) -> String {
+    let n = x.max(0.0).round();
+    let (v, unit) = if n >= 1e9 {
+        (n / 1e9, "B")
+    } else if n >= 1e6 {
+        (n / 1e6, "M")
+    } else if n >= 1e3 {
+        (n / 1e3, "K")
+    } else {
+        (n, "")
     };
-    let yr = range(series.iter().flat_map(|r| r.curve.iter().map(|p| p.1)))
-        .expect("points exist when x does");
-    let e = plot_err(path);
-    {
-        let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
-        root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(20)
-            .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)
-            .map_err(|x| e(x.to_string()))?;
-        chart
-            .plotting_area()
-            .draw(&Rectangle::new(
-                [(xr.0, yr.0), (xr.1, yr.1)],
-                BLACK.stroke_width(1),
-            ))
-            .map_err(|x| e(x.to_string()))?;
-        for (i, r) in series.iter().enumerate() {
-            let c = COLOURS[i % COLOURS.len()].0;
-            chart
-                .draw_series(LineSeries::new(r.curve.iter().copied(), c.stroke_width(2)))
-                .map_err(|x| e(x.to_string()))?;
-        }
-        root.present().map_err(|x| e(x.to_string()))?;
-    }
-    let mut legend = format!(
-        "Training loss (y, {:.3} to {:.3} nats) against tokens (x, {} to {}):",
-        yr.0,
-        yr.1,
-        fmt_count(Some(xr.0.max(0.0) as u64)),
-        fmt_count(Some(xr.1 as u64))
-    );
-    for (i, r) in series.iter().enumerate() {
-        legend += &format!(" {} = {};", COLOURS[i % COLOURS.len()].1, r.name);
-    }
-    Ok(Some(legend))
+    let t = format!("{v:.2}");
+    let t = t.trim_end_matches('0').trim_end_matches('.');
+    format!("{t}{unit}")
 }
 
-/// Validation loss against parameter count; returns the legend.
-fn plot_scatter(rows: &[Row], path: &Path) -> Result<Option<String>> {
-    let pts: Vec<(usize, f64, f64)> = rows
+/// Loss curves; None when no input has a log.
+fn plot_curves(rows: &[Row], path: &Path) -> Result<bool> {
+    let series: Vec<Series> = rows
         .iter()
-        .enumerate()
-        .filter_map(|(i, r)| Some((i, r.params? as f64, r.val_loss?)))
+        .filter(|r| !r.curve.is_empty())
+        .map(|r| Series {
+            name: r.name.clone(),
+            points: r.curve.clone(),
+            mark: Mark::Line,
+        })
         .collect();
-    let Some(xr) = range(pts.iter().map(|p| p.1)) else {
-        return Ok(None);
-    };
-    let yr = range(pts.iter().map(|p| p.2)).expect("points exist when x does");
-    let e = plot_err(path);
-    {
-        let root = BitMapBackend::new(path, (600, 450)).into_drawing_area();
-        root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(20)
-            .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)
-            .map_err(|x| e(x.to_string()))?;
-        chart
-            .plotting_area()
-            .draw(&Rectangle::new(
-                [(xr.0, yr.0), (xr.1, yr.1)],
-                BLACK.stroke_width(1),
-            ))
-            .map_err(|x| e(x.to_string()))?;
-        for (k, &(_, x, y)) in pts.iter().enumerate() {
-            let c = COLOURS[k % COLOURS.len()].0;
-            chart
-                .draw_series(std::iter::once(Circle::new((x, y), 7, c.filled())))
-                .map_err(|x| e(x.to_string()))?;
-        }
-        root.present().map_err(|x| e(x.to_string()))?;
-    }
-    let mut legend = format!(
-        "Validation loss (y, {:.3} to {:.3} nats) against parameters (x, {} to {}):",
-        yr.0,
-        yr.1,
-        fmt_count(Some(xr.0.max(0.0) as u64)),
-        fmt_count(Some(xr.1 as u64))
+    plot::draw(
+        path,
+        &Chart {
+            title: "Training loss",
+            x_label: "tokens seen",
+            y_label: "training loss (nats)",
+            series: &series,
+            x_format: count_tick,
+            y_range: None,
+        },
+        (900, 540),
+    )
+}
+
+/// Validation loss against parameter count, a point per input.
+fn plot_scatter(rows: &[Row], path: &Path) -> Result<bool> {
+    let series: Vec<Series> = rows
+        .iter()
+        .filter_map(|r| {
+            Some(Series {
+                name: r.name.clone(),
+                points: vec![(r.params? as f64, r.val_loss?)],
+                mark: Mark::Points,
+            })
+        })
+        .collect();
+    plot::draw(
+        path,
+        &Chart {
+            title: "Validation loss against model size",
+            x_label: "parameters",
+            y_label: "validation loss (nats)",
+            series: &series,
+            x_format: count_tick,
+            y_range: None,
+        },
+        (760, 520),
+    )
+}
+
+/// Task accuracy against parameter count: a series per task, a point per input.
+fn plot_tasks(rows: &[Row], path: &Path) -> Result<bool> {
+    let series: Vec<Series> = task_names(rows)
+        .into_iter()
+        .map(|t| {
+            let mut points: Vec<(f64, f64)> = rows
+                .iter()
+                .filter_map(|r| Some((r.params? as f64, r.tasks.get(&t)?.acc?)))
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series {
+                name: t,
+                points,
+                mark: Mark::Points,
+            }
+        })
+        .filter(|s| !s.points.is_empty())
+        .collect();
+    plot::draw(
+        path,
+        &Chart {
+            title: "Task accuracy against model size",
+            x_label: "parameters",
+            y_label: "accuracy (acc)",
+            series: &series,
+            x_format: count_tick,
+            y_range: Some((0.0, 1.0)),
+        },
+        (760, 520),
+    )
+}
+
+/// A rank: whole, or halfway for ties (`1.5`).
+fn fmt_rank(r: Option<f64>) -> String {
+    r.map_or("-".into(), |r| format!("{r}"))
+}
+
+/// The ranking a group's choice recorded (and its second ranking, with their Spearman
+/// correlation), as Markdown.
+fn selection_md(name: &str, sel: &Value) -> String {
+    let by = sel["by"].as_str().unwrap_or("?");
+    let cmp = sel["compare"]["by"].as_str();
+    let mut s = format!(
+        "\n## Choice `{name}`: best by `{by}` ({}): **{}**\n\n| rank by {by} | candidate | {by} |",
+        sel["mode"].as_str().unwrap_or("?"),
+        sel["winner"].as_str().unwrap_or("?"),
     );
-    for (k, &(i, _, _)) in pts.iter().enumerate() {
-        legend += &format!(" {} = {};", COLOURS[k % COLOURS.len()].1, rows[i].name);
+    if let Some(c) = cmp {
+        s += &format!(" rank by {c} | {c} |");
     }
-    Ok(Some(legend))
+    s += "\n|---:|---|---:|";
+    if cmp.is_some() {
+        s += "---:|---:|";
+    }
+    s += "\n";
+    for c in sel["candidates"].as_array().into_iter().flatten() {
+        s += &format!(
+            "| {} | {} | {} |",
+            fmt_rank(c["rank"].as_f64()),
+            c["name"].as_str().unwrap_or("?"),
+            fmt_f(c["value"].as_f64(), 4)
+        );
+        if cmp.is_some() {
+            s += &format!(
+                " {} | {} |",
+                fmt_rank(c["compare_rank"].as_f64()),
+                fmt_f(c["compare_value"].as_f64(), 4)
+            );
+        }
+        s += "\n";
+    }
+    if let Some(c) = cmp {
+        s += &format!(
+            "\nSpearman correlation of the rankings by `{c}` and by `{by}`: {}\n",
+            fmt_f(sel["compare"]["spearman"].as_f64(), 3)
+        );
+    }
+    s
 }
 
 /// Writes `report.md`, `report.json` and the plots into `out` (split out for tests).
 pub fn write_report(out: &Path, title: &str, rows: &[Row], plots: bool) -> Result<()> {
     let mut md = format!("# {title}\n\n{}", table(rows));
-    if plots {
-        if let Some(legend) = plot_curves(rows, &out.join("loss_curves.png"))? {
-            md += &format!("\n![training loss](loss_curves.png)\n\n{legend}\n");
+    for r in rows {
+        if let Some(sel) = &r.selection {
+            md += &selection_md(&r.name, sel);
         }
-        if let Some(legend) = plot_scatter(rows, &out.join("val_loss_vs_params.png"))? {
-            md += &format!(
-                "\n![validation loss against parameters](val_loss_vs_params.png)\n\n{legend}\n"
-            );
+    }
+    if plots {
+        if plot_curves(rows, &out.join("loss_curves.png"))? {
+            md += "\n![training loss against tokens seen, a line per input](loss_curves.png)\n";
+        }
+        if plot_scatter(rows, &out.join("val_loss_vs_params.png"))? {
+            md += "\n![validation loss against parameters, a point per input](val_loss_vs_params.png)\n";
+        }
+        if plot_tasks(rows, &out.join("task_acc_vs_params.png"))? {
+            md += "\n![task accuracy against parameters, a colour per task](task_acc_vs_params.png)\n";
         }
     }
     let path = out.join("report.md");
@@ -311,6 +421,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tick_labels_read_as_counts() {
+        assert_eq!(count_tick(400_000.0), "400K");
+        assert_eq!(count_tick(1_250_000.0), "1.25M");
+        assert_eq!(count_tick(12.0), "12");
+    }
+
+    #[test]
     fn report_has_a_row_per_input_and_png_plots() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a");
@@ -320,7 +437,8 @@ mod tests {
         }
         std::fs::write(
             a.join("metrics.json"),
-            r#"{"val_loss": 2.5, "params": 1000000, "tokens_seen": 2000000, "accuracy": 0.4}"#,
+            r#"{"val_loss": 2.5, "params": 1000000, "tokens_seen": 2000000, "accuracy": 0.4,
+                "tasks": {"agreement": {"acc": 0.75, "acc_stderr": 0.1, "acc_norm": 0.7, "n": 20}}}"#,
         )
         .unwrap();
         std::fs::write(
@@ -345,8 +463,15 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| baseline | baseline | 250.0K |"), "{md}");
-        assert!(md.contains("blue = teacher"), "{md}");
-        for png in ["loss_curves.png", "val_loss_vs_params.png"] {
+        assert!(md.contains("| tokens seen | agreement |"), "{md}");
+        assert!(md.contains("| 2.00M | 0.750 ± 0.100 |"), "{md}");
+        assert!(md.contains("| 500.0K | - |"), "{md}");
+        assert!(md.contains("![training loss"), "{md}");
+        for png in [
+            "loss_curves.png",
+            "val_loss_vs_params.png",
+            "task_acc_vs_params.png",
+        ] {
             let bytes = std::fs::read(out.path().join(png)).unwrap();
             assert_eq!(&bytes[1..4], b"PNG", "{png}");
         }

@@ -247,7 +247,7 @@ pub(crate) fn schedule(
 
 impl Stage for Train {
     const KIND: &'static str = "train";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     type Params = TrainParams;
 
     fn slots(&self) -> Slots {
@@ -409,6 +409,10 @@ fn train(ctx: &mut StageCtx, p: &TrainParams, inputs: &Inputs) -> Result<()> {
         steps,
         upstream_tokens,
     )?;
+    if p.arch.is_some() {
+        // A model from scratch has no folder to inherit its tokenizer's special tokens from.
+        crate::hf_tokens::add_tokenizer_files(ctx.out_dir(), data_dir)?;
+    }
     match inputs.optional("model") {
         Some(dir) => crate::checkpoint::carry_companions(dir, ctx.out_dir()),
         None => Ok(()),
