@@ -234,5 +234,6 @@ pub fn best_stage(group: &str, sel: &Select, copies: &[String]) -> FlatStage {
         with: Value::Mapping(with),
         resources: None,
         cache: true,
+        unresolved: false,
     }
 }
