@@ -23,7 +23,7 @@ use pollard_engine::{
 #[derive(Parser)]
 #[command(
     name = "pollard",
-    version,
+    version = pollard_engine::BUILD,
     about = "Runs model-compression recipes (score, prune, distill, evaluate) from YAML manifests, cached by content hash"
 )]
 struct Cli {
