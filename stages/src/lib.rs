@@ -13,6 +13,7 @@ pub mod surgery;
 pub mod trainer;
 
 pub use error::StageError;
+use pollard_engine::Stage as _;
 
 #[cfg(test)]
 mod flow_tests;
@@ -27,4 +28,21 @@ pub fn register(reg: &mut pollard_engine::Registry) {
     reg.register(kinds::distill::Distill);
     reg.register(kinds::evaluate::Evaluate);
     reg.register(kinds::report::Report);
+    // A model stage runs on the first GPU it is granted (common::device): until training is
+    // spread over devices, more GPUs would sit idle while other stages wait for them.
+    for kind in [
+        kinds::dataset::Dataset::KIND,
+        kinds::load::Load::KIND,
+        kinds::train::Train::KIND,
+        kinds::score::Score::KIND,
+        kinds::prune::Prune::KIND,
+        kinds::distill::Distill::KIND,
+        kinds::evaluate::Evaluate::KIND,
+        kinds::report::Report::KIND,
+    ] {
+        reg.limit_gpus(kind, 1, MULTI_GPU);
+    }
 }
+
+const MULTI_GPU: &str =
+    "built-in kinds run on one device (multi-GPU training does not exist yet); use gpus: 1";
