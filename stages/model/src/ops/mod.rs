@@ -7,7 +7,9 @@
 //! as transformers does for norms and softmax.
 
 pub mod attention;
+pub mod blockwise;
 mod cpu;
+pub mod flash;
 mod reference;
 pub mod rms_norm;
 pub mod rope;
