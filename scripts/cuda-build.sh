@@ -2,7 +2,8 @@
 # Builds pollard's CUDA variant: the release binary with `--features cuda` and every CUDA test
 # binary (`cargo test --release --features cuda --no-run`), on any Linux x86_64 machine, with or
 # without a GPU or an NVIDIA driver. Writes target/cuda-env.sh, which sets what running those
-# binaries needs (`. target/cuda-env.sh && target/cuda/release/pollard --version`).
+# binaries needs (`. target/cuda-env.sh && target/cuda/release/pollard --version`), and
+# target/cuda-build-env.sh, the build's environment for further cargo commands.
 #
 # The toolkit: $CUDA_HOME if it holds bin/nvcc, else NVIDIA's PyPI wheels
 # (cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc,cccl]), installed once into a venv under
@@ -106,7 +107,13 @@ linker_path=$link
 export LIBRARY_PATH=$linker_path${LIBRARY_PATH:+:$LIBRARY_PATH}
 export LD_LIBRARY_PATH=$lib_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
-# 4. Build.
+# 4. Build (target/cuda-build-env.sh repeats this environment for later cargo commands).
+cat >"$root/target/cuda-build-env.sh" <<EOF
+# Written by scripts/cuda-build.sh: the environment its cargo commands ran in.
+export PATH="$cuda_root/bin:\$PATH" CUDA_HOME="$cuda_root" CUDA_COMPUTE_CAP="$CUDA_COMPUTE_CAP"
+export LIBRARY_PATH="$LIBRARY_PATH" LD_LIBRARY_PATH="$LD_LIBRARY_PATH"
+export CARGO_TARGET_DIR="$CARGO_TARGET_DIR"
+EOF
 say "building into $CARGO_TARGET_DIR"
 cargo build --release --locked --features cuda --bin pollard
 cargo test --release --locked --workspace --features cuda --no-run
@@ -124,5 +131,7 @@ if ! $ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 '; then
 fi
 EOF
 say "wrote $env_file"
-(. "$env_file" && "$CARGO_TARGET_DIR/release/pollard" --version) || die "the built binary does not start"
+version=$(. "$env_file" && "$CARGO_TARGET_DIR/release/pollard" --version) || die "the built binary does not start"
+[[ "$version" == *"CUDA $release"* ]] || die "the built binary does not name its CUDA build: $version"
+say "$version"
 say "done in $((SECONDS - start)) s"

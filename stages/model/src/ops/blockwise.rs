@@ -17,11 +17,11 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, D};
 
-/// Rows of one query block: the largest multiple of 16 (at least 16, at most 1024) whose scores
-/// `[b, heads, rows, t]` in f32 fit in 256 MiB.
+/// Rows of one query block: the largest multiple of 16 (at least 16, at most 512) whose scores
+/// `[b, heads, rows, t]` in f32 fit in 64 MiB (large enough blocks keep a GPU busy).
 pub fn block_rows(b: usize, heads: usize, t: usize) -> usize {
     let per_row = (b * heads * t * 4).max(1);
-    ((256 << 20) / per_row / 16 * 16).clamp(16, 1024)
+    ((64 << 20) / per_row / 16 * 16).clamp(16, 512)
 }
 
 /// Blockwise attention with query blocks of `rows` rows (see the module docs; layouts as in
