@@ -590,6 +590,62 @@ mod tests {
         assert_eq!(bias.as_tensor().to_vec1::<f32>().unwrap(), vec![2.0, 4.0]);
     }
 
+    /// Steps far below bf16's resolution at 1.0 (2^-8 relative) accumulate in the f32 master
+    /// and reach the bf16 parameter; without a master each one would round away.
+    fn bf16_params_accumulate_small_updates_in_an_f32_master(dev: &Device) {
+        let cfg = AdamWConfig {
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        };
+        let w = Var::from_tensor(
+            &Tensor::ones(64, DType::F32, dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap(),
+        )
+        .unwrap();
+        let mut opt = AdamW::new(vec![("w".into(), w.clone())], cfg).unwrap();
+        for _ in 0..50 {
+            let mut g = Grads::new(1);
+            let loss = w
+                .as_tensor()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            g.accumulate(&opt.vars(), &loss.backward().unwrap())
+                .unwrap();
+            opt.step(&g, 1e-4, 1.0).unwrap();
+        }
+        let master = opt.state_tensors().unwrap()["master.w"]
+            .to_vec1::<f32>()
+            .unwrap();
+        // Adam's first steps move by lr each (a constant gradient): 1 - 50 * 1e-4.
+        assert!(
+            master.iter().all(|&x| (x - 0.995).abs() < 1e-5),
+            "{master:?}"
+        );
+        let got = w
+            .as_tensor()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(got.iter().all(|&x| x == 0.99609375), "{got:?}");
+        assert_eq!(w.dtype(), DType::BF16);
+    }
+
+    #[test]
+    fn bf16_master_weights_cpu() {
+        bf16_params_accumulate_small_updates_in_an_f32_master(&Device::Cpu);
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn bf16_master_weights_cuda() {
+        bf16_params_accumulate_small_updates_in_an_f32_master(&Device::new_cuda(0).unwrap());
+    }
+
     #[test]
     fn state_round_trips_and_continues_bit_identically() {
         let cfg = AdamWConfig::default();
