@@ -12,10 +12,13 @@
 //! model_speed` and run the binary from target/release/deps. Use a release build: the dev
 //! profile leaves debug assertions and overflow checks on in gemm and measured 2-3.5x slower.
 //! Knobs: POLLARD_BENCH_REPS (timed repetitions, default 5), POLLARD_BENCH_BATCH (default 8),
-//! POLLARD_BENCH_ONLY_STEPS (only run that many training steps, for profiling).
+//! POLLARD_BENCH_ONLY_STEPS (only run that many training steps, for profiling),
+//! POLLARD_BENCH_DEVICE (`cpu`, default, or `cuda` in a `--features cuda` build: the same model
+//! and step on GPU 0, and PyTorch on CUDA; every timed region ends with a device synchronise).
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
@@ -42,13 +45,41 @@ fn env_usize(k: &str, d: usize) -> usize {
         .unwrap_or(d)
 }
 
+/// The device the bench runs on (POLLARD_BENCH_DEVICE).
+static DEVICE: OnceLock<Device> = OnceLock::new();
+
+fn bench_device() -> Device {
+    DEVICE
+        .get_or_init(|| match std::env::var("POLLARD_BENCH_DEVICE").as_deref() {
+            Ok("cpu") | Err(_) => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Ok("cuda") => Device::new_cuda(0).expect("POLLARD_BENCH_DEVICE=cuda: no CUDA GPU 0"),
+            Ok(other) => panic!(
+                "POLLARD_BENCH_DEVICE={other}: expected cpu{}",
+                if cfg!(feature = "cuda") {
+                    " or cuda"
+                } else {
+                    " (cuda needs --features cuda)"
+                }
+            ),
+        })
+        .clone()
+}
+
+/// Waits for queued GPU work, so that a timer stopped after it measures the work.
+fn sync() {
+    bench_device().synchronize().expect("device synchronise");
+}
+
 /// Median and best of `reps` timed runs (after one warm-up), in seconds.
 fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> (f64, f64) {
     std::hint::black_box(f());
+    sync();
     let mut ts: Vec<f64> = (0..reps)
         .map(|_| {
             let t = Instant::now();
             std::hint::black_box(f());
+            sync();
             t.elapsed().as_secs_f64()
         })
         .collect();
@@ -88,12 +119,15 @@ fn train_step(
     let t0 = Instant::now();
     let logits = model.forward(inp).unwrap();
     let loss = cross_entropy(&logits, tgt).unwrap();
+    sync();
     let t1 = Instant::now();
     let store = loss.backward().unwrap();
+    sync();
     let t2 = Instant::now();
     let mut g = Grads::new(vars.len());
     g.accumulate(vars, &store).unwrap();
     opt.step(&g, 1e-3, 1.0).unwrap();
+    sync();
     let t3 = Instant::now();
     (
         (t1 - t0).as_secs_f64(),
@@ -220,6 +254,7 @@ fn attention_ab(c: &LlamaConfig, batch: usize, dev: &Device, n: usize) {
             std::hint::black_box(o.sum_all().unwrap().backward().unwrap());
         }
         std::hint::black_box(o);
+        sync();
         t.elapsed().as_secs_f64()
     };
     for backward in [false, true] {
@@ -293,6 +328,12 @@ fn run_torch(c: &LlamaConfig, batch: usize, reps: usize) -> Option<Torch> {
             "--threads",
             &threads().to_string(),
             "--tied",
+            "--device",
+            if bench_device().is_cpu() {
+                "cpu"
+            } else {
+                "cuda"
+            },
         ])
         .output();
     let out = match out {
@@ -338,7 +379,7 @@ fn threads() -> usize {
 }
 
 fn main() {
-    let dev = Device::Cpu;
+    let dev = bench_device();
     let reps = env_usize("POLLARD_BENCH_REPS", 5);
     let batch = env_usize("POLLARD_BENCH_BATCH", 8);
     let cfg = bench_config();

@@ -81,12 +81,17 @@ class Model(torch.nn.Module):
         return x @ w.t()
 
 
+SYNC = lambda: None  # noqa: E731  (torch.cuda.synchronize with --device cuda)
+
+
 def timed(reps, f):
     f()
+    SYNC()
     ts = []
     for _ in range(reps):
         t = time.perf_counter()
         f()
+        SYNC()
         ts.append(time.perf_counter() - t)
     ts.sort()
     return ts[len(ts) // 2]
@@ -98,15 +103,21 @@ def main():
                  ("kv-heads", 2), ("head-dim", 64), ("batch", 8), ("seq", 256), ("reps", 5), ("threads", 0)]:
         ap.add_argument("--" + k, type=int, default=d)
     ap.add_argument("--tied", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the Rust bench passes its own)")
     a = ap.parse_args()
+    global SYNC
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        SYNC = torch.cuda.synchronize
+        torch.backends.cuda.matmul.allow_tf32 = False  # pollard's f32 matmuls are full f32
     if a.threads > 0:  # the Rust bench passes its own thread count so both sides use the same
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     n = 2048
-    x, y = torch.randn(n, n), torch.randn(n, n)
+    x, y = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
     mm = timed(a.reps, lambda: x @ y)
-    model = Model(a)
-    ids = torch.randint(0, a.vocab, (a.batch, a.seq + 1))
+    model = Model(a).to(dev)
+    ids = torch.randint(0, a.vocab, (a.batch, a.seq + 1), device=dev)
     inp, tgt = ids[:, :-1], ids[:, 1:]
     with torch.no_grad():
         fwd = timed(a.reps, lambda: model(inp))
@@ -120,7 +131,7 @@ def main():
 
     st = timed(a.reps, step)
     params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "params": params,
+    print(json.dumps({"torch": torch.__version__, "device": a.device, "threads": torch.get_num_threads(), "params": params,
                       "forward_s": fwd, "step_s": st, "matmul_gflops": 2 * n ** 3 / mm / 1e9}))
 
 

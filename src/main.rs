@@ -28,7 +28,7 @@ use pollard_engine::{EngineError, Inventory, Outcome, RunOptions, Runner, Select
 #[derive(Parser)]
 #[command(
     name = "pollard",
-    version,
+    version = pollard_engine::BUILD,
     about = "Runs model-compression recipes (score, prune, distill, evaluate) from YAML manifests, cached by content hash"
 )]
 struct Cli {

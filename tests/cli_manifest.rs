@@ -216,3 +216,16 @@ fn gc_keeps_what_the_lock_references_and_verify_finds_corruption() {
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stdout.contains("corrupt"), "{}", r.stdout);
 }
+
+#[test]
+fn a_built_in_stage_asking_for_two_gpus_is_refused_and_a_command_keeps_them() {
+    let ws = Ws::new(
+        "pipeline: g\nstages:\n  data:\n    kind: dataset\n    with: { text: { synthetic: { words: 1K, seed: 1 } }, tokenizer: { bpe: 300 } }\n    resources: { gpus: 2 }\n  cmd:\n    kind: command\n    cmd: \"true\"\n    resources: { gpus: 2 }\n",
+    );
+    let r = ws.run(&["dag"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert_eq!(
+        r.stderr,
+        "error: pollard.yaml:6:24: stage `data`: resources.gpus: 2 asked, but a `dataset` stage uses at most 1: built-in kinds run on one device (multi-GPU training does not exist yet); use gpus: 1\n1 error in the manifest\n"
+    );
+}

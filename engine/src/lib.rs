@@ -46,3 +46,12 @@ pub use stage::{
     BoxError, InputArtifact, Inputs, ParamError, PlanInput, PlanInputs, Progress, ProgressSink,
     Resources, Slots, Stage, StageCtx,
 };
+
+/// What `pollard --version` prints: the version, and what the build targets (for a CUDA build
+/// the CUDA toolkit version and the compute capability its kernels were compiled for).
+pub const BUILD: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("POLLARD_BUILD_TARGET"),
+    ")"
+);

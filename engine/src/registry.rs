@@ -160,6 +160,8 @@ pub fn closest<'a>(bad: &str, candidates: impl Iterator<Item = &'a str>) -> Opti
 #[derive(Clone)]
 pub struct Registry {
     kinds: BTreeMap<&'static str, Arc<dyn ErasedStage>>,
+    /// Kinds that can use at most this many GPUs, and why (checked at validation).
+    gpu_limits: BTreeMap<&'static str, (u32, &'static str)>,
 }
 
 impl Default for Registry {
@@ -173,6 +175,7 @@ impl Registry {
     pub fn new() -> Self {
         let mut reg = Registry {
             kinds: BTreeMap::new(),
+            gpu_limits: BTreeMap::new(),
         };
         reg.register(CommandStage);
         reg
@@ -190,6 +193,17 @@ impl Registry {
 
     pub fn get(&self, kind: &str) -> Option<Arc<dyn ErasedStage>> {
         self.kinds.get(kind).cloned()
+    }
+
+    /// Declares that stages of `kind` can use at most `max` GPUs; a manifest asking for more
+    /// (`resources: { gpus: N }`) is refused at validation with `why`.
+    pub fn limit_gpus(&mut self, kind: &'static str, max: u32, why: &'static str) {
+        self.gpu_limits.insert(kind, (max, why));
+    }
+
+    /// The GPU limit of `kind`, if it has one (`command` stages keep every GPU they ask for).
+    pub fn gpu_limit(&self, kind: &str) -> Option<(u32, &'static str)> {
+        self.gpu_limits.get(kind).copied()
     }
 
     /// Registered kind names, sorted.

@@ -1,5 +1,5 @@
-//! What the machine offers and who holds it: the GPU inventory (probed through cudarc with the
-//! `cuda` feature, or given as `--gpus 80GiB,80GiB` / `POLLARD_GPUS`), the CPU cores, and the
+//! What the machine offers and who holds it: the GPU inventory (probed through cudarc's driver
+//! API with the `cuda` feature, linked the way candle links it so one cudarc serves both, or given as `--gpus 80GiB,80GiB` / `POLLARD_GPUS`), the CPU cores, and the
 //! [`Pool`] that grants disjoint devices and cores to running stages as RAII [`Lease`]s.
 
 use std::sync::{Arc, Mutex};
@@ -194,9 +194,11 @@ fn probe() -> (Vec<Gpu>, String) {
         }
         Ok(gpus)
     };
-    match std::panic::catch_unwind(attempt) {
-        Ok(Ok(gpus)) => (gpus, "cuda driver".into()),
-        _ => (Vec::new(), "cuda driver unavailable".into()),
+    // A machine without a driver (or with the link-time stub) answers with an error, not a
+    // panic; the inventory is then empty and says why.
+    match attempt() {
+        Ok(gpus) => (gpus, "cuda driver".into()),
+        Err(e) => (Vec::new(), format!("cuda driver unavailable: {e:?}")),
     }
 }
 

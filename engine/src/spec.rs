@@ -236,6 +236,18 @@ fn check_stage(
         );
         return None;
     };
+    if let (Some(want), Some((max, why))) = (resources.gpus, registry.gpu_limit(&s.kind)) {
+        if want > max {
+            c.at(
+                &join(&join(&s.path, "resources"), "gpus"),
+                id,
+                format!(
+                    "resources.gpus: {want} asked, but a `{}` stage uses at most {max}: {why}",
+                    s.kind
+                ),
+            );
+        }
+    }
     if let Slots::Fixed { required, optional } = kind.slots() {
         let takes: Vec<&str> = required.iter().chain(optional.iter()).copied().collect();
         for input in &s.inputs {

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::error::{Result, StageError};
 use crate::shape::ModelShape;
+use pollard_model::{Llama, Mode};
 
 /// Weight dtype of a stage's model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +49,25 @@ pub fn device(ctx: &StageCtx) -> Result<Device> {
             ))
         }),
     }
+}
+
+/// A freshly initialised (f32) model in the stage's `dtype`: the f32 values rounded once, so
+/// that bf16/f16 training computes in that dtype (AdamW keeps the f32 masters).
+pub fn in_dtype(model: Llama, dtype: Dtype) -> Result<Llama> {
+    if dtype == Dtype::F32 {
+        return Ok(model);
+    }
+    let weights = model
+        .weights()?
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.to_dtype(dtype.candle())?)))
+        .collect::<candle_core::Result<pollard_model::Weights>>()
+        .map_err(pollard_model::ModelError::from)?;
+    Ok(Llama::new(
+        model.config().clone(),
+        weights,
+        Mode::Trainable,
+    )?)
 }
 
 /// The shape of the model bound to `slot`, when planning can know it.

@@ -502,3 +502,40 @@ fn resume_after_an_interruption_gives_the_same_final_weights() {
         "the resumed log continues the interrupted one exactly"
     );
 }
+
+/// Trains from an `arch` with `dtype`, returns the final validation loss.
+fn train_val_loss(data: &Path, dtype: &str) -> f64 {
+    let p: crate::kinds::train::TrainParams = serde_yaml::from_str(&format!(
+        "{{ arch: {{ hidden: 32, ffn: 64, heads: 4, kv_heads: 2, layers: 2 }}, tokens: 60K, batch: 8, seq_len: 64, lr: 3e-3, seed: 1, val_samples: 32, dtype: {dtype} }}"
+    ))
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    crate::kinds::train::Train
+        .run(
+            &mut ctx(out.path(), out.path()),
+            &p,
+            &inputs(&[("data", data)]),
+        )
+        .unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("metrics.json")).unwrap())
+            .unwrap();
+    m["val_loss"].as_f64().unwrap()
+}
+
+#[test]
+fn bf16_from_an_arch_trains_in_bf16_within_3_percent_of_f32() {
+    let f = fixture();
+    let full = train_val_loss(&f.data, "f32");
+    let half = train_val_loss(&f.data, "bf16");
+    eprintln!(
+        "val_loss f32 {full}, bf16 {half}, gap {:+.3}%",
+        100.0 * (half - full) / full
+    );
+    // Once bf16 was ignored for `arch` and both runs gave the same bits.
+    assert_ne!(full.to_bits(), half.to_bits(), "bf16 ran in f32");
+    assert!(
+        (half - full).abs() <= 0.03 * full,
+        "bf16 val_loss {half} is not within 3% of f32 {full}"
+    );
+}

@@ -17,6 +17,7 @@ pub mod trainer;
 pub mod validate;
 
 pub use error::StageError;
+use pollard_engine::Stage as _;
 
 #[cfg(test)]
 mod flow_tests;
@@ -32,4 +33,22 @@ pub fn register(reg: &mut pollard_engine::Registry) {
     reg.register(kinds::evaluate::Evaluate);
     reg.register(kinds::report::Report);
     reg.register(kinds::select::Select);
+    // A model stage runs on the first GPU it is granted (common::device): until training is
+    // spread over devices, more GPUs would sit idle while other stages wait for them.
+    for kind in [
+        kinds::dataset::Dataset::KIND,
+        kinds::load::Load::KIND,
+        kinds::train::Train::KIND,
+        kinds::score::Score::KIND,
+        kinds::prune::Prune::KIND,
+        kinds::distill::Distill::KIND,
+        kinds::evaluate::Evaluate::KIND,
+        kinds::report::Report::KIND,
+        kinds::select::Select::KIND,
+    ] {
+        reg.limit_gpus(kind, 1, MULTI_GPU);
+    }
 }
+
+const MULTI_GPU: &str =
+    "built-in kinds run on one device (multi-GPU training does not exist yet); use gpus: 1";

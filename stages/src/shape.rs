@@ -316,21 +316,28 @@ pub mod memory {
     }
 
     /// Activations kept for the backward pass of one micro-batch: per layer the residual,
-    /// norms, q/k/v/o and attention probabilities, the MLP's gate/up/act/product, and the
-    /// logits with their softmax and gradient. A coarse upper estimate (no recomputation).
+    /// norms, q/k/v/o and attention's row log-sum-exp (f32; attention is blockwise, so no
+    /// `seq x seq` probabilities are kept), the MLP's gate/up/act/product, and the logits with
+    /// their softmax and gradient; plus the working set of one attention block (its f32 scores,
+    /// their exponentials and gradient). A coarse upper estimate (no recomputation).
     pub fn activations(s: &ModelShape, micro_batch: u64, seq: u64, bytes: u64) -> u64 {
         let tokens = mul(micro_batch, seq);
         let h = s.hidden as u64;
         let q = mul(s.heads as u64, s.head_dim as u64);
         let kv = mul(s.kv_heads as u64, s.head_dim as u64);
         let width = sum(&[mul(4, h), mul(2, q), mul(2, kv), mul(4, s.ffn as u64)]);
-        let scores = mul(mul(mul(micro_batch, s.heads as u64), mul(seq, seq)), 2);
-        let per_layer = mul(tokens, width).saturating_add(scores);
-        let logits = mul(mul(tokens, s.vocab as u64), 3);
-        mul(
-            mul(s.layers as u64, per_layer).saturating_add(logits),
-            bytes,
-        )
+        // Row log-sum-exp of attention, f32.
+        let lse = mul(mul(mul(micro_batch, s.heads as u64), seq), 4);
+        let per_layer = mul(mul(tokens, width), bytes).saturating_add(lse);
+        let logits = mul(mul(mul(tokens, s.vocab as u64), 3), bytes);
+        let rows =
+            pollard_model::ops::blockwise::block_rows(micro_batch as usize, s.heads, seq as usize)
+                as u64;
+        let attention_block = mul(
+            mul(mul(3, micro_batch), s.heads as u64),
+            mul(mul(rows.min(seq), seq), 4),
+        );
+        sum(&[mul(s.layers as u64, per_layer), logits, attention_block])
     }
 
     /// Forward only (scoring, evaluation, a teacher): weights plus one layer's working set and
@@ -340,9 +347,15 @@ pub mod memory {
         weights(s, bytes).saturating_add(activations(&one_layer, micro_batch, seq, bytes))
     }
 
-    /// Training: weights, gradients and the two AdamW moments (four copies), plus activations.
+    /// Training: weights and gradients in the compute dtype, the two f32 AdamW moments, and for
+    /// bf16/f16 the f32 master weights; plus activations.
     pub fn training(s: &ModelShape, micro_batch: u64, seq: u64, bytes: u64) -> u64 {
-        mul(4, weights(s, bytes)).saturating_add(activations(s, micro_batch, seq, bytes))
+        let master = if bytes < 4 { 4 } else { 0 };
+        sum(&[
+            mul(2, weights(s, bytes)),
+            mul(s.params(), 8 + master),
+            activations(s, micro_batch, seq, bytes),
+        ])
     }
 }
 

@@ -10,7 +10,7 @@ use pollard_model::{Family, Llama, LlamaConfig, Mode};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    check_optim, device, gpu_estimate, plan_shape, plan_vocab, tokens_seen, Dtype,
+    check_optim, device, gpu_estimate, in_dtype, plan_shape, plan_vocab, tokens_seen, Dtype,
 };
 use crate::error::{Result, StageError};
 use crate::runtime::{batch_tensors, evaluate, open_dataset};
@@ -328,7 +328,7 @@ fn train(ctx: &mut StageCtx, p: &TrainParams, inputs: &Inputs) -> Result<()> {
     let (model, upstream_tokens) = match (&p.arch, inputs.optional("model")) {
         (Some(a), None) => {
             let cfg = a.config(data.vocab_size(), p.seq_len);
-            (Llama::init(&cfg, p.seed, &dev)?, 0)
+            (in_dtype(Llama::init(&cfg, p.seed, &dev)?, p.dtype)?, 0)
         }
         (None, Some(dir)) => (
             Llama::load_hf(dir, p.dtype.candle(), &dev, Mode::Trainable)?,

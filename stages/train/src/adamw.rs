@@ -6,6 +6,12 @@
 //! storage (chunks in parallel with rayon), with the moments kept as plain `Vec<f32>`. candle-nn's
 //! AdamW builds about 15 temporary tensors per parameter and step instead. Any other device or
 //! dtype falls back to the same arithmetic written with tensor ops (moments in f32).
+//!
+//! Mixed precision: a bf16 or f16 parameter gets an f32 master copy here. The update runs on the
+//! master (with f32 moments, by the same kernels as an f32 parameter), and the parameter the
+//! model computes with is set to the master rounded to its dtype, so small updates accumulate
+//! instead of vanishing in bf16's 8-bit mantissa. The masters are part of the saved state
+//! (`master.NAME`), so a resumed run continues exactly.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -76,9 +82,22 @@ enum Moments {
 #[derive(Debug)]
 struct Param {
     name: String,
+    /// What the model computes with.
     var: Var,
+    /// The f32 master copy of a bf16/f16 `var` (None for f32 parameters, updated directly).
+    master: Option<Var>,
     decay: bool,
     moments: Moments,
+}
+
+impl Param {
+    /// After an update of the master: round it into the parameter the model uses.
+    fn publish(&self) -> Result<()> {
+        if let Some(m) = &self.master {
+            self.var.set(&m.as_tensor().to_dtype(self.var.dtype())?)?;
+        }
+        Ok(())
+    }
 }
 
 /// AdamW over named parameters.
@@ -125,7 +144,14 @@ impl AdamW {
                 });
             }
             let decay = cfg.decay_1d || var.rank() > 1;
-            let moments = if cpu::is_cpu_f32_contiguous(var.as_tensor()) {
+            let master = match var.dtype() {
+                DType::F32 | DType::F64 => None,
+                _ => Some(Var::from_tensor(
+                    &var.as_tensor().to_dtype(DType::F32)?.contiguous()?,
+                )?),
+            };
+            let target = master.as_ref().unwrap_or(&var);
+            let moments = if cpu::is_cpu_f32_contiguous(target.as_tensor()) {
                 let n = var.elem_count();
                 Moments::Host {
                     m: vec![0.0; n],
@@ -141,6 +167,7 @@ impl AdamW {
             out.push(Param {
                 name,
                 var,
+                master,
                 decay,
                 moments,
             });
@@ -222,7 +249,11 @@ impl AdamW {
                         s,
                         mv: RefCell::new((m.as_mut_slice(), v.as_mut_slice())),
                     };
-                    p.var.as_tensor().inplace_op2(g, &op)?;
+                    p.master
+                        .as_ref()
+                        .unwrap_or(&p.var)
+                        .as_tensor()
+                        .inplace_op2(g, &op)?;
                 }
                 Moments::Host { m, v } => {
                     // A non-f32 or strided gradient for a CPU f32 parameter: make it contiguous f32.
@@ -231,10 +262,17 @@ impl AdamW {
                         s,
                         mv: RefCell::new((m.as_mut_slice(), v.as_mut_slice())),
                     };
-                    p.var.as_tensor().inplace_op2(&g, &op)?;
+                    p.master
+                        .as_ref()
+                        .unwrap_or(&p.var)
+                        .as_tensor()
+                        .inplace_op2(&g, &op)?;
                 }
-                Moments::Device { m, v } => device_step(&p.var, g, m, v, s)?,
+                Moments::Device { m, v } => {
+                    device_step(p.master.as_ref().unwrap_or(&p.var), g, m, v, s)?
+                }
             }
+            p.publish()?;
         }
         Ok(())
     }
@@ -254,6 +292,12 @@ impl AdamW {
             };
             out.insert(format!("m.{}", p.name), m);
             out.insert(format!("v.{}", p.name), v);
+            if let Some(master) = &p.master {
+                out.insert(
+                    format!("master.{}", p.name),
+                    master.as_tensor().to_device(&Device::Cpu)?,
+                );
+            }
         }
         Ok(out)
     }
@@ -284,6 +328,10 @@ impl AdamW {
                 fetch(format!("m.{}", p.name))?,
                 fetch(format!("v.{}", p.name))?,
             );
+            if let Some(master) = &p.master {
+                master.set(&fetch(format!("master.{}", p.name))?.to_device(master.device())?)?;
+                p.publish()?;
+            }
             p.moments = match p.moments {
                 Moments::Host { .. } => Moments::Host {
                     m: m.flatten_all()?.to_vec1()?,
@@ -540,6 +588,62 @@ mod tests {
             vec![2.0 * 0.95, 4.0 * 0.95]
         );
         assert_eq!(bias.as_tensor().to_vec1::<f32>().unwrap(), vec![2.0, 4.0]);
+    }
+
+    /// Steps far below bf16's resolution at 1.0 (2^-8 relative) accumulate in the f32 master
+    /// and reach the bf16 parameter; without a master each one would round away.
+    fn bf16_params_accumulate_small_updates_in_an_f32_master(dev: &Device) {
+        let cfg = AdamWConfig {
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        };
+        let w = Var::from_tensor(
+            &Tensor::ones(64, DType::F32, dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap(),
+        )
+        .unwrap();
+        let mut opt = AdamW::new(vec![("w".into(), w.clone())], cfg).unwrap();
+        for _ in 0..50 {
+            let mut g = Grads::new(1);
+            let loss = w
+                .as_tensor()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            g.accumulate(&opt.vars(), &loss.backward().unwrap())
+                .unwrap();
+            opt.step(&g, 1e-4, 1.0).unwrap();
+        }
+        let master = opt.state_tensors().unwrap()["master.w"]
+            .to_vec1::<f32>()
+            .unwrap();
+        // Adam's first steps move by lr each (a constant gradient): 1 - 50 * 1e-4.
+        assert!(
+            master.iter().all(|&x| (x - 0.995).abs() < 1e-5),
+            "{master:?}"
+        );
+        let got = w
+            .as_tensor()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(got.iter().all(|&x| x == 0.99609375), "{got:?}");
+        assert_eq!(w.dtype(), DType::BF16);
+    }
+
+    #[test]
+    fn bf16_master_weights_cpu() {
+        bf16_params_accumulate_small_updates_in_an_f32_master(&Device::Cpu);
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn bf16_master_weights_cuda() {
+        bf16_params_accumulate_small_updates_in_an_f32_master(&Device::new_cuda(0).unwrap());
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! as transformers does for norms and softmax.
 
 pub mod attention;
+pub mod blockwise;
 mod cpu;
+pub mod flash;
 pub mod layer_norm;
 pub mod partial_rope;
 mod reference;

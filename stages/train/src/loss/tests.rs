@@ -98,13 +98,15 @@ fn cases(targets_for_ce: Tensor) -> Vec<(&'static str, LossFn, LossFn)> {
     ]
 }
 
-#[test]
-fn fused_losses_match_primitive_reference_in_value_and_gradient() {
+/// The fused losses (on the CPU) or their device path agree with the primitive composition.
+fn losses_case(dev: &Device) {
     // Rank 3 input (batch, seq, vocab) exercises the flattening; big enough for parallel rows.
     let dims = [3, 50, 300];
-    for (name, fused, reference) in cases(targets(150, 300, 9).reshape((3, 50)).unwrap()) {
-        let s = Var::from_tensor(&tensor(&dims, 1, 4.0, DType::F32)).unwrap();
-        let t = tensor(&dims, 2, 4.0, DType::F32);
+    let ids = targets(150, 300, 9).reshape((3, 50)).unwrap();
+    for (name, fused, reference) in cases(ids.to_device(dev).unwrap()) {
+        let s =
+            Var::from_tensor(&tensor(&dims, 1, 4.0, DType::F32).to_device(dev).unwrap()).unwrap();
+        let t = tensor(&dims, 2, 4.0, DType::F32).to_device(dev).unwrap();
         let (lf, lr) = (fused(s.as_tensor(), &t), reference(s.as_tensor(), &t));
         let (vf, vr) = (scalar(&lf), scalar(&lr));
         assert!(
@@ -122,6 +124,17 @@ fn fused_losses_match_primitive_reference_in_value_and_gradient() {
             "{name}: max |grad diff| {d} (grad scale {scale})"
         );
     }
+}
+
+#[test]
+fn fused_losses_match_primitive_reference_in_value_and_gradient() {
+    losses_case(&Device::Cpu);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn losses_cuda() {
+    losses_case(&Device::new_cuda(0).unwrap());
 }
 
 #[test]
