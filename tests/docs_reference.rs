@@ -93,10 +93,15 @@ fn the_readme_report_table_has_the_columns_show_report_prints() {
     let pos = readme
         .find(header[0])
         .expect("README's report table has the header `pollard show report` prints");
+    // The README's table may go on with task columns after the fixed ones.
     assert!(
-        readme[pos..].lines().nth(1) == Some(header[1]),
+        readme[pos..]
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with(header[1])),
         "alignment row differs"
     );
+    let readme_header = readme[pos..].lines().next().unwrap();
     // Every row of that table has as many cells as the header.
     let cells = |l: &str| l.matches('|').count();
     for row in readme[pos..]
@@ -104,6 +109,6 @@ fn the_readme_report_table_has_the_columns_show_report_prints() {
         .skip(2)
         .take_while(|l| l.starts_with('|'))
     {
-        assert_eq!(cells(row), cells(header[0]), "{row}");
+        assert_eq!(cells(row), cells(readme_header), "{row}");
     }
 }

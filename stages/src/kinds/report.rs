@@ -234,9 +234,9 @@ fn plot_curves(rows: &[Row], path: &Path) -> Result<bool> {
     plot::draw(
         path,
         &Chart {
-            title: "Training loss",
+            title: "Training loss (distillation: KL to the teacher)",
             x_label: "tokens seen",
-            y_label: "training loss (nats)",
+            y_label: "loss (nats): cross-entropy, or KL when distilling",
             series: &series,
             x_format: count_tick,
             y_range: None,
