@@ -155,7 +155,7 @@ fn nemotron_15b_recipe_runs_on_a_tiny_nemotron_checkpoint() {
                 "target: { hidden: 32, ffn: 96, heads: 4, kv_heads: 2 }",
             ),
             (
-                "distill: { tokens: 94B, batch: 4608, micro_batch: 1, seq_len: 1024, lr: 2e-4, min_lr: 4.5e-7, warmup: 40 }",
+                "distill: { tokens: 94B, batch: 1152, micro_batch: 1, seq_len: 4096, lr: 2e-4, min_lr: 4.5e-7, warmup: 40 }",
                 "distill: { tokens: 4K, batch: 4, micro_batch: 2, seq_len: 32, lr: 1e-3, min_lr: 1e-4, warmup: 1 }",
             ),
             ("samples: 1024, seq_len: 2048", "samples: 8, seq_len: 32"),
