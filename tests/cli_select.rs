@@ -132,6 +132,34 @@ stages:
 }
 
 #[test]
+fn search_shape_of_an_unknown_family_is_refused_with_its_position() {
+    let ws = Ws::new(
+        r#"pipeline: bad
+stages:
+  s:
+    search:
+      grid: { hidden: [64] }
+      params: 100K +- 5%
+      count: non_embedding
+      shape: { hidden: 128, ffn: 384, heads: 4, kv_heads: 2, layers: 4, family: gpt2 }
+    stages:
+      m: { kind: command, cmd: "true" }
+"#,
+    );
+    let r = ws.run(&["dag"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("pollard.yaml:8:")
+            && r.stderr.contains("stage `s`")
+            && r.stderr.contains(
+                "`search.shape.family: gpt2` must be `llama`, `mistral`, `nemotron` or `qwen3`"
+            ),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn search_lists_every_candidate_within_the_budget_before_running() {
     let ws = Ws::new(
         r#"pipeline: s

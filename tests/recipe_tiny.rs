@@ -94,3 +94,40 @@ fn qwen3_recipe_plans_an_8b_to_6b_width_prune() {
     assert_eq!(p(4096, 12288), 8_190_735_360);
     assert_eq!(p(3584, 9728), 6_175_990_272);
 }
+
+/// `search:` counts a candidate's parameters as the model layer does, for every family (it
+/// used to count every shape as a Llama, so Nemotron candidates were placed off the budget).
+#[test]
+fn search_counts_parameters_as_the_model_layer_does_for_every_family() {
+    use pollard_engine::search::{param_count, Base, Counting, Family};
+    let families = [
+        (Family::Llama, pollard_model::Family::Llama),
+        (Family::Nemotron, pollard_model::Family::Nemotron),
+        (Family::Qwen3, pollard_model::Family::Qwen3),
+    ];
+    for (ours, model) in families {
+        for tied in [false, true] {
+            let base = Base {
+                head_dim: 16,
+                kv_heads: 2,
+                vocab: Some(300),
+                tied,
+                family: ours,
+            };
+            let mut cfg =
+                pollard_model::LlamaConfig::new(300, 96, 160, 3, 4, 2, 16).with_family(model);
+            cfg.tie_word_embeddings = tied;
+            let p = cfg.param_count();
+            assert_eq!(
+                param_count(&base, 3, 96, 4, 160, Counting::Total),
+                p.total(),
+                "{ours:?} tied={tied}"
+            );
+            assert_eq!(
+                param_count(&base, 3, 96, 4, 160, Counting::NonEmbedding),
+                p.total() - p.embed - p.lm_head,
+                "{ours:?} tied={tied}"
+            );
+        }
+    }
+}

@@ -5,8 +5,8 @@
 //! `l<layers>-h<hidden>-a<heads>-f<ffn>` (the axes the grid names), with those sizes in
 //! `${matrix.arch}` (a map a
 //! `prune` target takes as it is). The count comes from the base shape (`shape:`, the model being
-//! pruned: `head_dim` or `hidden / heads`, `kv_heads`, and `vocab` when counting all
-//! parameters). Parsing turns the search into an ordinary one-axis `matrix`, so expansion,
+//! pruned: `head_dim` or `hidden / heads`, `kv_heads`, `family` (default `llama`), `tied`, and
+//! `vocab` when counting all parameters). Parsing turns the search into an ordinary one-axis `matrix`, so expansion,
 //! `pollard dag` and `select` treat it like any other.
 
 use serde_yaml::{Mapping, Value};
@@ -36,10 +36,37 @@ pub struct Base {
     pub kv_heads: u64,
     pub vocab: Option<u64>,
     pub tied: bool,
+    pub family: Family,
 }
 
-/// A Llama-family parameter count (q/k/v/o projections, SwiGLU MLP, two RMSNorms per block, a
-/// final norm; embeddings and an untied head when counting all).
+/// The model family of the shape being searched: it decides the MLP's matrices, the norms'
+/// parameters and the per-head q/k norms. Mirrors `pollard_model::Family` (the engine has no
+/// model dependency); `tests/recipe_tiny.rs` checks the counts against the model layer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    /// SwiGLU (gate, up, down), RMSNorm (weight only). Mistral counts the same.
+    #[default]
+    Llama,
+    /// Squared-ReLU MLP (up, down), LayerNorm1p (weight and bias).
+    Nemotron,
+    /// As Llama, plus an RMSNorm over `head_dim` on queries and on keys in every layer.
+    Qwen3,
+}
+
+impl Family {
+    fn parse(name: &str) -> Option<Family> {
+        match name {
+            "llama" | "mistral" => Some(Family::Llama),
+            "nemotron" => Some(Family::Nemotron),
+            "qwen3" => Some(Family::Qwen3),
+            _ => None,
+        }
+    }
+}
+
+/// The parameter count of a decoder of `base.family` (q/k/v/o projections, the MLP, two norms
+/// per block and the q/k norms where the family has them, a final norm; embeddings and an untied
+/// head when counting all).
 pub fn param_count(
     base: &Base,
     layers: u64,
@@ -50,8 +77,13 @@ pub fn param_count(
 ) -> u64 {
     let hd = base.head_dim;
     let attn = hidden * heads * hd * 2 + hidden * base.kv_heads * hd * 2;
-    let block = attn + 3 * hidden * ffn + 2 * hidden;
-    let body = layers * block + hidden;
+    let (mlp, norm, qk) = match base.family {
+        Family::Llama => (3 * hidden * ffn, hidden, 0),
+        Family::Nemotron => (2 * hidden * ffn, 2 * hidden, 0),
+        Family::Qwen3 => (3 * hidden * ffn, hidden, 2 * hd),
+    };
+    let block = attn + mlp + 2 * norm + qk;
+    let body = layers * block + norm;
     match counting {
         Counting::NonEmbedding => body,
         Counting::Total => {
@@ -295,14 +327,30 @@ pub fn parse_shape(
         );
         return None;
     }
+    let family = match full.get("family") {
+        None => Family::Llama,
+        Some(v) => match Family::parse(&key_text(v)) {
+            Some(f) => f,
+            None => {
+                c.at(
+                    &format!("{path}.shape.family"),
+                    stage,
+                    format!(
+                        "`search.shape.family: {}` must be `llama`, `mistral`, `nemotron` or `qwen3`",
+                        key_text(v)
+                    ),
+                );
+                return None;
+            }
+        },
+    };
     let base = Base {
         head_dim,
         kv_heads,
         vocab,
-        tied: full
-            .get("tie_embeddings")
-            .and_then(Value::as_bool)
-            .unwrap_or(true),
+        // `tied` as `arch` and `expect` spell it, with the same default (an untied head).
+        tied: full.get("tied").and_then(Value::as_bool).unwrap_or(false),
+        family,
     };
     let budget = match m.get("params").map(key_text) {
         Some(t) => match parse_budget(&t) {
@@ -421,6 +469,7 @@ mod tests {
             kv_heads: 2,
             vocab: Some(1024),
             tied: true,
+            family: Family::Llama,
         };
         let n = param_count(&base, 4, 128, 4, 384, Counting::NonEmbedding);
         // per block: q,o 128*128*2 + k,v 128*64*2 + mlp 3*128*384 + norms 256
@@ -438,6 +487,7 @@ mod tests {
             kv_heads: 2,
             vocab: None,
             tied: true,
+            family: Family::Llama,
         };
         let full: Mapping =
             serde_yaml::from_str("{ layers: 4, hidden: 128, heads: 4, ffn: 384 }").unwrap();

@@ -19,8 +19,8 @@ use crate::common::{
 use crate::error::StageError;
 use crate::runtime::{evaluate, open_dataset, param_count};
 use crate::shape::{memory, ModelShape};
-use crate::validate::finite;
 use crate::tasks::{self, score::PairEncoder, TaskSpec};
+use crate::validate::finite;
 
 pub struct Evaluate;
 

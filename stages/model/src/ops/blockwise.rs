@@ -21,7 +21,11 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, 
 /// `[b, heads, rows, t]` in f32 fit in 64 MiB (large enough blocks keep a GPU busy).
 pub fn block_rows(b: usize, heads: usize, t: usize) -> usize {
     // Saturating: memory estimates call this with shapes not yet checked.
-    let per_row = b.saturating_mul(heads).saturating_mul(t).saturating_mul(4).max(1);
+    let per_row = b
+        .saturating_mul(heads)
+        .saturating_mul(t)
+        .saturating_mul(4)
+        .max(1);
     ((64 << 20) / per_row / 16 * 16).clamp(16, 512)
 }
 
