@@ -50,6 +50,7 @@ mod tests {
             key: None,
             artifact: None,
             reasons: vec![],
+            choice: None,
         };
         let out = colour(
             "digraph \"p\" {\n  \"a\";\n}\n",

@@ -17,13 +17,13 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use pollard_cache::ArtifactId;
+use pollard_cache::{ArtifactId, Cache};
 use pollard_engine::executor::{
     from_manifest, Executor, ExecutorChoice, LocalExecutor, SlurmExecutor, SlurmOptions,
 };
 use pollard_engine::lockfile::LockError;
 use pollard_engine::plan::{plan, Action, Plan};
-use pollard_engine::{EngineError, Inventory, Outcome, RunOptions, Runner, Selection};
+use pollard_engine::{EngineError, Inventory, Outcome, RunOptions, Runner, Selection, StageStatus};
 
 #[derive(Parser)]
 #[command(
@@ -262,6 +262,22 @@ fn exit_code(e: &EngineError) -> i32 {
     }
 }
 
+/// Fills in what each up-to-date `select` stage chose, from its cached `selection.json`.
+fn with_choices(mut rows: Vec<StageStatus>, cache: &Cache) -> Vec<StageStatus> {
+    for row in rows
+        .iter_mut()
+        .filter(|r| r.kind == pollard_engine::select::KIND)
+    {
+        let dir = row
+            .artifact
+            .as_deref()
+            .and_then(|a| a.parse::<ArtifactId>().ok())
+            .and_then(|id| cache.artifact_dir(&id).ok());
+        row.choice = dir.and_then(|d| pollard_engine::select::choice_in(&d));
+    }
+    rows
+}
+
 /// Exit code of a dry run or a run refused because a stage cannot run.
 const BLOCKED: u8 = 2;
 
@@ -285,6 +301,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 &Inventory::unlimited(),
             )?
             .status(&ws.spec);
+            let rows = with_choices(rows, &cache);
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {

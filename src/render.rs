@@ -27,12 +27,20 @@ pub fn status(spec: &PipelineSpec, rows: &[StageStatus]) -> String {
     );
     for r in rows {
         if r.up_to_date {
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "  {:w$}  up to date  {}",
                 r.stage,
                 short(r.artifact.as_deref().unwrap_or(""))
             );
+            if let Some(c) = &r.choice {
+                let _ = write!(
+                    out,
+                    "  chose {} of {} ({} = {}, {})",
+                    c.winner, c.candidates, c.by, c.value, c.mode
+                );
+            }
+            out.push('\n');
         } else {
             for (i, reason) in r.reasons.iter().enumerate() {
                 if i == 0 {

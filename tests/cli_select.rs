@@ -73,6 +73,29 @@ fn select_links_the_winner_and_a_reproduced_choice_cuts_off_downstream() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(order, ["c1", "c2", "c3"]);
+    // `status` names the choice beside the stage, in text and JSON.
+    let status = ws.run(&["status"]);
+    let line = status
+        .stdout
+        .lines()
+        .find(|l| l.contains("grid.best"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains("up to date") && line.ends_with("chose c1 of 3 (m.metrics.loss = 1, min)"),
+        "{}",
+        status.stdout
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ws.run(&["status", "--json"]).stdout).unwrap();
+    let row = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["stage"] == "grid.best")
+        .unwrap();
+    assert_eq!(row["choice"]["winner"], "c1");
+    assert_eq!(row["choice"]["value"], 1.0);
 
     // A loser reruns with new bytes but the same metric: the choice reruns, reproduces the
     // same output, and `after` stays up to date (early cutoff by artifact id).

@@ -434,6 +434,9 @@ pub struct StageStatus {
     /// The cached output, when up to date.
     pub artifact: Option<String>,
     pub reasons: Vec<Reason>,
+    /// For an up-to-date `select` stage, the candidate it chose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub choice: Option<crate::select::Choice>,
 }
 
 /// Which stages a command is about.
@@ -662,6 +665,7 @@ impl Plan {
                     key: p.key.map(|k| k.to_string()),
                     artifact,
                     reasons: p.reasons().to_vec(),
+                    choice: None,
                 }
             })
             .collect()

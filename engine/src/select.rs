@@ -8,6 +8,9 @@
 //! `selection.json`. Expansion stays a pure function of the manifest: the stage exists (and
 //! `pollard dag` shows it) before anything runs.
 
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 
 use crate::expand::{FlatInput, FlatStage};
@@ -35,6 +38,41 @@ pub struct Select {
     pub result: String,
     /// A second ranking's (stage, metric), reported beside the first.
     pub compare: Option<(String, String)>,
+}
+
+/// What a finished `<group>.best` chose, as its `selection.json` records it (the file the
+/// `select` kind writes); `status` prints it beside the stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub winner: String,
+    /// `<stage>.<metric>` as written in the manifest.
+    pub by: String,
+    pub mode: String,
+    /// The winner's metric.
+    pub value: f64,
+    /// How many candidates were ranked.
+    pub candidates: usize,
+}
+
+/// The choice recorded in a `select` output folder; `None` when the file is missing or not
+/// what the kind writes (a status line is no place to fail over it).
+pub fn choice_in(dir: &Path) -> Option<Choice> {
+    let text = std::fs::read_to_string(dir.join("selection.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let winner = v.get("winner")?.as_str()?.to_string();
+    let candidates = v.get("candidates")?.as_array()?;
+    let value = candidates
+        .iter()
+        .find(|c| c.get("name").and_then(|n| n.as_str()) == Some(winner.as_str()))?
+        .get("value")?
+        .as_f64()?;
+    Some(Choice {
+        by: v.get("by")?.as_str()?.to_string(),
+        mode: v.get("mode")?.as_str()?.to_string(),
+        value,
+        candidates: candidates.len(),
+        winner,
+    })
 }
 
 /// The slot of a candidate's ranking stage.
