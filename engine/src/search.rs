@@ -188,11 +188,12 @@ pub fn candidates(
     let base_of = |k: &str| full.get(k).and_then(uint).unwrap_or(0);
     let mut out = Vec::new();
     let mut combo: Vec<(&'static str, u64)> = Vec::new();
+    type Visit<'a> = dyn FnMut(&[(&'static str, u64)]) + 'a;
     fn walk(
         grid: &[(&'static str, Vec<u64>)],
         i: usize,
         combo: &mut Vec<(&'static str, u64)>,
-        f: &mut dyn FnMut(&[(&'static str, u64)]),
+        f: &mut Visit<'_>,
     ) {
         if i == grid.len() {
             f(combo);

@@ -212,7 +212,7 @@ pub fn parse(
         }
     };
     if body.iter().any(|b| b.id == BEST) {
-        c.at_key(&format!("{path}"), stage, format!("`select` adds the stage `{id}.{BEST}`: the body cannot have a stage named `{BEST}`"));
+        c.at_key(path, stage, format!("`select` adds the stage `{id}.{BEST}`: the body cannot have a stage named `{BEST}`"));
         ok = false;
     }
     Some(Select {

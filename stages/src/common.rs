@@ -195,7 +195,7 @@ pub fn check_optim(
         errs.push(ParamError::new("batch", "must be at least 1"));
     }
     if let Some(m) = micro {
-        if m == 0 || (batch > 0 && batch % m != 0) {
+        if m == 0 || (batch > 0 && !batch.is_multiple_of(m)) {
             errs.push(ParamError::new(
                 "micro_batch",
                 format!("must divide batch ({batch}), got {m}"),

@@ -181,7 +181,6 @@ fn scores_match_a_naive_per_unit_computation() {
         for h in 0..heads {
             let naive: f64 = head_chan_sq[l][h * hd..(h + 1) * hd]
                 .iter()
-                .map(|s| s)
                 .sum::<f64>()
                 .sqrt();
             let got = scores.heads.as_ref().unwrap()[l][h] as f64;

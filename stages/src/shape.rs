@@ -145,7 +145,7 @@ impl ModelShape {
                 ));
             }
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err((
                 "num_key_value_heads".into(),
                 format!(

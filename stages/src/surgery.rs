@@ -193,7 +193,7 @@ fn head_targets(s: &ModelShape, t: &Target) -> Result<(usize, usize)> {
             format!("{heads} is larger than the model's {}", s.heads),
         ));
     }
-    if heads % groups != 0 {
+    if !heads.is_multiple_of(groups) {
         return Err(StageError::param(
             "target.heads",
             format!("{heads} heads cannot be split evenly over {groups} KV groups"),

@@ -127,7 +127,7 @@ fn last_logged(path: &Path) -> (Option<f64>, Option<f64>) {
     let last = text
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .last();
+        .next_back();
     let get = |k: &str| last.as_ref().and_then(|v| v.get(k)).and_then(Value::as_f64);
     (get("loss"), get("val_loss"))
 }

@@ -489,7 +489,7 @@ impl LlamaConfig {
             ));
         }
         let rot = rotary_dim(head_dim, partial_rotary_factor);
-        if rot == 0 || rot % 2 != 0 {
+        if rot == 0 || !rot.is_multiple_of(2) {
             return Err(ModelError::config(
                 "head_dim",
                 format!("RoPE rotates pairs: head_dim {head_dim} x partial_rotary_factor {partial_rotary_factor} = {rot} dims, which must be even and positive"),

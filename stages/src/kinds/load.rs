@@ -53,7 +53,7 @@ impl Expect {
             kv_heads: self.kv_heads.unwrap_or(heads),
             head_dim: self
                 .head_dim
-                .unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
+                .unwrap_or(hidden.checked_div(heads).unwrap_or(0)),
             layers: self.layers?,
             tied: self.tied.unwrap_or(false),
             family: self.family.unwrap_or_default(),

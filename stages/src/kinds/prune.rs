@@ -37,13 +37,13 @@ pub struct PruneParams {
 /// heads (6)"), although the computation is well defined with an explicit `head_dim`. Names the
 /// nearest head counts that load and that the input's KV groups can hold.
 fn check_loadable(input: &ModelShape, out: &ModelShape, t: &Target) -> Result<(), StageError> {
-    if out.family != pollard_model::Family::Llama || out.hidden % out.heads == 0 {
+    if out.family != pollard_model::Family::Llama || out.hidden.is_multiple_of(out.heads) {
         return Ok(());
     }
     let fits = |h: usize| {
         h > 0
-            && out.hidden % h == 0
-            && h % out.kv_heads == 0
+            && out.hidden.is_multiple_of(h)
+            && h.is_multiple_of(out.kv_heads)
             && h / out.kv_heads <= input.group_size()
     };
     let below = (1..out.heads).rev().find(|&h| fits(h));

@@ -61,11 +61,9 @@ impl Arch {
             ffn: self.ffn,
             heads: self.heads,
             kv_heads: self.kv_heads.unwrap_or(self.heads),
-            head_dim: self.head_dim.unwrap_or(if self.heads > 0 {
-                self.hidden / self.heads
-            } else {
-                0
-            }),
+            head_dim: self
+                .head_dim
+                .unwrap_or(self.hidden.checked_div(self.heads).unwrap_or(0)),
             layers: self.layers,
             tied: self.tied,
             family: self.family,
@@ -108,13 +106,13 @@ impl Arch {
             }
         }
         let kv = self.kv_heads.unwrap_or(self.heads);
-        if kv == 0 || (self.heads > 0 && self.heads % kv != 0) {
+        if kv == 0 || (self.heads > 0 && !self.heads.is_multiple_of(kv)) {
             errs.push(ParamError::new(
                 "arch.kv_heads",
                 format!("heads {} is not divisible by kv_heads {kv}", self.heads),
             ));
         }
-        if self.head_dim.is_none() && self.heads > 0 && self.hidden % self.heads != 0 {
+        if self.head_dim.is_none() && self.heads > 0 && !self.hidden.is_multiple_of(self.heads) {
             errs.push(ParamError::new(
                 "arch.head_dim",
                 format!(
@@ -137,7 +135,7 @@ impl Arch {
                 "arch.partial_rotary_factor",
                 format!("must be in (0, 1], got {f}"),
             ));
-        } else if head_dim > 0 && (rot == 0 || rot % 2 != 0) {
+        } else if head_dim > 0 && (rot == 0 || !rot.is_multiple_of(2)) {
             errs.push(ParamError::new(
                 "arch.partial_rotary_factor",
                 format!("head_dim {head_dim} x {f} = {rot} rotated dims, which must be even and positive"),
