@@ -64,6 +64,41 @@ fn overflowing_arch_sizes_are_refused_at_validation() {
     insta::assert_snapshot!("overflowing_arch", err);
 }
 
+/// A teacher, then two prunes: one wider than the teacher, one dropping a layer it lacks.
+const PRUNE_PAST_THE_MODEL: &str = r#"pipeline: p
+stages:
+  data: { kind: dataset, with: { text: { synthetic: { words: 1K } }, tokenizer: { byte: true } } }
+  teacher:
+    kind: train
+    inputs: { data: data }
+    with: { arch: { hidden: 16, ffn: 32, heads: 2, layers: 2 }, tokens: 1K, batch: 2, seq_len: 16 }
+  wide:
+    kind: prune
+    inputs: { model: teacher }
+    with:
+      method: magnitude
+      target: { hidden: 32, ffn: 16 }
+  shallow:
+    kind: prune
+    inputs: { model: teacher }
+    with: { method: magnitude, target: { layers: 1 }, depth: { drop: [5] } }
+"#;
+
+#[test]
+fn a_prune_target_larger_than_its_input_model_is_refused_while_planning() {
+    // It used to be caught only when the prune ran, after the teacher had trained, without a
+    // position. The upstream shape is known while planning: both mistakes are refused there,
+    // at the offending values, before the dataset or the teacher run.
+    let ws = Ws::new(PRUNE_PAST_THE_MODEL);
+    let dry = ws.run(&["run", "--dry-run"]);
+    assert_eq!(dry.code, 2, "{}", dry.all());
+    let run = ws.run(&["run"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert_eq!(dry.stderr, run.stderr);
+    assert!(!ws.file("pollard.lock").exists(), "nothing ran");
+    insta::assert_snapshot!("prune_past_the_model", run.stderr);
+}
+
 const TEMPLATE_TYPO: &str = r#"pipeline: p
 params: { distill_tokens: 1K }
 stages:

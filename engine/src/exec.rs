@@ -14,7 +14,7 @@ use std::time::Instant;
 use pollard_cache::{ArtifactId, Cache, CacheKey, RunRecord, Timestamp};
 use serde::Serialize;
 
-use crate::diag::{Diagnostic, Diagnostics};
+use crate::diag::Diagnostics;
 use crate::error::EngineError;
 use crate::executor::{Executor, Task};
 use crate::job::Allocation;
@@ -124,8 +124,8 @@ pub fn plan_resources(
     for &i in spec.order.iter().filter(|&&i| sel.selected[i]) {
         let (r, refusal) = estimate(spec, i, &mut descriptions, inventory);
         out[i] = r;
-        if let Some(message) = refusal {
-            diags.0.push(Diagnostic::at_stage(spec, i, message));
+        if let Some(r) = refusal {
+            diags.0.push(r.diagnostic(spec, i));
         }
     }
     if diags.is_empty() {

@@ -18,7 +18,7 @@ use crate::error::EngineError;
 use crate::lockfile::{LockEntry, LockFile};
 use crate::resources::Inventory;
 use crate::spec::{PipelineSpec, StageSpec};
-use crate::stage::{PlanInput, PlanInputs, Resources};
+use crate::stage::{ParamError, PlanInput, PlanInputs, Resources};
 
 /// Bumped when the fingerprint's layout changes: every key changes with it.
 pub const FINGERPRINT_FORMAT: u32 = 1;
@@ -538,20 +538,79 @@ pub fn plan_inputs(
     p
 }
 
+/// Why a stage cannot run however long one waits, found while planning: an impossible resource
+/// request, or a field its kind refused against the upstream shapes (`describe`), e.g. a prune
+/// target wider than the model it prunes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// The refused field, a dotted path inside the kind's fields (`target.hidden`), if one is.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl Refusal {
+    /// The refusal as a diagnostic at the field's (or else the stage's) place in the manifest.
+    pub fn diagnostic(&self, spec: &PipelineSpec, i: usize) -> Diagnostic {
+        let mut d = Diagnostic::at_stage(spec, i, self.message.clone());
+        if let Some(field) = &self.field {
+            let pos = spec.field_pos(i, field);
+            (d.line, d.col) = (pos.line, pos.col);
+        }
+        d
+    }
+}
+
 /// Asks a stage's kind, upstream descriptions at hand, what its output will be (kept in
-/// `descriptions`) and what it needs; says why no device here could meet that, if so.
+/// `descriptions`) and what it needs; says why it could never run, if so: the kind refused a
+/// field against the upstream shapes, or no device here could meet the request.
 pub fn estimate(
     spec: &PipelineSpec,
     i: usize,
     descriptions: &mut [Option<Json>],
     inventory: &Inventory,
-) -> (Resources, Option<String>) {
+) -> (Resources, Option<Refusal>) {
     let stage = &spec.stages[i];
     let pi = plan_inputs(spec, stage, descriptions, &BTreeMap::new());
-    descriptions[i] = stage.stage.describe(&stage.params, &pi).ok().flatten();
+    let mut refusal = None;
+    descriptions[i] = match stage.stage.describe(&stage.params, &pi) {
+        Ok(d) => d,
+        Err(e) => {
+            refusal = Some(match e.downcast_ref::<ParamError>() {
+                Some(pe) if !pe.field.is_empty() => Refusal {
+                    field: Some(pe.field.clone()),
+                    message: if stage.fields_in_with {
+                        format!("with.{}: {}", pe.field, pe.message)
+                    } else {
+                        format!("{}: {}", pe.field, pe.message)
+                    },
+                },
+                Some(pe) => Refusal {
+                    field: None,
+                    message: pe.message.clone(),
+                },
+                None => Refusal {
+                    field: None,
+                    message: e.to_string(),
+                },
+            });
+            None
+        }
+    };
     match effective_resources(stage, &pi) {
-        Ok(r) => (r, inventory.check(&r).err()),
-        Err(e) => (Resources::default(), Some(e)),
+        Ok(r) => {
+            let over = inventory.check(&r).err().map(|message| Refusal {
+                field: None,
+                message,
+            });
+            (r, refusal.or(over))
+        }
+        Err(message) => (
+            Resources::default(),
+            refusal.or(Some(Refusal {
+                field: None,
+                message,
+            })),
+        ),
     }
 }
 
@@ -587,8 +646,8 @@ pub struct PlannedStage {
     pub action: Action,
     /// The request (the kind's estimate with the manifest's fields on top).
     pub resources: Resources,
-    /// Why no machine here could ever meet the request, if so.
-    pub refusal: Option<String>,
+    /// Why the stage could never run here, if so.
+    pub refusal: Option<Refusal>,
     /// The kind's description of its output, as far as it is known before running.
     pub description: Option<Json>,
 }
@@ -625,14 +684,7 @@ impl Plan {
             .stages
             .iter()
             .filter_map(|p| {
-                let stage = &spec.stages[p.index];
-                p.refusal.as_ref().map(|message| Diagnostic {
-                    file: spec.file.clone(),
-                    line: stage.pos.line,
-                    col: stage.pos.col,
-                    stage: Some(stage.id.clone()),
-                    message: message.clone(),
-                })
+                p.refusal.as_ref().map(|r| r.diagnostic(spec, p.index))
             })
             .collect();
         if diags.is_empty() {

@@ -15,7 +15,7 @@ use crate::graph::Graph;
 use crate::manifest::{parse, Collector, Source};
 use crate::quantity::Bytes;
 use crate::registry::{closest, DecodedParams, ErasedStage, Registry};
-use crate::span::Pos;
+use crate::span::{Pos, SpanMap};
 use crate::stage::Slots;
 
 /// Resource fields a manifest may set on a stage; each replaces the kind's estimate.
@@ -42,6 +42,11 @@ pub struct StageSpec {
     pub deps: Vec<PathBuf>,
     /// Where the stage is written.
     pub pos: Pos,
+    /// Span path of the block its kind's fields are read from (`with`, or the stage itself for
+    /// a command), so a planning-time refusal of a field points at the field.
+    pub field_base: String,
+    /// Whether those fields sit under `with` (messages then say `with.<field>`).
+    pub fields_in_with: bool,
 }
 
 /// A sealed pipeline: every stage valid, every input bound, acyclic.
@@ -56,9 +61,22 @@ pub struct PipelineSpec {
     pub order: Vec<usize>,
     pub graph: Graph,
     index: HashMap<String, usize>,
+    /// Positions of the manifest's values, for errors found after validation (while planning).
+    spans: SpanMap,
 }
 
 impl PipelineSpec {
+    /// Where field `field` (a dotted path inside the kind's fields, empty for the block itself)
+    /// of stage `i` is written, or the nearest enclosing value that is.
+    pub fn field_pos(&self, i: usize, field: &str) -> Pos {
+        let base = &self.stages[i].field_base;
+        if field.is_empty() {
+            self.spans.locate(base)
+        } else {
+            self.spans.locate(&format!("{base}.{field}"))
+        }
+    }
+
     pub fn index_of(&self, id: &str) -> Option<usize> {
         self.index.get(id).copied()
     }
@@ -161,6 +179,7 @@ pub fn load(src: &Source, registry: &Registry) -> Result<PipelineSpec, Diagnosti
         order,
         graph,
         index,
+        spans: src.spans.clone(),
     })
 }
 
@@ -334,6 +353,8 @@ fn check_stage(
         cache: s.cache,
         deps,
         pos,
+        fields_in_with: field_base != s.path,
+        field_base,
     })
 }
 

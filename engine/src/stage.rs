@@ -52,6 +52,20 @@ pub struct ParamError {
     pub message: String,
 }
 
+impl std::fmt::Display for ParamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "field `{}`: {}", self.field, self.message)
+        }
+    }
+}
+
+/// A kind's `describe` returns one (boxed) to refuse a field against the upstream shapes; the
+/// engine then reports it at the field's place in the manifest.
+impl std::error::Error for ParamError {}
+
 impl ParamError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {

@@ -80,6 +80,17 @@ impl StageError {
         }
     }
 
+    /// For `describe`: a `Param` error becomes the engine's [`pollard_engine::ParamError`],
+    /// which planning reports at the field's place in the manifest; others stay as they are.
+    pub fn planning(self) -> pollard_engine::BoxError {
+        match self {
+            Self::Param { field, message } => {
+                Box::new(pollard_engine::ParamError::new(field, message))
+            }
+            other => Box::new(other),
+        }
+    }
+
     pub fn param(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Param {
             field: field.into(),

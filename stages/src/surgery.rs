@@ -130,6 +130,11 @@ pub fn target_shape(s: &ModelShape, t: &Target, depth: Option<&Depth>) -> Result
     let (heads, groups) = head_targets(s, t)?;
     n.heads = heads;
     n.kv_heads = groups;
+    if let Some(drop) = depth.and_then(|d| d.drop.as_ref()) {
+        if let Some(&bad) = drop.iter().find(|&&i| i >= s.layers) {
+            return Err(StageError::param("depth.drop", format!("layer {bad} does not exist (the model has {} layers, numbered from 0)", s.layers)));
+        }
+    }
     let layers = match (t.layers, depth.and_then(|d| d.drop.as_ref())) {
         (Some(0), _) => return Err(zero("layers")),
         (Some(w), _) if w > s.layers => return Err(over("layers", w, s.layers)),
@@ -144,9 +149,6 @@ pub fn target_shape(s: &ModelShape, t: &Target, depth: Option<&Depth>) -> Result
         }
         (Some(w), _) => w,
         (None, Some(drop)) => {
-            if let Some(&bad) = drop.iter().find(|&&i| i >= s.layers) {
-                return Err(StageError::param("depth.drop", format!("layer {bad} does not exist (the model has {} layers, numbered from 0)", s.layers)));
-            }
             let mut d = drop.clone();
             d.sort_unstable();
             d.dedup();

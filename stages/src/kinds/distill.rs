@@ -236,7 +236,7 @@ impl Stage for Distill {
                 .into());
             }
             if let Some(i) = &p.loss.intermediate {
-                check_pairs(i, t.layers, s.layers)?;
+                check_pairs(i, t.layers, s.layers).map_err(StageError::planning)?;
             }
         }
         Ok(Some(s.describe()))
