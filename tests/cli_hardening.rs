@@ -99,6 +99,17 @@ fn a_prune_target_larger_than_its_input_model_is_refused_while_planning() {
     insta::assert_snapshot!("prune_past_the_model", run.stderr);
 }
 
+#[test]
+fn a_dataset_with_more_tokens_than_the_model_embeds_is_refused_while_planning() {
+    // A model trained on bytes (256 ids) evaluated and scored on a 512-token BPE dataset:
+    // ids past 255 have no embedding row. Both vocabularies are known while planning.
+    let ws = Ws::new("pipeline: p\nstages:\n  bytes: { kind: dataset, with: { text: { synthetic: { words: 1K } }, tokenizer: { byte: true } } }\n  bpe: { kind: dataset, with: { text: { synthetic: { words: 1K } }, tokenizer: { bpe: 512 } } }\n  m:\n    kind: train\n    inputs: { data: bytes }\n    with: { arch: { hidden: 16, ffn: 32, heads: 2, layers: 2 }, tokens: 1K, batch: 2, seq_len: 16 }\n  eval: { kind: evaluate, inputs: { model: m, data: bpe } }\n  scores: { kind: score, inputs: { model: m, data: bpe } }\n");
+    let run = ws.run(&["run"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(!ws.file("pollard.lock").exists(), "nothing ran");
+    insta::assert_snapshot!("vocab_past_the_model", run.stderr);
+}
+
 const TEMPLATE_TYPO: &str = r#"pipeline: p
 params: { distill_tokens: 1K }
 stages:

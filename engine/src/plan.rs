@@ -683,9 +683,7 @@ impl Plan {
         let diags: Vec<Diagnostic> = self
             .stages
             .iter()
-            .filter_map(|p| {
-                p.refusal.as_ref().map(|r| r.diagnostic(spec, p.index))
-            })
+            .filter_map(|p| p.refusal.as_ref().map(|r| r.diagnostic(spec, p.index)))
             .collect();
         if diags.is_empty() {
             Ok(())

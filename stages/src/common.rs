@@ -102,6 +102,33 @@ pub fn plan_vocab(inputs: &PlanInputs, slot: &str) -> Option<usize> {
         .map(|m| m.vocab_size as usize)
 }
 
+/// Refuses, while planning, a dataset whose token ids the model bound to `model_slot` has no
+/// embedding rows for (the dataset's vocabulary larger than the model's), when both are known.
+/// A larger model vocabulary is fine: checkpoints often pad their embedding past the tokenizer.
+pub fn check_plan_vocab(inputs: &PlanInputs, model_slot: &str, vocab: Option<usize>) -> Result<()> {
+    let (Some(model), Some(data)) = (vocab, plan_vocab(inputs, "data")) else {
+        return Ok(());
+    };
+    if data > model {
+        let from = |slot: &str| {
+            inputs
+                .slots
+                .get(slot)
+                .map_or(String::new(), |s| format!(" from `{}`", s.stage))
+        };
+        return Err(StageError::input(
+            model_slot,
+            format!(
+                "the model{} has a vocabulary of {model}, the dataset{} {data}: token ids past {} have no embedding",
+                from(model_slot),
+                from("data"),
+                model.saturating_sub(1)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Resolves a path from `with` against the manifest's folder.
 pub fn resolve(ctx: &StageCtx, p: &Path) -> PathBuf {
     if p.is_absolute() {

@@ -132,7 +132,13 @@ pub fn target_shape(s: &ModelShape, t: &Target, depth: Option<&Depth>) -> Result
     n.kv_heads = groups;
     if let Some(drop) = depth.and_then(|d| d.drop.as_ref()) {
         if let Some(&bad) = drop.iter().find(|&&i| i >= s.layers) {
-            return Err(StageError::param("depth.drop", format!("layer {bad} does not exist (the model has {} layers, numbered from 0)", s.layers)));
+            return Err(StageError::param(
+                "depth.drop",
+                format!(
+                    "layer {bad} does not exist (the model has {} layers, numbered from 0)",
+                    s.layers
+                ),
+            ));
         }
     }
     let layers = match (t.layers, depth.and_then(|d| d.drop.as_ref())) {

@@ -261,11 +261,16 @@ impl Stage for Dataset {
     fn describe(
         &self,
         p: &DatasetParams,
-        _inputs: &PlanInputs,
+        inputs: &PlanInputs,
     ) -> Result<Option<serde_json::Value>, BoxError> {
-        // A relative `tokenizer.file` is looked up from the current folder here (planning has
-        // no ctx); when it cannot be read the vocabulary is simply unknown until the run.
-        Ok(p.planned_vocab(Path::new("."))
+        // A relative `tokenizer.file` resolves against the manifest's folder, as when running;
+        // when it cannot be read the vocabulary is simply unknown until the run.
+        let base = if inputs.workdir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            inputs.workdir.as_path()
+        };
+        Ok(p.planned_vocab(base)
             .map(|vocab| serde_json::json!({ "dataset": { "vocab": vocab } })))
     }
 

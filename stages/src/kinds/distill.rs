@@ -12,7 +12,9 @@ use pollard_engine::{
 use pollard_model::{Llama, Mode, TapSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{check_optim, device, gpu_estimate, plan_shape, tokens_seen, Dtype};
+use crate::common::{
+    check_optim, check_plan_vocab, device, gpu_estimate, plan_shape, tokens_seen, Dtype,
+};
 use crate::error::{CandleContext, Result, StageError};
 use crate::kinds::train::{
     default_batch, default_ckpt, default_clip, default_log_every, default_seq_len,
@@ -224,6 +226,7 @@ impl Stage for Distill {
         let (Some(s), t) = (plan_shape(inputs, "student"), plan_shape(inputs, "teacher")) else {
             return Ok(None);
         };
+        check_plan_vocab(inputs, "student", Some(s.vocab))?;
         if let Some(t) = t {
             if t.vocab != s.vocab {
                 return Err(StageError::input(

@@ -14,7 +14,8 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 
 use crate::common::{
-    check_windows, device, gpu_estimate, plan_shape, resolve, tokens_seen, write_json, Dtype,
+    check_plan_vocab, check_windows, device, gpu_estimate, plan_shape, resolve, tokens_seen,
+    write_json, Dtype,
 };
 use crate::error::StageError;
 use crate::runtime::{evaluate, open_dataset, param_count};
@@ -111,7 +112,9 @@ impl Stage for Evaluate {
         inputs: &PlanInputs,
     ) -> Result<Option<serde_json::Value>, BoxError> {
         // Metrics of a model of this shape: report can show its parameter count while planning.
-        Ok(plan_shape(inputs, "model").map(|s| s.describe()))
+        let shape = plan_shape(inputs, "model");
+        check_plan_vocab(inputs, "model", shape.map(|s| s.vocab))?;
+        Ok(shape.map(|s| s.describe()))
     }
 
     fn resources(&self, p: &EvaluateParams, inputs: &PlanInputs) -> Result<Resources, BoxError> {

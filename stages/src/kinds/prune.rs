@@ -164,8 +164,8 @@ impl Stage for Prune {
             // A target larger than the input model is refused here, while planning, naming
             // the field (validation alone cannot see the upstream shape).
             Some(s) => {
-                let out = target_shape(&s, &p.target, p.depth.as_ref())
-                    .map_err(StageError::planning)?;
+                let out =
+                    target_shape(&s, &p.target, p.depth.as_ref()).map_err(StageError::planning)?;
                 if !p.allow_unloadable_shape {
                     check_loadable(&s, &out, &p.target).map_err(StageError::planning)?;
                 }

@@ -12,7 +12,7 @@ use pollard_engine::{
 use pollard_model::{Llama, Mode, TapSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{check_windows, device, gpu_estimate, plan_shape, Dtype};
+use crate::common::{check_plan_vocab, check_windows, device, gpu_estimate, plan_shape, Dtype};
 use crate::error::{CandleContext, Result, StageError};
 use crate::runtime::{batch_tensors, evaluate, open_dataset};
 use crate::scores::Scores;
@@ -214,6 +214,20 @@ impl Stage for Score {
         } else {
             Err(errs)
         }
+    }
+
+    fn describe(
+        &self,
+        _p: &ScoreParams,
+        inputs: &PlanInputs,
+    ) -> Result<Option<serde_json::Value>, BoxError> {
+        // Scores are not a model: nothing to describe, but the calibration data must fit it.
+        check_plan_vocab(
+            inputs,
+            "model",
+            plan_shape(inputs, "model").map(|s| s.vocab),
+        )?;
+        Ok(None)
     }
 
     fn resources(&self, p: &ScoreParams, inputs: &PlanInputs) -> Result<Resources, BoxError> {

@@ -10,7 +10,8 @@ use pollard_model::{Family, Llama, LlamaConfig, Mode};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    check_optim, device, gpu_estimate, in_dtype, plan_shape, plan_vocab, tokens_seen, Dtype,
+    check_optim, check_plan_vocab, device, gpu_estimate, in_dtype, plan_shape, plan_vocab,
+    tokens_seen, Dtype,
 };
 use crate::error::{Result, StageError};
 use crate::runtime::{batch_tensors, evaluate, open_dataset};
@@ -289,13 +290,22 @@ impl Stage for Train {
     ) -> Result<Option<serde_json::Value>, BoxError> {
         let bound = inputs.slots.contains_key("model");
         match (&p.arch, bound) {
-            (Some(_), true) => Err(StageError::param("arch", "give either `arch` (from scratch) or a `model` input (continued training), not both").into()),
-            (None, false) => Err(StageError::param("arch", "needed: without a `model` input, train from scratch needs an architecture").into()),
+            (Some(_), true) => Err(StageError::param("arch", "give either `arch` (from scratch) or a `model` input (continued training), not both").planning()),
+            (None, false) => Err(StageError::param("arch", "needed: without a `model` input, train from scratch needs an architecture").planning()),
             (Some(a), false) => {
+                if let (Some(v), Some(d)) = (a.vocab, plan_vocab(inputs, "data")) {
+                    if d > v {
+                        return Err(StageError::param("arch.vocab", format!("{v} is smaller than the dataset's vocabulary ({d})")).planning());
+                    }
+                }
                 let vocab = a.vocab.or_else(|| plan_vocab(inputs, "data"));
                 Ok(vocab.map(|v| a.shape(v).describe()))
             }
-            (None, true) => Ok(plan_shape(inputs, "model").map(|s| s.describe())),
+            (None, true) => {
+                let shape = plan_shape(inputs, "model");
+                check_plan_vocab(inputs, "model", shape.map(|s| s.vocab))?;
+                Ok(shape.map(|s| s.describe()))
+            }
         }
     }
 
