@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pollard_cache::{ArtifactId, Cache};
 use pollard_engine::executor::{
-    from_manifest, Executor, ExecutorChoice, LocalExecutor, SlurmExecutor, SlurmOptions,
+    from_value, Executor, ExecutorChoice, LocalExecutor, SlurmExecutor, SlurmOptions,
 };
 use pollard_engine::lockfile::LockError;
 use pollard_engine::plan::{plan, Action, Plan};
@@ -478,7 +478,7 @@ fn run(args: RunArgs) -> Result<u8> {
             ws.spec.file
         );
     }
-    let slurm_options = slurm_options(&args, from_manifest(&ws.manifest)?);
+    let slurm_options = slurm_options(&args, from_value(&ws.manifest, ws.executor.as_ref())?);
     let slurm = slurm_options.is_some();
     if slurm && args.gpus.is_some() {
         return Err(EngineError::Usage(

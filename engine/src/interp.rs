@@ -206,8 +206,11 @@ pub fn resolve(expr: &str, scope: &Scope) -> Result<Value, String> {
     let mut segs = expr.split('.');
     let root = segs.next().unwrap_or("");
     let rest: Vec<&str> = segs.collect();
-    let (base, what): (Value, &str) = match root {
-        "params" => (scope.params.clone(), "params"),
+    // Walked by reference: cloning `params` per reference made expansion cost grow with the
+    // number of stages times the size of `params` (a 5,000-stage manifest with 1,000 params).
+    let matrix_map;
+    let (base, what): (&Value, &str) = match root {
+        "params" => (scope.params, "params"),
         "prev" => {
             let Some(prev) = scope.prev else {
                 return Err("`${prev}` is only available inside a `repeat` group's stages".into());
@@ -220,7 +223,7 @@ pub fn resolve(expr: &str, scope: &Scope) -> Result<Value, String> {
             return Ok(Value::String(prev.to_string()));
         }
         "round" => match scope.round {
-            Some(r) => (r.clone(), "round"),
+            Some(r) => (r, "round"),
             None => {
                 return Err(format!(
                     "`${{{expr}}}`: `round` is only available inside a `repeat` group's stages"
@@ -233,7 +236,8 @@ pub fn resolve(expr: &str, scope: &Scope) -> Result<Value, String> {
                     .iter()
                     .map(|(k, v)| (Value::String(k.clone()), v.clone()))
                     .collect();
-                (Value::Mapping(map), "matrix")
+                matrix_map = Value::Mapping(map);
+                (&matrix_map, "matrix")
             }
             None => {
                 return Err(format!(
@@ -251,8 +255,8 @@ pub fn resolve(expr: &str, scope: &Scope) -> Result<Value, String> {
     let mut cur = base;
     let mut walked = what.to_string();
     for seg in rest {
-        let next = match &cur {
-            Value::Mapping(m) => m.get(seg).cloned().ok_or_else(|| {
+        let next = match cur {
+            Value::Mapping(m) => m.get(seg).ok_or_else(|| {
                 let names: Vec<String> = m.keys().map(key_text).collect();
                 let hint = closest(seg, names.iter().map(|s| s.as_str())).map(|c| format!("; did you mean `{c}`?")).unwrap_or_default();
                 format!("unknown reference `${{{expr}}}`: `{walked}` has no `{seg}` (it has: {}){hint}", names.join(", "))
@@ -260,14 +264,15 @@ pub fn resolve(expr: &str, scope: &Scope) -> Result<Value, String> {
             Value::Sequence(items) => seg
                 .parse::<usize>()
                 .ok()
-                .and_then(|i| items.get(i).cloned())
+                .and_then(|i| items.get(i))
                 .ok_or_else(|| format!("unknown reference `${{{expr}}}`: `{walked}` is a list of {} and `{seg}` is not an index in it", items.len()))?,
             _ => return Err(format!("unknown reference `${{{expr}}}`: `{walked}` is not a map")),
         };
-        walked = format!("{walked}.{seg}");
+        walked.push('.');
+        walked.push_str(seg);
         cur = next;
     }
-    Ok(cur)
+    Ok(cur.clone())
 }
 
 #[cfg(test)]

@@ -19,7 +19,11 @@ pub struct Source {
     /// The manifest's folder (absolute): commands run here, `deps` are relative to it.
     pub dir: PathBuf,
     pub text: String,
-    pub spans: SpanMap,
+    /// Shared with the sealed spec, which keeps it for errors found while planning.
+    pub spans: std::sync::Arc<SpanMap>,
+    /// The YAML tree, parsed once (overrides applied); `None` when the nesting is past the
+    /// depth limit (then it is not parsed at all).
+    pub tree: Option<Result<Value, (Pos, String)>>,
     /// `-S PATH=VALUE` overrides applied to the tree before it is read (see overrides.rs).
     pub overrides: Vec<crate::overrides::Override>,
 }
@@ -27,11 +31,16 @@ pub struct Source {
 impl Source {
     pub fn new(file: impl Into<String>, dir: PathBuf, text: String) -> Source {
         let spans = SpanMap::parse(&text);
+        let tree = spans
+            .too_deep
+            .is_none()
+            .then(|| serde_yaml::from_str::<Value>(&text).map_err(|e| yaml_error(&e)));
         Source {
             file: file.into(),
             dir,
             text,
-            spans,
+            spans: std::sync::Arc::new(spans),
+            tree,
             overrides: Vec::new(),
         }
     }
@@ -43,8 +52,8 @@ impl Source {
         mut self,
         overrides: Vec<crate::overrides::Override>,
     ) -> Result<Source, Vec<String>> {
-        if let Ok(mut root) = serde_yaml::from_str::<Value>(&self.text) {
-            crate::overrides::apply(&mut root, &overrides)?;
+        if let Some(Ok(root)) = &mut self.tree {
+            crate::overrides::apply(root, &overrides)?;
         }
         self.overrides = overrides;
         Ok(self)
@@ -60,6 +69,21 @@ impl Source {
             .unwrap_or_else(|| PathBuf::from("/"));
         Ok(Source::new(path.display().to_string(), dir, text))
     }
+}
+
+/// Where serde_yaml failed and why, without the " at line L column C" it appends (the
+/// position is printed in front).
+fn yaml_error(e: &serde_yaml::Error) -> (Pos, String) {
+    let pos = e
+        .location()
+        .map(|l| Pos {
+            line: l.line(),
+            col: l.column(),
+        })
+        .unwrap_or(Pos { line: 1, col: 1 });
+    let msg = e.to_string();
+    let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+    (pos, msg)
 }
 
 /// Collects diagnostics for one source.
@@ -258,24 +282,11 @@ pub fn parse(c: &mut Collector) -> Option<RawManifest> {
         );
         return None;
     }
-    let root: Value = match serde_yaml::from_str(&c.src.text) {
-        Ok(mut v) => {
-            // Checked by `Source::with_overrides`; a failure here cannot happen for the same text.
-            let _ = crate::overrides::apply(&mut v, &c.src.overrides);
-            v
-        }
-        Err(e) => {
-            let pos = e
-                .location()
-                .map(|l| Pos {
-                    line: l.line(),
-                    col: l.column(),
-                })
-                .unwrap_or(Pos { line: 1, col: 1 });
-            let msg = e.to_string();
-            // serde_yaml appends " at line L column C"; the position is already in front.
-            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-            c.at_pos(pos, None, format!("YAML syntax error: {msg}"));
+    let root: &Value = match c.src.tree.as_ref()? {
+        // Overrides were applied by `Source::with_overrides`.
+        Ok(v) => v,
+        Err((pos, msg)) => {
+            c.at_pos(*pos, None, format!("YAML syntax error: {msg}"));
             return None;
         }
     };
@@ -285,7 +296,7 @@ pub fn parse(c: &mut Collector) -> Option<RawManifest> {
             None,
             format!(
                 "a manifest must be a map with `pipeline` and `stages`, found {}",
-                type_name(&root)
+                type_name(root)
             ),
         );
         return None;

@@ -62,7 +62,7 @@ pub struct PipelineSpec {
     pub graph: Graph,
     index: HashMap<String, usize>,
     /// Positions of the manifest's values, for errors found after validation (while planning).
-    spans: SpanMap,
+    spans: Arc<SpanMap>,
 }
 
 impl PipelineSpec {

@@ -27,6 +27,8 @@ pub struct Workspace {
     pub spec: PipelineSpec,
     /// The manifest's text, for stages that run in processes of their own.
     pub manifest: ManifestText,
+    /// The manifest's top-level `executor` value, if any (read by `executor::from_value`).
+    pub executor: Option<serde_yaml::Value>,
     /// The manifest's path (for the embedded recipe, where it would be).
     pub manifest_path: PathBuf,
     /// `-S` overrides this command was given; with any, `lock_path` is the experiment's record
@@ -85,8 +87,13 @@ pub fn load(
         lock_path = experiment_lock_path(&lock_path, &spec.dir.join(".pollard"), &overrides);
     }
     let lock = LockFile::read(&lock_path)?;
+    let executor = match &source.tree {
+        Some(Ok(root)) => root.get("executor").cloned(),
+        _ => None,
+    };
     Ok(Workspace {
         spec,
+        executor,
         manifest: ManifestText {
             file: source.file.clone(),
             dir: source.dir.clone(),

@@ -44,7 +44,16 @@ pub fn from_manifest(m: &ManifestText) -> Result<Option<ExecutorChoice>, EngineE
         // The manifest was validated already; nothing more to say here.
         Err(_) => return Ok(None),
     };
-    let Some(value) = doc.get("executor") else {
+    from_value(m, doc.get("executor"))
+}
+
+/// [`from_manifest`] on the manifest's already parsed `executor` value (the workspace keeps it,
+/// so a large manifest is not parsed again).
+pub fn from_value(
+    m: &ManifestText,
+    value: Option<&serde_yaml::Value>,
+) -> Result<Option<ExecutorChoice>, EngineError> {
+    let Some(value) = value else {
         return Ok(None);
     };
     let line = m

@@ -18,7 +18,7 @@ use crate::error::EngineError;
 use crate::spec::{PipelineSpec, StageSpec};
 use crate::stage::{Inputs, ProgressSink, Resources, StageCtx};
 
-pub use config::{from_manifest, ExecutorChoice};
+pub use config::{from_manifest, from_value, ExecutorChoice};
 pub use local::LocalExecutor;
 pub use slurm::{SlurmExecutor, SlurmOptions};
 
