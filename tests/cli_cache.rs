@@ -159,7 +159,7 @@ fn the_lock_file_keeps_what_finished_before_a_failure() {
 }
 
 #[test]
-fn status_reasons_name_params_inputs_and_files() {
+fn status_reasons_name_the_edited_value_inputs_and_files() {
     let ws = ws();
     ws.ran(&[]);
     ws.write("pollard.yaml", &MANIFEST.replace("m: x", "m: z"));
@@ -172,6 +172,14 @@ fn status_reasons_name_params_inputs_and_files() {
     assert_eq!(v[0]["stage"], "a");
     assert_eq!(v[0]["reasons"][0]["reason"], "dep");
     assert_eq!(v[3]["up_to_date"], true);
+    // The edited manifest value comes first, in the user's words, then the expanded field.
+    let c = &v[2]["reasons"];
+    assert_eq!(c[1]["reason"], "value", "{c}");
+    assert_eq!(c[1]["name"], "params.m");
+    assert_eq!(c[1]["old"], "x");
+    assert_eq!(c[1]["new"], "z");
+    assert_eq!(c[1]["used_in"], serde_json::json!(["cmd"]));
+    assert_eq!(c[2]["reason"], "param", "{c}");
 }
 
 #[test]

@@ -145,6 +145,7 @@ mod tests {
                             output: "blake3:11".into(),
                             metrics: metrics.clone(),
                             devices: vec![],
+                            uses: BTreeMap::new(),
                         },
                     )
                 })

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_yaml::{Mapping, Value};
 
-use crate::interp::{interpolate, key_text, Scope};
+use crate::interp::{interpolate, key_text, Scope, Use, Uses};
 use crate::manifest::{valid_id, Collector, GroupShape, RawEntry, RawManifest, RawStage};
 
 /// One input binding after expansion.
@@ -35,6 +35,8 @@ pub struct FlatStage {
     /// A reference in this stage did not resolve (already reported): its params are not
     /// decoded, so the raw `${...}` text does not give a second, confusing error.
     pub unresolved: bool,
+    /// The manifest values (`params.lr`, `round.target`) its fields used, by reference.
+    pub uses: BTreeMap<String, Use>,
 }
 
 /// The most stages a manifest may expand to. Counted before a group is expanded, so a small
@@ -60,6 +62,7 @@ pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
                     prev: None,
                     round: None,
                     matrix: None,
+                    uses: None,
                 };
                 out.push(flatten(c, s, &s.id, &scope, &|r: &str| r.to_string()));
             }
@@ -96,6 +99,7 @@ pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
                                 prev: None,
                                 round: None,
                                 matrix: None,
+                                uses: None,
                             };
                             let round = &interpolate(
                                 round,
@@ -114,6 +118,7 @@ pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
                                 prev: Some(&prev),
                                 round: Some(round),
                                 matrix: None,
+                                uses: None,
                             };
                             for s in &g.body {
                                 let id = format!("{prefix}.{}", s.id);
@@ -130,6 +135,7 @@ pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
                             prev: None,
                             round: None,
                             matrix: None,
+                            uses: None,
                         };
                         let axes: Vec<(String, Vec<Value>)> = axes
                             .iter()
@@ -182,6 +188,7 @@ pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
                                 prev: None,
                                 round: None,
                                 matrix: Some(&combo),
+                                uses: None,
                             };
                             let name = match &g.name {
                                 Some(template) => {
@@ -294,6 +301,11 @@ fn flatten(
     scope: &Scope,
     bind: &dyn Fn(&str) -> String,
 ) -> FlatStage {
+    let recorded = Uses::default();
+    let scope = &Scope {
+        uses: Some(&recorded),
+        ..*scope
+    };
     let mut errs = Vec::new();
     let mut inputs = Vec::new();
     for (slot, reference) in &s.inputs {
@@ -367,6 +379,20 @@ fn flatten(
     for e in errs {
         c.at(&e.path, Some(id), e.message);
     }
+    // The fields that used each value, relative to the stage (`cmd`, `with.lr`).
+    let prefix = format!("{}.", s.path);
+    let uses = recorded
+        .into_inner()
+        .into_iter()
+        .map(|(expr, mut u)| {
+            for p in &mut u.paths {
+                if let Some(rest) = p.strip_prefix(&prefix) {
+                    *p = rest.to_string();
+                }
+            }
+            (expr, u)
+        })
+        .collect();
     FlatStage {
         id: id.to_string(),
         path: s.path.clone(),
@@ -376,6 +402,7 @@ fn flatten(
         resources,
         cache: s.cache,
         unresolved,
+        uses,
     }
 }
 

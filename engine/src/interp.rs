@@ -19,6 +19,36 @@ pub struct Scope<'a> {
     pub round: Option<&'a Value>,
     /// The current combination (inside a `matrix` body).
     pub matrix: Option<&'a BTreeMap<String, Value>>,
+    /// Where to record the references that resolve (a stage's fields are interpolated with
+    /// one), so `status` can name the manifest value a change came from.
+    pub uses: Option<&'a Uses>,
+}
+
+/// One manifest value a stage's fields used (`params.lr`, `round.target`, `matrix.method`):
+/// its value and the span paths of the fields that used it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Use {
+    pub value: Value,
+    pub paths: Vec<String>,
+}
+
+/// The references a stage resolved, by expression.
+pub type Uses = std::cell::RefCell<BTreeMap<String, Use>>;
+
+/// Records that `expr` resolved to `v` at `path`, when the scope collects uses.
+fn note_use(scope: &Scope, expr: &str, v: &Value, path: &str) {
+    let Some(uses) = scope.uses else { return };
+    if expr.split('.').next() == Some("prev") {
+        return; // a stage id: its change shows as an input change
+    }
+    let mut uses = uses.borrow_mut();
+    let u = uses.entry(expr.to_string()).or_insert_with(|| Use {
+        value: v.clone(),
+        paths: Vec::new(),
+    });
+    if !u.paths.iter().any(|p| p == path) {
+        u.paths.push(path.to_string());
+    }
 }
 
 /// A failed reference: the dotted manifest path of the string that holds it, and why.
@@ -148,7 +178,10 @@ fn interpolate_str(
     if let [Piece::Ref(expr)] = pieces.as_slice() {
         if !shell || is_pollard_ref(expr) {
             return match resolve(expr.trim(), scope) {
-                Ok(v) => v,
+                Ok(v) => {
+                    note_use(scope, expr.trim(), &v, path);
+                    v
+                }
                 Err(message) => {
                     errs.push(InterpError {
                         path: path.to_string(),
@@ -169,7 +202,11 @@ fn interpolate_str(
                 out.push('}');
             }
             Piece::Ref(expr) => {
-                match resolve(expr.trim(), scope).and_then(|v| format_scalar(expr.trim(), &v)) {
+                let resolved = resolve(expr.trim(), scope).and_then(|v| {
+                    note_use(scope, expr.trim(), &v, path);
+                    format_scalar(expr.trim(), &v)
+                });
+                match resolved {
                     Ok(text) => out.push_str(&text),
                     Err(message) => errs.push(InterpError {
                         path: path.to_string(),
@@ -297,6 +334,7 @@ mod tests {
             prev: None,
             round: None,
             matrix: None,
+            uses: None,
         };
         let (out, errs) = run("{ a: '${params.arch}', b: '${params.seed}', c: 'seed-${params.seed}-${params.arch.hidden}' }", &scope, false);
         assert!(errs.is_empty(), "{errs:?}");
@@ -311,6 +349,7 @@ mod tests {
             prev: None,
             round: None,
             matrix: None,
+            uses: None,
         };
         let (_, errs) = run(
             "{ a: '${params.sed}', b: '${prev}', c: '${parms.seed}', d: 'x ${params.seed' }",
@@ -342,6 +381,7 @@ mod tests {
             prev: None,
             round: None,
             matrix: None,
+            uses: None,
         };
         let (out, errs) = run(
             "'echo ${POLLARD_OUT} ${params.n} $${params.n}'",
@@ -367,6 +407,7 @@ mod tests {
             prev: Some("teacher"),
             round: Some(&round),
             matrix: Some(&m),
+            uses: None,
         };
         let (out, errs) = run(
             "['${prev}', '${round.target}', '${matrix.method}', '${round.target.hidden}x']",

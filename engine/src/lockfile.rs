@@ -39,6 +39,10 @@ pub struct LockEntry {
     pub metrics: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<String>,
+    /// The manifest values the stage's fields used when it ran (`params.lr: 0.0003`): not part
+    /// of the key (the expanded params are), but what lets `status` say which value changed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub uses: BTreeMap<String, serde_json::Value>,
 }
 
 pub const LOCK_VERSION: u32 = 1;
@@ -326,6 +330,7 @@ mod tests {
             output: output.into(),
             metrics: None,
             devices: vec![],
+            uses: BTreeMap::new(),
         }
     }
 

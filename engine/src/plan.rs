@@ -31,6 +31,8 @@ pub struct Fingerprint {
     pub params: Json,
     pub inputs: BTreeMap<String, ArtifactId>,
     pub deps: BTreeMap<String, String>,
+    /// The manifest values the params came from (for the lock; not hashed into the key).
+    pub uses: BTreeMap<String, Json>,
 }
 
 impl Fingerprint {
@@ -83,6 +85,7 @@ impl Fingerprint {
             output: output.to_string(),
             metrics,
             devices,
+            uses: self.uses.clone(),
         }
     }
 }
@@ -122,6 +125,11 @@ pub fn fingerprint(
         params: stage.params.canonical.clone(),
         inputs,
         deps,
+        uses: stage
+            .uses
+            .iter()
+            .map(|(k, u)| (k.clone(), u.value.clone()))
+            .collect(),
     }
 }
 
@@ -162,6 +170,13 @@ pub enum Reason {
     },
     Forced,
     CacheDisabled,
+    /// A manifest value the stage uses changed (`params.lr`), with the fields that use it.
+    Value {
+        name: String,
+        old: Option<Json>,
+        new: Json,
+        used_in: Vec<String>,
+    },
     Param {
         field: String,
         old: Option<Json>,
@@ -267,6 +282,20 @@ impl fmt::Display for Reason {
             Reason::Damaged { detail } => write!(f, "cached artifact is damaged: {detail}"),
             Reason::Forced => write!(f, "forced"),
             Reason::CacheDisabled => write!(f, "`cache: false`"),
+            Reason::Value {
+                name,
+                old,
+                new,
+                used_in,
+            } => {
+                let (a, b) = show_pair(old, &Some(new.clone()));
+                let fields: Vec<String> = used_in.iter().map(|f| format!("`{f}`")).collect();
+                match old {
+                    Some(_) => write!(f, "{name} changed: {a} -> {b}")?,
+                    None => write!(f, "{name} is newly used: {b}")?,
+                }
+                write!(f, " (used in {})", fields.join(", "))
+            }
             Reason::Param { field, old, new } => {
                 let (a, b) = show_pair(old, new);
                 write!(f, "param `{field}` changed: {a} -> {b}")
@@ -381,6 +410,21 @@ pub fn diff_against_lock(
             old: format!("{} v{}", e.kind, e.kind_version),
             new: format!("{} v{version}", stage.kind),
         });
+    }
+    // The values the user edited first, then the expanded fields they changed. A lock entry
+    // from before values were recorded has none: only the field diff can be said then.
+    if !e.uses.is_empty() {
+        for (name, u) in &stage.uses {
+            match e.uses.get(name) {
+                Some(old) if *old == u.value => {}
+                old => out.push(Reason::Value {
+                    name: name.clone(),
+                    old: old.cloned(),
+                    new: u.value.clone(),
+                    used_in: u.fields.clone(),
+                }),
+            }
+        }
     }
     json_diff("", Some(&e.params), Some(params), &mut out);
     for (slot, &up) in &stage.inputs {
@@ -907,6 +951,7 @@ mod tests {
                 "x.txt".to_string(),
                 pollard_cache::Digest::of(b"x").to_string(),
             )]),
+            uses: BTreeMap::new(),
         }
     }
 

@@ -273,5 +273,6 @@ pub fn best_stage(group: &str, sel: &Select, copies: &[String]) -> FlatStage {
         resources: None,
         cache: true,
         unresolved: false,
+        uses: Default::default(),
     }
 }

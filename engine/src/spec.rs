@@ -47,6 +47,17 @@ pub struct StageSpec {
     pub field_base: String,
     /// Whether those fields sit under `with` (messages then say `with.<field>`).
     pub fields_in_with: bool,
+    /// The manifest values its fields used (`params.lr` -> 3e-4, used in `with.lr`), recorded
+    /// in the lock so a stale reason can name the value the user edited.
+    pub uses: BTreeMap<String, ValueUse>,
+}
+
+/// A manifest value a stage used, and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueUse {
+    pub value: serde_json::Value,
+    /// Fields of the stage that used it (`cmd`, `with.target`).
+    pub fields: Vec<String>,
 }
 
 /// A sealed pipeline: every stage valid, every input bound, acyclic.
@@ -355,6 +366,21 @@ fn check_stage(
         pos,
         fields_in_with: field_base != s.path,
         field_base,
+        uses: s
+            .uses
+            .iter()
+            .map(|(expr, u)| {
+                let value = serde_json::to_value(&u.value)
+                    .unwrap_or_else(|_| serde_json::Value::String(format!("{:?}", u.value)));
+                (
+                    expr.clone(),
+                    ValueUse {
+                        value,
+                        fields: u.paths.clone(),
+                    },
+                )
+            })
+            .collect(),
     })
 }
 
