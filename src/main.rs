@@ -4,6 +4,7 @@
 
 mod diff_cmd;
 mod dot_stale;
+mod event_log;
 mod gc_text;
 mod model_cmd;
 mod progress;
@@ -183,6 +184,15 @@ struct RunArgs {
     /// Plain log lines even on a terminal
     #[arg(long)]
     plain: bool,
+    /// Print only failures, warnings and the summary
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also print why each stage runs, and a line per stage reused from the cache
+    #[arg(short, long)]
+    verbose: bool,
+    /// `text` (lines or bars) or `json` (one JSON object per event on stderr, for other tools)
+    #[arg(long, value_enum, default_value = "text", value_name = "FORMAT")]
+    log_format: LogFormat,
     /// Print a JSON summary on stdout (progress goes to stderr)
     #[arg(long)]
     json: bool,
@@ -202,6 +212,12 @@ struct RunArgs {
     /// A further `sbatch` argument for every job (repeatable, e.g. `--slurm-arg=--qos=high`)
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     slurm_arg: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -524,8 +540,39 @@ fn run(args: RunArgs) -> Result<u8> {
             eprintln!("interrupted: stopping running stages (again to quit at once)");
         });
     }
-    let console =
-        Arc::new(progress::Console::new(args.plain, args.json).with_total(plan.stages.len()));
+    let json_log =
+        (args.log_format == LogFormat::Json).then(|| Arc::new(event_log::JsonLines::stderr()));
+    let reporter: Arc<dyn pollard_engine::Reporter> = match &json_log {
+        Some(log) => {
+            log.emit(
+                "plan",
+                serde_json::json!({ "pipeline": ws.spec.name, "stages": plan.to_json(&ws.spec) }),
+            );
+            log.clone()
+        }
+        None => {
+            let verbosity = match (args.quiet, args.verbose) {
+                (true, _) => progress::Verbosity::Quiet,
+                (_, true) => progress::Verbosity::Verbose,
+                _ => progress::Verbosity::Normal,
+            };
+            let reasons = plan
+                .stages
+                .iter()
+                .filter(|p| matches!(p.action, Action::Run { .. }))
+                .map(|p| {
+                    let why = p.reasons().iter().map(|r| r.to_string()).collect();
+                    (ws.spec.stages[p.index].id.clone(), why)
+                })
+                .collect();
+            Arc::new(
+                progress::Console::new(args.plain, args.json)
+                    .with_total(plan.stages.len())
+                    .with_verbosity(verbosity)
+                    .with_reasons(reasons),
+            )
+        }
+    };
     let lock = ws.lock_writer();
     let failure_logs = ws.failure_logs();
     let state_dir = ws.state_dir();
@@ -551,7 +598,7 @@ fn run(args: RunArgs) -> Result<u8> {
         cache,
         lock,
         inventory,
-        reporter: console,
+        reporter,
         cancel,
         failure_logs,
         executor,
@@ -575,6 +622,15 @@ fn run(args: RunArgs) -> Result<u8> {
         line.push_str(&format!(", {interrupted} interrupted"));
     }
     line.push_str(&format!(", {skipped} not run"));
+    if let Some(log) = &json_log {
+        log.emit(
+            "summary",
+            serde_json::json!({
+                "pipeline": spec.name, "ran": ran, "reused": reused, "failed": failed,
+                "interrupted": interrupted, "not_run": skipped,
+            }),
+        );
+    }
     if args.json {
         eprintln!("{line}");
         println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -14,8 +14,20 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use pollard_engine::plan::short;
 use pollard_engine::{Event, Progress, ProgressSink, Reporter};
 
+/// How much a text run prints: `--quiet` keeps failures, warnings and the summary; `--verbose`
+/// adds why each stage runs and a line per reused stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+}
+
 pub struct Console {
     bars: Option<Bars>,
+    verbosity: Verbosity,
+    /// Per stage that will run, why (printed when it starts, under `--verbose`).
+    reasons: HashMap<String, Vec<String>>,
     /// Stages selected for this run (0: unknown) and how far the run is.
     counts: Mutex<Counts>,
     /// Per training stage: the first progress step seen and when, for the ETA.
@@ -125,11 +137,32 @@ impl Console {
         });
         Console {
             bars,
+            verbosity: Verbosity::Normal,
+            reasons: HashMap::new(),
             counts: Mutex::new(Counts::default()),
             rate_start: Mutex::new(HashMap::new()),
             last_progress: Mutex::new(HashMap::new()),
             to_stderr,
         }
+    }
+
+    /// Quiet runs show no bars and no per-stage lines but failures and warnings.
+    pub fn with_verbosity(mut self, v: Verbosity) -> Console {
+        self.verbosity = v;
+        if v == Verbosity::Quiet {
+            self.bars = None;
+        }
+        self
+    }
+
+    /// Why each stage that will run runs, for `--verbose`.
+    pub fn with_reasons(mut self, reasons: HashMap<String, Vec<String>>) -> Console {
+        self.reasons = reasons;
+        self
+    }
+
+    fn quiet(&self) -> bool {
+        self.verbosity == Verbosity::Quiet
     }
 
     /// The number of stages this run covers, for "stage k of N".
@@ -176,6 +209,9 @@ impl Console {
 
 impl ProgressSink for Console {
     fn progress(&self, stage: &str, p: &Progress) {
+        if self.quiet() {
+            return;
+        }
         if let Some(b) = &self.bars {
             if let Some(bar) = b
                 .running
@@ -210,19 +246,27 @@ impl ProgressSink for Console {
     }
 
     fn log(&self, stage: &str, line: &str) {
-        self.line(&format!("[{stage}] {line}"));
+        if !self.quiet() {
+            self.line(&format!("[{stage}] {line}"));
+        }
     }
 }
 
 impl Reporter for Console {
     fn event(&self, e: &Event) {
         match e {
-            Event::Reused { .. } => {
+            Event::Reused { stage, artifact } => {
                 self.count(|c| c.cached += 1);
+                if self.verbosity == Verbosity::Verbose {
+                    self.line(&format!("[{stage}] up to date -> {}", short(artifact)));
+                }
             }
             Event::Waiting {
                 stage, gpus, cpus, ..
             } => {
+                if self.quiet() {
+                    return;
+                }
                 self.line(&format!(
                     "[{stage}] waiting for resources ({gpus} GPU(s), {cpus} CPU(s))"
                 ));
@@ -247,6 +291,14 @@ impl Reporter for Console {
                     c.started += 1;
                     c.running += 1;
                 });
+                if self.verbosity == Verbosity::Verbose {
+                    for why in self.reasons.get(stage).into_iter().flatten() {
+                        self.line(&format!("[{stage}] runs because {why}"));
+                    }
+                }
+                if self.quiet() {
+                    return;
+                }
                 if let Some(b) = &self.bars {
                     let bar = b.multi.add(ProgressBar::new_spinner());
                     let style = ProgressStyle::with_template(
@@ -275,6 +327,9 @@ impl Reporter for Console {
                     c.running = c.running.saturating_sub(1);
                     c.done += 1;
                 });
+                if self.quiet() {
+                    return;
+                }
                 self.line(&format!(
                     "[{stage}] done in {seconds:.1}s -> {}",
                     short(artifact)
@@ -283,6 +338,9 @@ impl Reporter for Console {
             Event::Joined { stage, artifact } => {
                 self.finish_bar(stage);
                 self.count(|c| c.cached += 1);
+                if self.quiet() {
+                    return;
+                }
                 self.line(&format!(
                     "[{stage}] computed by another run -> {}",
                     short(artifact)
