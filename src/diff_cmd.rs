@@ -11,16 +11,16 @@ use pollard_engine::{diff, lock_path_for, DiffRow, DiffWhat, EngineError, LockFi
 
 #[derive(Subcommand)]
 pub enum DiffCommand {
-    /// Compare two records: A and B are lock files or git revisions (default: HEAD against the
-    /// working lock file)
+    /// Compare two records: A and B are lock files, run ids (`pollard runs`) or git revisions
+    /// (default: HEAD against the working lock file)
     Diff(DiffArgs),
 }
 
 #[derive(Args)]
 pub struct DiffArgs {
-    /// The old side: a lock file or a git revision (default: HEAD)
+    /// The old side: a lock file, a run id or a git revision (default: HEAD)
     a: Option<String>,
-    /// The new side: a lock file or a git revision (default: the working lock file)
+    /// The new side: a lock file, a run id or a git revision (default: the working lock file)
     b: Option<String>,
     /// The manifest whose lock file is compared (default: ./pollard.yaml, else the built-in recipe)
     #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -65,9 +65,25 @@ pub fn run(what: DiffWhat, cmd: DiffCommand) -> Result<u8> {
     Ok(0)
 }
 
-/// A file path if one exists by that name, else a git revision.
+/// A file path if one exists by that name, else a run id (`pollard runs`: the lock file as that
+/// run left it), else a git revision.
 fn side(name: &str, lock_path: &Path) -> Result<Side> {
     let p = Path::new(name);
+    let dir = lock_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let run_lock = pollard_engine::history::runs_dir(&dir.join(".pollard"))
+        .join(name)
+        .join("pollard.lock");
+    if !p.is_file() && !name.contains('/') && run_lock.is_file() {
+        let lock =
+            LockFile::read(&run_lock)?.with_context(|| format!("run {name}: no lock file"))?;
+        return Ok(Side {
+            label: format!("run {name}"),
+            lock,
+        });
+    }
     if p.is_file() {
         let lock = LockFile::read(p)?.with_context(|| format!("{name}: no lock file"))?;
         return Ok(Side {

@@ -9,6 +9,7 @@ mod gc_text;
 mod model_cmd;
 mod progress;
 mod render;
+mod runs_cmd;
 mod workspace;
 
 use std::path::{Path, PathBuf};
@@ -66,6 +67,16 @@ enum Command {
         overrides: OverrideArg,
         /// Only these stages and what they need
         stages: Vec<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// The runs recorded in this workspace (newest last); `runs show ID`: one run stage by stage
+    Runs {
+        #[command(flatten)]
+        manifest: ManifestArg,
+        #[command(subcommand)]
+        show: Option<RunsShow>,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -212,6 +223,18 @@ struct RunArgs {
     /// A further `sbatch` argument for every job (repeatable, e.g. `--slurm-arg=--qos=high`)
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     slurm_arg: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum RunsShow {
+    /// One recorded run, stage by stage
+    Show {
+        /// The run id, as `pollard runs` lists it
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -404,6 +427,24 @@ fn dispatch(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
+        Command::Runs {
+            manifest,
+            show,
+            json,
+        } => {
+            let (id, json) = match show {
+                Some(RunsShow::Show { id, json: j }) => (Some(id), json || j),
+                None => (None, json),
+            };
+            // The history is read without validating the manifest: it may have changed since.
+            let path = std::path::absolute(workspace::manifest_path(manifest.file.as_deref())?)?;
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            runs_cmd::runs(
+                &pollard_engine::history::runs_dir(&dir.join(".pollard")),
+                id.as_deref(),
+                json,
+            )
+        }
         Command::Verify { manifest, json } => {
             let ws = workspace::load(manifest.file.as_deref(), &[], false)?;
             let cache = ws.open_cache()?;
@@ -593,12 +634,16 @@ fn run(args: RunArgs) -> Result<u8> {
     } else {
         Arc::new(LocalExecutor { isolation })
     };
+    let recorder = Arc::new(pollard_engine::history::Recorder::start(
+        &pollard_engine::history::runs_dir(&state_dir),
+        reporter,
+    ));
     let runner = Runner {
         spec: spec.clone(),
         cache,
         lock,
         inventory,
-        reporter,
+        reporter: recorder.clone(),
         cancel,
         failure_logs,
         executor,
@@ -608,6 +653,24 @@ fn run(args: RunArgs) -> Result<u8> {
         keep_going: args.keep_going,
     };
     let summary = runner.run(&plan, &opts)?;
+    let kinds = spec
+        .stages
+        .iter()
+        .map(|s| (s.id.clone(), s.kind.clone()))
+        .collect();
+    let final_lock = pollard_engine::LockFile::read(&ws.lock_path).ok().flatten();
+    let texts: Vec<String> = ws.overrides.iter().map(|o| o.text.clone()).collect();
+    if let Err(e) = recorder.finish(
+        &summary,
+        &kinds,
+        (&ws.manifest.file, &ws.manifest.text),
+        &texts,
+        if slurm { "slurm" } else { "local" },
+        final_lock.as_ref(),
+        &runner.cache,
+    ) {
+        eprintln!("warning: the run could not be recorded under .pollard/runs/: {e}");
+    }
     let ran = summary.count(|o| matches!(o, Outcome::Ran { .. }));
     let reused = summary.count(|o| matches!(o, Outcome::Reused { .. }));
     let stopped = |o: &Outcome| matches!(o, Outcome::Failed { error } if error == "interrupted");

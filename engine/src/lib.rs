@@ -11,6 +11,7 @@ pub mod executor;
 pub mod expand;
 pub mod fields;
 pub mod graph;
+pub mod history;
 pub mod input_guard;
 pub mod interp;
 pub mod job;

@@ -152,7 +152,7 @@ impl LockFile {
         Ok(Some(lock))
     }
 
-    fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let body = serde_yaml::to_string(self).expect("a lock file always serialises");
         format!("# Written by pollard after each stage that succeeds. Commit it with the manifest:\n# it pins what every stage produced (keys and output digests).\n{body}")
     }

@@ -1,0 +1,356 @@
+//! Run history: every `pollard run` (not a dry run) is recorded under the workspace, in
+//! `.pollard/runs/<id>/`: `events.jsonl` (every event as it happened, appended while the run
+//! goes, so a killed run still leaves its trace), and when the run ends `run.json` (id, time,
+//! manifest and its digest, overrides, per stage: outcome, key, cache hit, start, duration,
+//! peak memory, devices), `trace.tsv` (Nextflow's trace columns where they apply) and
+//! `pollard.lock`, the lock file as the run left it (so a run id can be one side of
+//! `pollard metrics diff`). [`Recorder`] sits between the runner and the display reporter.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use pollard_cache::{Cache, CacheKey, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::exec::{Event, Outcome, Reporter, RunSummary};
+use crate::lockfile::LockFile;
+use crate::stage::{Progress, ProgressSink};
+
+/// The folder of all runs of a workspace.
+pub fn runs_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("runs")
+}
+
+/// One run, as `run.json` keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunEntry {
+    pub id: String,
+    pub pipeline: String,
+    pub manifest: String,
+    /// blake3 of the manifest text the run read.
+    pub manifest_digest: String,
+    pub overrides: Vec<String>,
+    pub executor: String,
+    pub started: String,
+    pub seconds: f64,
+    pub ran: usize,
+    pub reused: usize,
+    pub failed: usize,
+    pub not_run: usize,
+    pub interrupted: bool,
+    pub stages: Vec<StageEntry>,
+}
+
+/// One stage of a run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StageEntry {
+    pub stage: String,
+    /// `ran`, `reused`, `joined` (another run computed it), `failed`, `interrupted`, `not_run`.
+    pub status: String,
+    pub key: Option<String>,
+    pub artifact: Option<String>,
+    pub cache_hit: bool,
+    /// Seconds after the run started that the stage started.
+    pub start: Option<f64>,
+    pub seconds: Option<f64>,
+    pub peak_host_bytes: Option<u64>,
+    pub devices: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// What the recorder saw of one stage while the run went.
+#[derive(Default)]
+struct Seen {
+    start: Option<f64>,
+    status: Option<&'static str>,
+}
+
+/// Forwards every event and progress report to `inner` and records them for the history.
+pub struct Recorder {
+    inner: Arc<dyn Reporter>,
+    dir: PathBuf,
+    id: String,
+    started_at: Timestamp,
+    clock: Instant,
+    events: Mutex<Option<fs::File>>,
+    seen: Mutex<BTreeMap<String, Seen>>,
+}
+
+impl Recorder {
+    /// Starts recording a run in a new folder under `runs_dir`. When the folder cannot be made
+    /// (a read-only workspace) the run still goes: it is just not recorded.
+    pub fn start(runs_dir: &Path, inner: Arc<dyn Reporter>) -> Recorder {
+        let started_at = Timestamp::now();
+        let id = run_id(&started_at);
+        let dir = runs_dir.join(&id);
+        let events = fs::create_dir_all(&dir)
+            .and_then(|()| fs::File::create(dir.join("events.jsonl")))
+            .ok();
+        Recorder {
+            inner,
+            dir,
+            id,
+            started_at,
+            clock: Instant::now(),
+            events: Mutex::new(events),
+            seen: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn now(&self) -> f64 {
+        (self.clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
+    }
+
+    fn append(&self, mut v: Value) {
+        v["t"] = json!(self.now());
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = events.as_mut() {
+            let mut line = v.to_string();
+            line.push('\n');
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+
+    /// Writes `run.json`, `trace.tsv` and the lock copy once the run is over. `keys` are the
+    /// stage keys the lock file now holds; the cache's run records give peak memory and devices.
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish(
+        &self,
+        summary: &RunSummary,
+        kinds: &BTreeMap<String, String>,
+        manifest: (&str, &str),
+        overrides: &[String],
+        executor: &str,
+        lock: Option<&LockFile>,
+        cache: &Cache,
+    ) -> std::io::Result<RunEntry> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stages = Vec::new();
+        for (stage, outcome) in &summary.stages {
+            let s = seen.get(stage);
+            let locked = lock.and_then(|l| l.stages.get(stage));
+            let mut e = StageEntry {
+                stage: stage.clone(),
+                start: s.and_then(|s| s.start),
+                ..StageEntry::default()
+            };
+            match outcome {
+                Outcome::Reused { artifact } => {
+                    e.status = s.and_then(|s| s.status).unwrap_or("reused").into();
+                    e.artifact = Some(artifact.clone());
+                    e.cache_hit = true;
+                }
+                Outcome::Ran { artifact, seconds } => {
+                    e.status = "ran".into();
+                    e.artifact = Some(artifact.clone());
+                    e.seconds = Some(*seconds);
+                }
+                Outcome::Failed { error } if error == "interrupted" => {
+                    e.status = "interrupted".into();
+                }
+                Outcome::Failed { error } => {
+                    e.status = "failed".into();
+                    e.error = Some(error.clone());
+                }
+                Outcome::Skipped { reason } => {
+                    e.status = "not_run".into();
+                    e.error = Some(reason.clone());
+                }
+            }
+            if let Some(entry) = locked.filter(|l| Some(&l.output) == e.artifact.as_ref()) {
+                e.key = Some(entry.key.clone());
+                let record = entry
+                    .key
+                    .parse::<CacheKey>()
+                    .ok()
+                    .and_then(|k| cache.record(&k).ok().flatten());
+                if let Some(r) = record {
+                    e.peak_host_bytes = r.memory.get("peak_host_bytes").copied();
+                    e.devices = r.devices.clone();
+                }
+            }
+            stages.push(e);
+        }
+        let count = |s: &str| stages.iter().filter(|e| e.status == s).count();
+        let entry = RunEntry {
+            id: self.id.clone(),
+            pipeline: lock.map_or(String::new(), |l| l.pipeline.clone()),
+            manifest: manifest.0.to_string(),
+            manifest_digest: pollard_cache::Digest::of(manifest.1.as_bytes()).to_string(),
+            overrides: overrides.to_vec(),
+            executor: executor.to_string(),
+            started: self.started_at.to_string(),
+            seconds: self.now(),
+            ran: count("ran"),
+            reused: count("reused") + count("joined"),
+            failed: count("failed"),
+            not_run: count("not_run"),
+            interrupted: summary.interrupted,
+            stages,
+        };
+        write_atomic(&self.dir.join("trace.tsv"), trace(&entry, kinds).as_bytes())?;
+        if let Some(l) = lock {
+            write_atomic(&self.dir.join("pollard.lock"), l.render().as_bytes())?;
+        }
+        let text = serde_json::to_string_pretty(&entry).map_err(std::io::Error::other)?;
+        // Written last: a run folder with `run.json` is complete.
+        write_atomic(&self.dir.join("run.json"), text.as_bytes())?;
+        Ok(entry)
+    }
+}
+
+impl ProgressSink for Recorder {
+    fn progress(&self, stage: &str, p: &Progress) {
+        self.inner.progress(stage, p);
+    }
+
+    fn log(&self, stage: &str, line: &str) {
+        self.append(json!({ "event": "log", "stage": stage, "line": line }));
+        self.inner.log(stage, line);
+    }
+}
+
+impl Reporter for Recorder {
+    fn event(&self, e: &Event) {
+        let t = self.now();
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            match e {
+                Event::Started { stage, .. } => {
+                    seen.entry(stage.clone()).or_default().start = Some(t)
+                }
+                Event::Joined { stage, .. } => {
+                    seen.entry(stage.clone()).or_default().status = Some("joined")
+                }
+                _ => {}
+            }
+        }
+        self.append(serde_json::to_value(e).unwrap_or_else(|_| json!({})));
+        self.inner.event(e);
+    }
+}
+
+/// `YYYYMMDD-HHMMSS-NNN` in UTC (milliseconds last): sortable, and two runs a millisecond
+/// apart get different ids.
+fn run_id(t: &Timestamp) -> String {
+    let s = t.to_string(); // 2026-12-02T04:35:07.123Z
+    let digits: String = s.chars().filter(char::is_ascii_digit).collect();
+    if digits.len() >= 17 {
+        format!("{}-{}-{}", &digits[..8], &digits[8..14], &digits[14..17])
+    } else {
+        digits
+    }
+}
+
+/// Nextflow's trace columns where they apply: no native job id or I/O counters here.
+fn trace(run: &RunEntry, kinds: &BTreeMap<String, String>) -> String {
+    let mut out = String::from(
+        "task_id\thash\tname\tprocess\tstatus\texit\tstart\trealtime\tpeak_rss\tdevices\tcached\n",
+    );
+    for (i, s) in run.stages.iter().enumerate() {
+        let dash = || "-".to_string();
+        let exit = match s.status.as_str() {
+            "ran" | "reused" | "joined" => "0".to_string(),
+            "failed" => "1".to_string(),
+            _ => dash(),
+        };
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            i + 1,
+            s.key.as_deref().map_or_else(dash, crate::plan::short),
+            s.stage,
+            kinds.get(&s.stage).cloned().unwrap_or_else(dash),
+            s.status,
+            exit,
+            s.start.map_or_else(dash, |t| format!("{t:.3}")),
+            s.seconds.map_or_else(dash, |t| format!("{t:.3}")),
+            s.peak_host_bytes.map_or_else(dash, |b| b.to_string()),
+            if s.devices.is_empty() {
+                dash()
+            } else {
+                s.devices.join(",")
+            },
+            s.cache_hit,
+        ));
+    }
+    out
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path)
+}
+
+/// A recorded run: its entry when it finished, or only its folder when it did not.
+pub enum Recorded {
+    Finished(Box<RunEntry>),
+    /// No `run.json`: the run was killed (its `events.jsonl` says how far it got).
+    Unfinished {
+        id: String,
+        events: usize,
+    },
+}
+
+impl Recorded {
+    pub fn id(&self) -> &str {
+        match self {
+            Recorded::Finished(e) => &e.id,
+            Recorded::Unfinished { id, .. } => id,
+        }
+    }
+}
+
+/// Every recorded run of the workspace, oldest first.
+pub fn list(runs_dir: &Path) -> std::io::Result<Vec<Recorded>> {
+    let mut ids: Vec<String> = match fs::read_dir(runs_dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    ids.sort();
+    Ok(ids.into_iter().map(|id| read(runs_dir, &id)).collect())
+}
+
+/// One recorded run by id.
+pub fn read(runs_dir: &Path, id: &str) -> Recorded {
+    let dir = runs_dir.join(id);
+    match fs::read_to_string(dir.join("run.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<RunEntry>(&t).ok())
+    {
+        Some(e) => Recorded::Finished(Box::new(e)),
+        None => Recorded::Unfinished {
+            id: id.to_string(),
+            events: fs::read_to_string(dir.join("events.jsonl"))
+                .map(|t| t.lines().count())
+                .unwrap_or(0),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_sort_by_time_and_carry_milliseconds() {
+        let a = run_id(&Timestamp::from_unix_millis(1_764_650_107_123));
+        let b = run_id(&Timestamp::from_unix_millis(1_764_650_107_124));
+        assert_eq!(a.len(), "20251202-043507-123".len(), "{a}");
+        assert!(a < b, "{a} {b}");
+    }
+}
