@@ -127,7 +127,7 @@ fn at_revision(rev: &str, lock_path: &Path) -> Result<Side> {
         .with_context(|| "cannot run git to read a revision".to_string())?;
     if !rev_ok.status.success() {
         bail!(EngineError::Usage(format!(
-            "`{rev}` is neither a lock file nor a git revision of the repository at {}",
+            "`{rev}` is neither a lock file, a run id (`pollard runs`) nor a git revision of the repository at {}",
             dir.canonicalize()
                 .unwrap_or_else(|_| dir.to_path_buf())
                 .display()

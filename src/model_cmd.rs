@@ -49,7 +49,23 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             dtype,
         } => forward(&model, &ids, json, &dtype),
     };
-    result.map_err(|e| EngineError::Usage(format!("{e:#}")).into())
+    result.map_err(|e| EngineError::Usage(chain_text(&e)).into())
+}
+
+/// The error and its causes on one line, each cause once: messages that already embed their
+/// source (as thiserror's often do) would otherwise print it twice.
+fn chain_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn info(dir: &Path, json: bool) -> Result<()> {

@@ -73,8 +73,9 @@ fn a_diff_side_that_is_neither_a_file_nor_a_revision_is_a_usage_error() {
     let out = ws.run(&["metrics", "diff", "no-such-rev"]);
     assert_eq!(out.code, 2, "{}", out.all());
     assert!(
-        out.stderr
-            .contains("`no-such-rev` is neither a lock file nor a git revision"),
+        out.stderr.contains(
+            "`no-such-rev` is neither a lock file, a run id (`pollard runs`) nor a git revision"
+        ),
         "{}",
         out.stderr
     );

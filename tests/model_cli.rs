@@ -140,3 +140,15 @@ fn model_errors_exit_2_and_name_the_problem() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("config.json"), "{err}");
 }
+
+#[test]
+fn a_missing_model_folder_is_said_once_not_twice() {
+    // The I/O error used to be printed after the message that already embeds it.
+    let out = pollard(&["model", "info", "/nonexistent-model-folder"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim_end(),
+        "error: cannot inspect model /nonexistent-model-folder: cannot read /nonexistent-model-folder/config.json: No such file or directory (os error 2)"
+    );
+}
