@@ -658,7 +658,7 @@ fn run(args: RunArgs) -> Result<u8> {
         .iter()
         .map(|s| (s.id.clone(), s.kind.clone()))
         .collect();
-    let final_lock = pollard_engine::LockFile::read(&ws.lock_path).ok().flatten();
+    let final_lock = runner.lock.current();
     let texts: Vec<String> = ws.overrides.iter().map(|o| o.text.clone()).collect();
     if let Err(e) = recorder.finish(
         &summary,
@@ -666,7 +666,7 @@ fn run(args: RunArgs) -> Result<u8> {
         (&ws.manifest.file, &ws.manifest.text),
         &texts,
         if slurm { "slurm" } else { "local" },
-        final_lock.as_ref(),
+        (final_lock.as_ref(), runner.lock.path()),
         &runner.cache,
     ) {
         eprintln!("warning: the run could not be recorded under .pollard/runs/: {e}");

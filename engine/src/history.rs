@@ -77,7 +77,7 @@ pub struct Recorder {
     id: String,
     started_at: Timestamp,
     clock: Instant,
-    events: Mutex<Option<fs::File>>,
+    events: Mutex<Option<std::io::BufWriter<fs::File>>>,
     seen: Mutex<BTreeMap<String, Seen>>,
 }
 
@@ -90,6 +90,7 @@ impl Recorder {
         let dir = runs_dir.join(&id);
         let events = fs::create_dir_all(&dir)
             .and_then(|()| fs::File::create(dir.join("events.jsonl")))
+            .map(std::io::BufWriter::new)
             .ok();
         Recorder {
             inner,
@@ -110,18 +111,24 @@ impl Recorder {
         (self.clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
     }
 
-    fn append(&self, mut v: Value) {
+    /// Appends one event; `flush`: written through now (a stage started or ended), so a killed
+    /// run's file says how far it got. Reused stages (thousands in a no-op run) are buffered.
+    fn append(&self, mut v: Value, flush: bool) {
         v["t"] = json!(self.now());
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = events.as_mut() {
             let mut line = v.to_string();
             line.push('\n');
             let _ = f.write_all(line.as_bytes());
+            if flush {
+                let _ = f.flush();
+            }
         }
     }
 
-    /// Writes `run.json`, `trace.tsv` and the lock copy once the run is over. `keys` are the
-    /// stage keys the lock file now holds; the cache's run records give peak memory and devices.
+    /// Writes `run.json`, `trace.tsv` and the lock copy once the run is over. `lock` is the lock
+    /// file as the run left it (its keys name each stage's run) and where it is; the cache's run
+    /// records give the peak memory and devices of the stages that ran.
     #[allow(clippy::too_many_arguments)]
     pub fn finish(
         &self,
@@ -130,9 +137,18 @@ impl Recorder {
         manifest: (&str, &str),
         overrides: &[String],
         executor: &str,
-        lock: Option<&LockFile>,
+        lock: (Option<&LockFile>, &Path),
         cache: &Cache,
     ) -> std::io::Result<RunEntry> {
+        let (lock, lock_path) = lock;
+        if let Some(f) = self
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            f.flush()?;
+        }
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let mut stages = Vec::new();
         for (stage, outcome) in &summary.stages {
@@ -168,6 +184,10 @@ impl Recorder {
             }
             if let Some(entry) = locked.filter(|l| Some(&l.output) == e.artifact.as_ref()) {
                 e.key = Some(entry.key.clone());
+                e.devices = entry.devices.clone();
+            }
+            // Peak memory of what ran now (a reused stage's is that of the run that made it).
+            if let (Some(entry), "ran") = (locked, e.status.as_str()) {
                 let record = entry
                     .key
                     .parse::<CacheKey>()
@@ -198,8 +218,12 @@ impl Recorder {
             stages,
         };
         write_atomic(&self.dir.join("trace.tsv"), trace(&entry, kinds).as_bytes())?;
-        if let Some(l) = lock {
-            write_atomic(&self.dir.join("pollard.lock"), l.render().as_bytes())?;
+        if lock.is_some() {
+            // A hard link costs nothing, and stays this run's: the lock is replaced by rename.
+            let copy = self.dir.join("pollard.lock");
+            if fs::hard_link(lock_path, &copy).is_err() {
+                fs::copy(lock_path, &copy)?;
+            }
         }
         let text = serde_json::to_string_pretty(&entry).map_err(std::io::Error::other)?;
         // Written last: a run folder with `run.json` is complete.
@@ -214,7 +238,10 @@ impl ProgressSink for Recorder {
     }
 
     fn log(&self, stage: &str, line: &str) {
-        self.append(json!({ "event": "log", "stage": stage, "line": line }));
+        self.append(
+            json!({ "event": "log", "stage": stage, "line": line }),
+            true,
+        );
         self.inner.log(stage, line);
     }
 }
@@ -234,7 +261,8 @@ impl Reporter for Recorder {
                 _ => {}
             }
         }
-        self.append(serde_json::to_value(e).unwrap_or_else(|_| json!({})));
+        let flush = !matches!(e, Event::Reused { .. });
+        self.append(serde_json::to_value(e).unwrap_or_else(|_| json!({})), flush);
         self.inner.event(e);
     }
 }

@@ -152,7 +152,7 @@ impl LockFile {
         Ok(Some(lock))
     }
 
-    pub(crate) fn render(&self) -> String {
+    fn render(&self) -> String {
         let body = serde_yaml::to_string(self).expect("a lock file always serialises");
         format!("# Written by pollard after each stage that succeeds. Commit it with the manifest:\n# it pins what every stage produced (keys and output digests).\n{body}")
     }
@@ -167,7 +167,7 @@ pub struct LockWriter {
     guard: PathBuf,
     pipeline: String,
     /// Stage ids of the current manifest: entries of stages that no longer exist are dropped.
-    known: Vec<String>,
+    known: std::collections::HashSet<String>,
     /// What this process last read or wrote: entries equal to it need no write (a no-op run
     /// never touches the file).
     seen: std::sync::Mutex<Option<LockFile>>,
@@ -191,7 +191,7 @@ impl LockWriter {
             journal: journal_path_for(&path),
             path,
             pipeline: pipeline.to_string(),
-            known,
+            known: known.into_iter().collect(),
             seen: std::sync::Mutex::new(current),
         }
     }
@@ -307,6 +307,11 @@ impl LockWriter {
         }
         *seen = Some(lock);
         Ok(())
+    }
+
+    /// The lock file as this writer last read or wrote it (after `finish`: what is on disk).
+    pub fn current(&self) -> Option<LockFile> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Writes `entries` into the lock file at once (the journal and the fold in one step).
