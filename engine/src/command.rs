@@ -12,10 +12,14 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{BoxError, Inputs, PlanInputs, Progress, Resources, Slots, Stage, StageCtx};
+use crate::stage::{
+    BoxError, Inputs, OuterField, OuterShape, PlanInputs, Progress, Resources, Slots, Stage,
+    StageCtx,
+};
 
-/// The command fields of a stage (`cmd`, `deps`, `env` sit beside `with` in the manifest; the
-/// engine gathers them into this struct so they are keyed like any kind's params).
+/// The command fields of a stage (`cmd`, `deps`, `env` sit beside `with` in the manifest, as
+/// [`CommandStage`]'s outer fields; the engine gathers them into this struct so they are keyed
+/// like any kind's params).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandParams {
@@ -50,6 +54,27 @@ impl Stage for CommandStage {
 
     fn slots(&self) -> Slots {
         Slots::Any
+    }
+
+    fn outer_fields(&self) -> &'static [OuterField] {
+        const FIELDS: &[OuterField] = &[
+            OuterField {
+                name: "cmd",
+                shape: OuterShape::Shell,
+                required: true,
+            },
+            OuterField {
+                name: "deps",
+                shape: OuterShape::Paths,
+                required: false,
+            },
+            OuterField {
+                name: "env",
+                shape: OuterShape::Env,
+                required: false,
+            },
+        ];
+        FIELDS
     }
 
     fn own_process(&self) -> bool {

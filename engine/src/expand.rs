@@ -8,6 +8,7 @@ use serde_yaml::{Mapping, Value};
 
 use crate::interp::{interpolate, key_text, Scope, Use, Uses};
 use crate::manifest::{valid_id, Collector, GroupShape, RawEntry, RawManifest, RawStage};
+use crate::stage::OuterShape;
 
 /// One input binding after expansion.
 #[derive(Debug, Clone, PartialEq)]
@@ -348,28 +349,24 @@ fn flatten(
         let v = interpolate(r, scope, &join(&s.path, "resources"), false, &mut errs);
         expect_map(c, id, &join(&s.path, "resources"), "resources", v, r)
     });
-    let with = if s.kind == "command" {
+    // A kind with outer fields (`kind: command`) decodes from them, gathered into one map.
+    let takes_outer = c
+        .registry
+        .is_some_and(|r| !r.outer_fields(&s.kind).is_empty());
+    let with = if takes_outer {
         let mut m = Mapping::new();
-        if let Some(cmd) = &s.cmd {
-            m.insert(
-                "cmd".into(),
-                interpolate(cmd, scope, &join(&s.path, "cmd"), true, &mut errs),
-            );
-        }
-        if let Some(deps) = &s.deps {
-            m.insert(
-                "deps".into(),
-                interpolate(deps, scope, &join(&s.path, "deps"), false, &mut errs),
-            );
-        }
-        if let Some(env) = &s.env {
-            let raw = env;
-            let env = interpolate(raw, scope, &join(&s.path, "env"), true, &mut errs);
-            let env = expect_map(c, id, &join(&s.path, "env"), "env", env, raw);
-            m.insert(
-                "env".into(),
-                stringify_env(c, id, &join(&s.path, "env"), env),
-            );
+        for (f, raw) in &s.outer {
+            let at = join(&s.path, f.name);
+            let v = match f.shape {
+                OuterShape::Shell => interpolate(raw, scope, &at, true, &mut errs),
+                OuterShape::Paths => interpolate(raw, scope, &at, false, &mut errs),
+                OuterShape::Env => {
+                    let env = interpolate(raw, scope, &at, true, &mut errs);
+                    let env = expect_map(c, id, &at, f.name, env, raw);
+                    stringify_env(c, id, &at, env)
+                }
+            };
+            m.insert(f.name.into(), v);
         }
         Value::Mapping(m)
     } else {

@@ -44,8 +44,8 @@ pub use registry::{DecodeError, DecodedParams, ErasedStage, Registry};
 pub use resources::Inventory;
 pub use spec::{load, PipelineSpec, StageSpec};
 pub use stage::{
-    BoxError, InputArtifact, Inputs, ParamError, PlanInput, PlanInputs, Progress, ProgressSink,
-    Resources, Slots, Stage, StageCtx,
+    BoxError, InputArtifact, Inputs, OuterField, OuterShape, ParamError, PlanInput, PlanInputs,
+    Progress, ProgressSink, Resources, Slots, Stage, StageCtx,
 };
 
 /// What `pollard --version` prints: the version, and what the build targets (for a CUDA build

@@ -90,6 +90,8 @@ fn yaml_error(e: &serde_yaml::Error) -> (Pos, String) {
 pub struct Collector<'a> {
     pub src: &'a Source,
     pub diags: Diagnostics,
+    /// The kinds, for the fields each takes beside `with` (none: only the common fields).
+    pub registry: Option<&'a crate::registry::Registry>,
 }
 
 impl<'a> Collector<'a> {
@@ -97,7 +99,28 @@ impl<'a> Collector<'a> {
         Collector {
             src,
             diags: Diagnostics::default(),
+            registry: None,
         }
+    }
+
+    pub fn with_registry(mut self, registry: &'a crate::registry::Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Every field a stage may have: the common ones, then each kind's outer fields.
+    fn stage_fields(&self) -> Vec<&'static str> {
+        let mut all: Vec<&'static str> = STAGE_FIELDS.to_vec();
+        if let Some(r) = self.registry {
+            for kind in r.kinds() {
+                for f in r.outer_fields(kind) {
+                    if !all.contains(&f.name) {
+                        all.push(f.name);
+                    }
+                }
+            }
+        }
+        all
     }
 
     pub fn at_pos(&mut self, pos: Pos, stage: Option<&str>, message: impl Into<String>) {
@@ -152,9 +175,8 @@ pub struct RawStage {
     pub with: Option<Value>,
     pub resources: Option<Value>,
     pub cache: bool,
-    pub cmd: Option<Value>,
-    pub deps: Option<Value>,
-    pub env: Option<Value>,
+    /// The kind's outer fields as written (shape-checked), in the kind's order.
+    pub outer: Vec<(crate::stage::OuterField, Value)>,
 }
 
 #[derive(Debug, Clone)]
@@ -183,19 +205,11 @@ pub enum GroupShape {
 
 // `executor` is read by `executor::config` (where stages run is not part of any key).
 const TOP_FIELDS: &[&str] = &["pipeline", "description", "params", "stages", "executor"];
-pub const STAGE_FIELDS: &[&str] = &[
-    "kind",
-    "inputs",
-    "with",
-    "resources",
-    "cache",
-    "cmd",
-    "deps",
-    "env",
-];
+/// The fields every stage may have; a kind adds its outer fields (`cmd`, `deps`, `env` for
+/// `kind: command`, see [`crate::stage::OuterField`]).
+pub const STAGE_FIELDS: &[&str] = &["kind", "inputs", "with", "resources", "cache"];
 pub const GROUP_FIELDS: &[&str] = &["repeat", "matrix", "search", "name", "select", "stages"];
 pub const REPEAT_FIELDS: &[&str] = &["from", "rounds", "result"];
-pub const COMMAND_FIELDS: &[&str] = &["cmd", "deps", "env"];
 
 /// Stage ids (and group and round names) match `[a-z0-9_-]+`.
 pub fn valid_id(id: &str) -> bool {
@@ -210,6 +224,67 @@ fn join(parent: &str, child: &str) -> String {
         child.to_string()
     } else {
         format!("{parent}.{child}")
+    }
+}
+
+/// "`a`, `b` and `c`".
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// An outer field's value when it has the field's shape (a single path becomes a list);
+/// otherwise says what was found.
+fn outer_value(
+    c: &mut Collector,
+    path: &str,
+    stage: Option<&str>,
+    f: crate::stage::OuterField,
+    v: Option<&Value>,
+) -> Option<Value> {
+    use crate::stage::OuterShape;
+    let at = join(path, f.name);
+    let name = f.name;
+    match (f.shape, v?) {
+        (_, Value::Null) if f.shape != OuterShape::Shell => None,
+        (OuterShape::Shell, v @ Value::String(_)) => Some(v.clone()),
+        (OuterShape::Shell, other) => {
+            c.at(
+                &at,
+                stage,
+                format!("`{name}` must be a string, found {}", type_name(other)),
+            );
+            None
+        }
+        (OuterShape::Paths, Value::String(s)) => {
+            Some(Value::Sequence(vec![Value::String(s.clone())]))
+        }
+        (OuterShape::Paths, v @ Value::Sequence(_)) => Some(v.clone()),
+        (OuterShape::Paths, other) => {
+            c.at(
+                &at,
+                stage,
+                format!(
+                    "`{name}` must be a list of paths, found {}",
+                    type_name(other)
+                ),
+            );
+            None
+        }
+        (OuterShape::Env, v @ Value::Mapping(_)) => Some(v.clone()),
+        // A whole-value reference (`env: ${params.env}`) becomes a map when expanded.
+        (OuterShape::Env, v @ Value::String(s)) if s.contains("${") => Some(v.clone()),
+        (OuterShape::Env, other) => {
+            c.at(
+                &at,
+                stage,
+                format!("`{name}` must be a map, found {}", type_name(other)),
+            );
+            None
+        }
     }
 }
 
@@ -426,10 +501,11 @@ fn parse_stage(
     m: &Mapping,
 ) -> Option<RawStage> {
     let stage = Some(display);
+    let fields = c.stage_fields();
     for key in m.keys() {
         let k = key_text(key);
-        if !STAGE_FIELDS.contains(&k.as_str()) {
-            unknown_field(c, path, stage, &k, STAGE_FIELDS, "a stage");
+        if !fields.contains(&k.as_str()) {
+            unknown_field(c, path, stage, &k, &fields, "a stage");
         }
     }
     let kind = match m.get("kind") {
@@ -489,7 +565,6 @@ fn parse_stage(
     };
     let with = map_field(c, "with");
     let resources = map_field(c, "resources");
-    let env = map_field(c, "env");
     let cache = match m.get("cache") {
         None => true,
         Some(Value::Bool(b)) => *b,
@@ -502,50 +577,54 @@ fn parse_stage(
             true
         }
     };
-    let cmd = match m.get("cmd") {
-        None => None,
-        Some(v @ Value::String(_)) => Some(v.clone()),
-        Some(other) => {
-            c.at(
-                &join(path, "cmd"),
-                stage,
-                format!("`cmd` must be a string, found {}", type_name(other)),
-            );
-            None
+    let outer_fields = c.registry.map_or(&[][..], |r| r.outer_fields(&kind));
+    let mut outer = Vec::new();
+    for f in outer_fields {
+        if let Some(v) = outer_value(c, path, stage, *f, m.get(f.name)) {
+            outer.push((*f, v));
         }
-    };
-    let deps = match m.get("deps") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(Value::Sequence(vec![Value::String(s.clone())])),
-        Some(v @ Value::Sequence(_)) => Some(v.clone()),
-        Some(other) => {
-            c.at(
-                &join(path, "deps"),
+    }
+    if !outer_fields.is_empty() {
+        if let Some(f) = outer_fields
+            .iter()
+            .find(|f| f.required && !m.contains_key(f.name))
+        {
+            c.at_key(
+                path,
                 stage,
-                format!("`deps` must be a list of paths, found {}", type_name(other)),
+                format!("a `kind: {kind}` stage needs `{}`", f.name),
             );
-            None
-        }
-    };
-    if kind == "command" {
-        if cmd.is_none() && !m.contains_key("cmd") {
-            c.at_key(path, stage, "a `kind: command` stage needs `cmd`");
         }
         if with.is_some() {
+            let names: Vec<String> = outer_fields
+                .iter()
+                .map(|f| format!("`{}`", f.name))
+                .collect();
             c.at_key(
                 &join(path, "with"),
                 stage,
-                "`kind: command` takes `cmd`, `deps` and `env` beside `with`, not `with`",
+                format!(
+                    "`kind: {kind}` takes {} beside `with`, not `with`",
+                    and_list(&names)
+                ),
             );
         }
-    } else if !kind.is_empty() {
-        for f in COMMAND_FIELDS {
-            if m.contains_key(*f) {
+    }
+    if let (Some(r), false) = (c.registry, kind.is_empty()) {
+        for key in m.keys() {
+            let k = key_text(key);
+            if STAGE_FIELDS.contains(&k.as_str()) || outer_fields.iter().any(|f| f.name == k) {
+                continue;
+            }
+            let owners = r.kinds_with_outer(&k);
+            if !owners.is_empty() {
+                let owners: Vec<String> = owners.iter().map(|o| format!("`kind: {o}`")).collect();
                 c.at_key(
-                    &join(path, f),
+                    &join(path, &k),
                     stage,
                     format!(
-                        "`{f}` is only for `kind: command` stages (this one is `kind: {kind}`)"
+                        "`{k}` is only for {} stages (this one is `kind: {kind}`)",
+                        owners.join(" or ")
                     ),
                 );
             }
@@ -559,9 +638,7 @@ fn parse_stage(
         with,
         resources,
         cache,
-        cmd,
-        deps,
-        env,
+        outer,
     })
 }
 

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use crate::canonical::canonical_json;
 use crate::command::CommandStage;
-use crate::stage::{BoxError, Inputs, ParamError, PlanInputs, Resources, Slots, Stage, StageCtx};
+use crate::stage::{
+    BoxError, Inputs, OuterField, ParamError, PlanInputs, Resources, Slots, Stage, StageCtx,
+};
 
 /// A stage's `with` decoded into its kind's typed params, plus the canonical JSON of those typed
 /// params (sorted keys, defaults filled in) that enters the cache key and the lock file.
@@ -38,6 +40,7 @@ pub trait ErasedStage: Send + Sync {
     fn kind(&self) -> &'static str;
     fn version(&self) -> u32;
     fn slots(&self) -> Slots;
+    fn outer_fields(&self) -> &'static [OuterField];
     fn decode(&self, with: &serde_yaml::Value) -> Result<DecodedParams, DecodeError>;
     fn validate(&self, p: &DecodedParams) -> Vec<ParamError>;
     fn deps(&self, p: &DecodedParams) -> Vec<PathBuf>;
@@ -70,6 +73,9 @@ impl<S: Stage> ErasedStage for Erased<S> {
     }
     fn version(&self) -> u32 {
         S::VERSION
+    }
+    fn outer_fields(&self) -> &'static [OuterField] {
+        self.0.outer_fields()
     }
     fn slots(&self) -> Slots {
         self.0.slots()
@@ -209,6 +215,20 @@ impl Registry {
     /// Registered kind names, sorted.
     pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.kinds.keys().copied()
+    }
+
+    /// The outer fields of `kind` (empty for an unknown kind).
+    pub fn outer_fields(&self, kind: &str) -> &'static [OuterField] {
+        self.kinds.get(kind).map_or(&[], |k| k.outer_fields())
+    }
+
+    /// The kinds that take `field` as an outer field (for "only for `kind: command`").
+    pub fn kinds_with_outer(&self, field: &str) -> Vec<&'static str> {
+        self.kinds
+            .iter()
+            .filter(|(_, k)| k.outer_fields().iter().any(|f| f.name == field))
+            .map(|(name, _)| *name)
+            .collect()
     }
 }
 

@@ -122,7 +122,7 @@ fn join(parent: &str, child: &str) -> String {
 
 /// Parses, expands and validates a manifest.
 pub fn load(src: &Source, registry: &Registry) -> Result<PipelineSpec, Diagnostics> {
-    let mut c = Collector::new(src);
+    let mut c = Collector::new(src).with_registry(registry);
     let Some(raw) = parse(&mut c) else {
         return Err(c.diags);
     };
@@ -313,21 +313,31 @@ fn check_stage(
     if s.unresolved {
         return None; // its params hold an unresolved `${...}`, already reported
     }
-    // For commands the decoded fields sit beside `with`; elsewhere inside it.
-    let field_base = if s.kind == "command" {
+    // A kind with outer fields decodes them from beside `with`; others from inside it.
+    let outer = !kind.outer_fields().is_empty();
+    let field_base = if outer {
         s.path.clone()
     } else {
         join(&s.path, "with")
     };
     let params = match kind.decode(&s.with) {
         Ok(p) => p,
+        // A missing required outer field was reported while reading the stage.
+        Err(e)
+            if kind
+                .outer_fields()
+                .iter()
+                .any(|f| f.required && e.message == format!("missing field `{}`", f.name)) =>
+        {
+            return None;
+        }
         Err(e) => {
             let path = if e.field.is_empty() {
                 field_base.clone()
             } else {
                 join(&field_base, &e.field)
             };
-            let label = if e.field.is_empty() || s.kind == "command" {
+            let label = if e.field.is_empty() || outer {
                 String::new()
             } else {
                 format!("with.{}: ", e.field)

@@ -229,3 +229,64 @@ fn a_cycle_is_reported_with_the_other_errors() {
     );
     assert!(errs[1].contains("unknown stage kind `comand`"), "{errs:?}");
 }
+
+/// A kind declaring an outer field, like `kind: command` does: nothing in the engine names it.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptParams {
+    script: String,
+}
+
+struct Script;
+impl Stage for Script {
+    const KIND: &'static str = "script";
+    const VERSION: u32 = 1;
+    type Params = ScriptParams;
+    fn slots(&self) -> Slots {
+        Slots::Any
+    }
+    fn outer_fields(&self) -> &'static [crate::stage::OuterField] {
+        &[crate::stage::OuterField {
+            name: "script",
+            shape: crate::stage::OuterShape::Shell,
+            required: true,
+        }]
+    }
+    fn resources(&self, _: &ScriptParams, _: &PlanInputs) -> Result<Resources, BoxError> {
+        Ok(Resources::default())
+    }
+    fn run(&self, _: &mut StageCtx, _: &ScriptParams, _: &Inputs) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_kind_with_outer_fields_decodes_them_from_beside_with_like_command() {
+    let mut r = registry();
+    r.register(Script);
+    let load = |text: &str| {
+        let src = Source::new("m.yaml", PathBuf::from("/tmp"), text.to_string());
+        super::load(&src, &r)
+    };
+    let spec = load("pipeline: p\nparams: { n: 2 }\nstages:\n  s:\n    kind: script\n    script: echo ${params.n} $HOME ${HOME}\n")
+        .unwrap_or_else(|d| panic!("{d:?}"));
+    assert_eq!(
+        spec.stages[0].params.canonical,
+        serde_json::json!({ "script": "echo 2 $HOME ${HOME}" })
+    );
+    let errs: Vec<String> = load("pipeline: p\nstages:\n  s:\n    kind: script\n    with: { script: x }\n  t:\n    kind: prune\n    inputs: { model: s }\n    script: x\n")
+        .err()
+        .unwrap()
+        .0
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(
+        errs,
+        [
+            "m.yaml:3:3: stage `s`: a `kind: script` stage needs `script`",
+            "m.yaml:5:5: stage `s`: `kind: script` takes `script` beside `with`, not `with`",
+            "m.yaml:9:5: stage `t`: `script` is only for `kind: script` stages (this one is `kind: prune`)",
+        ]
+    );
+}

@@ -43,6 +43,29 @@ pub enum Slots {
     Any,
 }
 
+/// A field a kind reads at the stage's top level, beside `inputs`, instead of inside `with`
+/// (`kind: command` takes `cmd`, `deps` and `env` there). The engine checks its shape while
+/// reading the manifest, resolves its references, and gathers such fields into the map the
+/// kind's params decode from; a kind with outer fields takes no `with`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OuterField {
+    pub name: &'static str,
+    pub shape: OuterShape,
+    pub required: bool,
+}
+
+/// What an outer field holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OuterShape {
+    /// A shell command: `${NAME}` that is not a pollard reference stays for the shell.
+    Shell,
+    /// One path or a list of paths (a single string becomes a one-item list).
+    Paths,
+    /// Environment variables: a map of names to strings, numbers or booleans (kept as text);
+    /// `POLLARD_*` names are pollard's own and refused.
+    Env,
+}
+
 /// A semantic parameter error found by [`Stage::validate`]; the engine adds file, line and stage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamError {
@@ -275,6 +298,11 @@ pub trait Stage: Send + Sync + 'static {
 
     /// The input slots this kind takes.
     fn slots(&self) -> Slots;
+
+    /// Fields read beside `with` at the stage's top level (none for most kinds).
+    fn outer_fields(&self) -> &'static [OuterField] {
+        &[]
+    }
 
     /// Checks beyond what types express (a target larger than the model...), all at once.
     fn validate(&self, _p: &Self::Params) -> Result<(), Vec<ParamError>> {
