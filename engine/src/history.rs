@@ -74,6 +74,8 @@ struct Seen {
 pub struct Recorder {
     inner: Arc<dyn Reporter>,
     dir: PathBuf,
+    /// Whether this run made `dir` (otherwise nothing is written there).
+    claimed: bool,
     id: String,
     started_at: Timestamp,
     clock: Instant,
@@ -86,15 +88,33 @@ impl Recorder {
     /// (a read-only workspace) the run still goes: it is just not recorded.
     pub fn start(runs_dir: &Path, inner: Arc<dyn Reporter>) -> Recorder {
         let started_at = Timestamp::now();
-        let id = run_id(&started_at);
+        // Two runs may start in the same millisecond: each claims a folder of its own
+        // (`create_dir` fails on one that exists), never sharing one.
+        let base = run_id(&started_at);
+        let _ = fs::create_dir_all(runs_dir);
+        let mut id = base.clone();
+        let mut claimed = false;
+        for n in 2..100 {
+            match fs::create_dir(runs_dir.join(&id)) {
+                Ok(()) => {
+                    claimed = true;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    id = format!("{base}-{n}");
+                }
+                Err(_) => break,
+            }
+        }
         let dir = runs_dir.join(&id);
-        let events = fs::create_dir_all(&dir)
-            .and_then(|()| fs::File::create(dir.join("events.jsonl")))
-            .map(std::io::BufWriter::new)
-            .ok();
+        let events = claimed
+            .then(|| fs::File::create(dir.join("events.jsonl")).ok())
+            .flatten()
+            .map(std::io::BufWriter::new);
         Recorder {
             inner,
             dir,
+            claimed,
             id,
             started_at,
             clock: Instant::now(),
@@ -141,6 +161,13 @@ impl Recorder {
         cache: &Cache,
     ) -> std::io::Result<RunEntry> {
         let (lock, lock_path) = lock;
+        if !self.claimed {
+            return Err(std::io::Error::other(format!(
+                "cannot create a folder for run {} under {}",
+                self.id,
+                self.dir.parent().unwrap_or(&self.dir).display()
+            )));
+        }
         if let Some(f) = self
             .events
             .lock()
@@ -219,10 +246,16 @@ impl Recorder {
         };
         write_atomic(&self.dir.join("trace.tsv"), trace(&entry, kinds).as_bytes())?;
         if lock.is_some() {
-            // A hard link costs nothing, and stays this run's: the lock is replaced by rename.
+            // A hard link costs nothing, and stays this run's: the lock is replaced by rename,
+            // never written in place. Never copy onto an existing file here: it may be a link
+            // to the lock itself. Where links fail, a copy goes through a new file.
             let copy = self.dir.join("pollard.lock");
-            if fs::hard_link(lock_path, &copy).is_err() {
-                fs::copy(lock_path, &copy)?;
+            if !copy.exists() && fs::hard_link(lock_path, &copy).is_err() {
+                let tmp = self
+                    .dir
+                    .join(format!("pollard.lock.tmp{}", std::process::id()));
+                fs::copy(lock_path, &tmp)?;
+                fs::rename(&tmp, &copy)?;
             }
         }
         let text = serde_json::to_string_pretty(&entry).map_err(std::io::Error::other)?;
@@ -373,6 +406,31 @@ pub fn read(runs_dir: &Path, id: &str) -> Recorded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_runs_starting_in_the_same_millisecond_get_folders_of_their_own() {
+        // They used to share one folder, and the second run's copy of the lock file was written
+        // through the first one's hard link into the lock file itself, emptying it.
+        let tmp = tempfile::tempdir().unwrap();
+        let quiet: Arc<dyn Reporter> = Arc::new(Silent);
+        let recorders: Vec<Recorder> = (0..20)
+            .map(|_| Recorder::start(tmp.path(), quiet.clone()))
+            .collect();
+        let mut ids: Vec<&str> = recorders.iter().map(|r| r.id()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 20, "{ids:?}");
+        assert!(recorders.iter().all(|r| r.claimed));
+    }
+
+    struct Silent;
+    impl ProgressSink for Silent {
+        fn progress(&self, _: &str, _: &Progress) {}
+        fn log(&self, _: &str, _: &str) {}
+    }
+    impl Reporter for Silent {
+        fn event(&self, _: &Event) {}
+    }
 
     #[test]
     fn run_ids_sort_by_time_and_carry_milliseconds() {
