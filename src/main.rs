@@ -597,9 +597,11 @@ fn run(args: RunArgs) -> Result<u8> {
                 (_, true) => progress::Verbosity::Verbose,
                 _ => progress::Verbosity::Normal,
             };
+            // Only `--verbose` prints them: a large run should not format them for nothing.
             let reasons = plan
                 .stages
                 .iter()
+                .filter(|_| verbosity == progress::Verbosity::Verbose)
                 .filter(|p| matches!(p.action, Action::Run { .. }))
                 .map(|p| {
                     let why = p.reasons().iter().map(|r| r.to_string()).collect();

@@ -1,4 +1,4 @@
-//! `pollard runs [ID] [--json]`: the workspace's run history (engine/src/history.rs) as a table,
+//! `pollard runs [--json]` and `pollard runs show ID`: the workspace's run history (engine/src/history.rs) as a table,
 //! newest last, or one run stage by stage.
 
 use std::fmt::Write;
