@@ -55,16 +55,28 @@ fn yaml_syntax_errors_have_a_position() {
     let ws = Ws::new("pipeline: s\nstages:\n  a: [\n");
     let r = ws.run(&["status"]);
     assert_eq!(r.code, 2);
-    assert!(
-        r.stderr
-            .starts_with("error: pollard.yaml:4:1: YAML syntax error"),
-        "{}",
-        r.stderr
+    // The position is the bracket left open, not the end of the file where it was noticed.
+    assert_eq!(
+        r.stderr,
+        "error: pollard.yaml:3:6: YAML syntax error: unclosed bracket '['\n1 error in the manifest\n"
     );
     let r = ws.run(&["status", "-f", "missing.yaml"]);
     assert_eq!(r.code, 2);
     assert!(
         r.stderr.contains("cannot read manifest missing.yaml"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_key_written_twice_is_refused_where_it_is_written_again() {
+    let ws = Ws::new("pipeline: s\nstages:\n  a: { kind: command, cmd: \"true\" }\n  a: { kind: command, cmd: \"false\" }\n");
+    let r = ws.run(&["status"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .starts_with("error: pollard.yaml:4:3: YAML syntax error: duplicate mapping key `a` is not allowed here\n"),
         "{}",
         r.stderr
     );

@@ -81,7 +81,7 @@ fn the_manifest_reference_names_every_stage_group_and_resources_field() {
     }
     // The limits the engine enforces are the ones documented.
     assert!(text.contains(&format!("{} stages", pollard_engine::expand::MAX_STAGES)));
-    assert!(text.contains(&format!("{} levels", pollard_engine::span::MAX_DEPTH)));
+    assert!(text.contains(&format!("{} levels", pollard_engine::yaml::MAX_DEPTH)));
 }
 
 #[test]

@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde_yaml::{Mapping, Value};
+use crate::yaml::{Mapping, Value};
 
-use crate::interp::{interpolate, key_text, Scope, Use, Uses};
+use crate::interp::{interpolate, Scope, Use, Uses};
 use crate::manifest::{valid_id, Collector, GroupShape, RawEntry, RawManifest, RawStage};
 use crate::stage::OuterShape;
+use crate::yaml::inline;
 
 /// One input binding after expansion.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,7 +113,7 @@ pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
                             for e in errs {
                                 c.at(&e.path, Some(&g.id), e.message);
                             }
-                            let name = round.get("name").map(key_text).unwrap_or_default();
+                            let name = round.get("name").map(inline).unwrap_or_default();
                             let prefix = format!("{}.{}", g.id, name);
                             let scope = Scope {
                                 params: &m.params,
@@ -207,7 +208,7 @@ pub fn expand(c: &mut Collector, m: &RawManifest) -> Vec<FlatStage> {
                                     match v {
                                         Value::String(s) if valid_id(&s) => s,
                                         other => {
-                                            let text = key_text(&other);
+                                            let text = inline(&other);
                                             c.at(&join(&g.path, "name"), Some(&g.id), format!("matrix copy name `{text}` must match [a-z0-9_-]+"));
                                             continue;
                                         }
@@ -280,7 +281,7 @@ fn combinations(axes: &[(String, Vec<Value>)]) -> Vec<BTreeMap<String, Value>> {
 
 /// A copy's name without a `name` template: its values joined by `-`, made id-safe.
 fn default_name(combo: &BTreeMap<String, Value>) -> String {
-    let parts: Vec<String> = combo.values().map(key_text).collect();
+    let parts: Vec<String> = combo.values().map(inline).collect();
     parts
         .join("-")
         .to_ascii_lowercase()
@@ -333,7 +334,7 @@ fn flatten(
                 Some(id),
                 format!(
                     "input `{slot}` must name a stage, but `{reference}` is {}",
-                    key_text(&other)
+                    inline(&other)
                 ),
             ),
         }
@@ -343,7 +344,7 @@ fn flatten(
             let v = interpolate(w, scope, &join(&s.path, "with"), false, &mut errs);
             expect_map(c, id, &join(&s.path, "with"), "with", v, w)
         }
-        None => Value::Mapping(Mapping::new()),
+        None => Value::Object(Mapping::new()),
     };
     let resources = s.resources.as_ref().map(|r| {
         let v = interpolate(r, scope, &join(&s.path, "resources"), false, &mut errs);
@@ -366,9 +367,9 @@ fn flatten(
                     stringify_env(c, id, &at, env)
                 }
             };
-            m.insert(f.name.into(), v);
+            m.insert(f.name.to_string(), v);
         }
-        Value::Mapping(m)
+        Value::Object(m)
     } else {
         with
     };
@@ -407,13 +408,13 @@ fn flatten(
 /// unresolved reference was already reported, so it is not reported twice.
 fn expect_map(c: &mut Collector, id: &str, path: &str, name: &str, v: Value, raw: &Value) -> Value {
     match v {
-        Value::Mapping(_) => v,
-        Value::Null => Value::Mapping(Mapping::new()),
-        ref other if other == raw => Value::Mapping(Mapping::new()),
+        Value::Object(_) => v,
+        Value::Null => Value::Object(Mapping::new()),
+        ref other if other == raw => Value::Object(Mapping::new()),
         other => {
             let what = match other {
                 Value::String(_) => "a string",
-                Value::Sequence(_) => "a list",
+                Value::Array(_) => "a list",
                 Value::Number(_) => "a number",
                 Value::Bool(_) => "a boolean",
                 _ => "not a map",
@@ -423,17 +424,17 @@ fn expect_map(c: &mut Collector, id: &str, path: &str, name: &str, v: Value, raw
                 Some(id),
                 format!("`{name}` must be a map, but its reference gives {what}"),
             );
-            Value::Mapping(Mapping::new())
+            Value::Object(Mapping::new())
         }
     }
 }
 
 /// Environment values may be written as numbers or booleans; the process sees strings.
 fn stringify_env(c: &mut Collector, id: &str, path: &str, env: Value) -> Value {
-    let Value::Mapping(m) = env else { return env };
+    let Value::Object(m) = env else { return env };
     let mut out = Mapping::new();
     for (k, v) in m {
-        let name = key_text(&k);
+        let name = k;
         if name.starts_with("POLLARD_") {
             // pollard sets these (POLLARD_OUT, POLLARD_IN_<SLOT>, ...); overriding one would
             // send the stage's output outside its folder.
@@ -449,7 +450,7 @@ fn stringify_env(c: &mut Collector, id: &str, path: &str, env: Value) -> Value {
         }
         let text = match &v {
             Value::String(s) => s.clone(),
-            Value::Number(_) | Value::Bool(_) => key_text(&v),
+            Value::Number(_) | Value::Bool(_) => inline(&v),
             _ => {
                 c.at(
                     &join(path, &name),
@@ -459,7 +460,7 @@ fn stringify_env(c: &mut Collector, id: &str, path: &str, env: Value) -> Value {
                 continue;
             }
         };
-        out.insert(Value::String(name), Value::String(text));
+        out.insert(name, Value::String(text));
     }
-    Value::Mapping(out)
+    Value::Object(out)
 }

@@ -3,7 +3,7 @@
 //! fields, and each field is probed the same way for nested structs. The reference in `docs/`
 //! is checked against this list, so the documentation cannot drift from the code.
 
-use serde_yaml::{Mapping, Value};
+use crate::yaml::{Mapping, Value};
 
 use crate::registry::ErasedStage;
 
@@ -20,12 +20,9 @@ pub fn param_fields(kind: &dyn ErasedStage) -> Vec<String> {
 
 /// `{a: {b: {PROBE: 1}}}` for the path `[a, b]`.
 fn nested(path: &[String]) -> Value {
-    let mut v = Value::Mapping(Mapping::from_iter([(
-        Value::String(PROBE.into()),
-        Value::Number(1.into()),
-    )]));
+    let mut v = Value::Object(Mapping::from_iter([(PROBE.to_string(), Value::from(1))]));
     for p in path.iter().rev() {
-        v = Value::Mapping(Mapping::from_iter([(Value::String(p.clone()), v)]));
+        v = Value::Object(Mapping::from_iter([(p.clone(), v)]));
     }
     v
 }

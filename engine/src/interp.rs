@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_yaml::Value;
+use crate::yaml::{Mapping, Value};
 
 use crate::registry::closest;
 
@@ -71,42 +71,24 @@ pub fn interpolate(
 ) -> Value {
     match v {
         Value::String(s) => interpolate_str(s, scope, path, shell, errs),
-        Value::Mapping(m) => {
-            let mut out = serde_yaml::Mapping::new();
+        Value::Object(m) => {
+            let mut out = Mapping::with_capacity(m.len());
             for (k, val) in m {
-                let key = key_text(k);
                 out.insert(
                     k.clone(),
-                    interpolate(val, scope, &join(path, &key), shell, errs),
+                    interpolate(val, scope, &join(path, k), shell, errs),
                 );
             }
-            Value::Mapping(out)
+            Value::Object(out)
         }
-        Value::Sequence(items) => Value::Sequence(
+        Value::Array(items) => Value::Array(
             items
                 .iter()
                 .enumerate()
                 .map(|(i, item)| interpolate(item, scope, &join(path, &i.to_string()), shell, errs))
                 .collect(),
         ),
-        Value::Tagged(t) => {
-            let mut t = (**t).clone();
-            t.value = interpolate(&t.value, scope, path, shell, errs);
-            Value::Tagged(Box::new(t))
-        }
         other => other.clone(),
-    }
-}
-
-pub fn key_text(k: &Value) -> String {
-    match k {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        other => serde_yaml::to_string(other)
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
     }
 }
 
@@ -230,10 +212,9 @@ fn format_scalar(expr: &str, v: &Value) -> Result<String, String> {
         Value::Number(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(b.to_string()),
         Value::Null => Ok("null".into()),
-        Value::Tagged(t) => format_scalar(expr, &t.value),
-        Value::Mapping(_) | Value::Sequence(_) => Err(format!(
+        Value::Object(_) | Value::Array(_) => Err(format!(
             "`${{{expr}}}` is a {} and cannot be formatted into a longer string (use it as the whole value)",
-            if v.is_mapping() { "map" } else { "list" }
+            if v.is_object() { "map" } else { "list" }
         )),
     }
 }
@@ -269,11 +250,8 @@ pub fn resolve(expr: &str, scope: &Scope) -> Result<Value, String> {
         },
         "matrix" => match scope.matrix {
             Some(m) => {
-                let map: serde_yaml::Mapping = m
-                    .iter()
-                    .map(|(k, v)| (Value::String(k.clone()), v.clone()))
-                    .collect();
-                matrix_map = Value::Mapping(map);
+                let map: Mapping = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                matrix_map = Value::Object(map);
                 (&matrix_map, "matrix")
             }
             None => {
@@ -293,12 +271,12 @@ pub fn resolve(expr: &str, scope: &Scope) -> Result<Value, String> {
     let mut walked = what.to_string();
     for seg in rest {
         let next = match cur {
-            Value::Mapping(m) => m.get(seg).ok_or_else(|| {
-                let names: Vec<String> = m.keys().map(key_text).collect();
+            Value::Object(m) => m.get(seg).ok_or_else(|| {
+                let names: Vec<String> = m.keys().cloned().collect();
                 let hint = closest(seg, names.iter().map(|s| s.as_str())).map(|c| format!("; did you mean `{c}`?")).unwrap_or_default();
                 format!("unknown reference `${{{expr}}}`: `{walked}` has no `{seg}` (it has: {}){hint}", names.join(", "))
             })?,
-            Value::Sequence(items) => seg
+            Value::Array(items) => seg
                 .parse::<usize>()
                 .ok()
                 .and_then(|i| items.get(i))
@@ -317,7 +295,7 @@ mod tests {
     use super::*;
 
     fn y(s: &str) -> Value {
-        serde_yaml::from_str(s).unwrap()
+        crate::yaml::from_str(s).unwrap()
     }
 
     fn run(v: &str, scope: &Scope, shell: bool) -> (Value, Vec<InterpError>) {

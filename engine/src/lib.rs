@@ -29,6 +29,7 @@ pub mod spec;
 pub mod stage;
 pub mod watchdog;
 pub mod workspace;
+pub mod yaml;
 
 pub use command::{CommandParams, CommandStage};
 pub use diag::{Diagnostic, Diagnostics};

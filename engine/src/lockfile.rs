@@ -139,7 +139,7 @@ impl LockFile {
                 })
             }
         };
-        let lock: LockFile = serde_yaml::from_str(&text).map_err(|e| LockError::Parse {
+        let lock: LockFile = crate::yaml::from_lock_str(&text).map_err(|e| LockError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -153,7 +153,7 @@ impl LockFile {
     }
 
     fn render(&self) -> String {
-        let body = serde_yaml::to_string(self).expect("a lock file always serialises");
+        let body = crate::yaml::to_string(self).expect("a lock file always serialises");
         format!("# Written by pollard after each stage that succeeds. Commit it with the manifest:\n# it pins what every stage produced (keys and output digests).\n{body}")
     }
 }
@@ -397,7 +397,8 @@ mod tests {
         assert!(!journal.exists());
         let text = fs::read_to_string(&path).unwrap();
         assert!(
-            text.contains("output: x") && text.contains("output: y"),
+            // `y` is quoted: YAML 1.1 readers would take it for a boolean.
+            text.contains("output: x") && text.contains("output: \"y\""),
             "{text}"
         );
         assert_eq!(LockFile::read(&path).unwrap().unwrap().pipeline, "p");

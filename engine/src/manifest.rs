@@ -4,12 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_yaml::{Mapping, Value};
+use crate::yaml::{Mapping, Value};
 
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::interp::key_text;
 use crate::registry::closest;
 use crate::span::{Pos, SpanMap};
+use crate::yaml::YamlError;
 
 /// A manifest file's text and where its values are.
 #[derive(Debug, Clone)]
@@ -21,20 +21,19 @@ pub struct Source {
     pub text: String,
     /// Shared with the sealed spec, which keeps it for errors found while planning.
     pub spans: std::sync::Arc<SpanMap>,
-    /// The YAML tree, parsed once (overrides applied); `None` when the nesting is past the
-    /// depth limit (then it is not parsed at all).
-    pub tree: Option<Result<Value, (Pos, String)>>,
+    /// The YAML tree, parsed once with the positions above (overrides applied), or why it
+    /// did not parse.
+    pub tree: Result<Value, YamlError>,
     /// `-S PATH=VALUE` overrides applied to the tree before it is read (see overrides.rs).
     pub overrides: Vec<crate::overrides::Override>,
 }
 
 impl Source {
     pub fn new(file: impl Into<String>, dir: PathBuf, text: String) -> Source {
-        let spans = SpanMap::parse(&text);
-        let tree = spans
-            .too_deep
-            .is_none()
-            .then(|| serde_yaml::from_str::<Value>(&text).map_err(|e| yaml_error(&e)));
+        let (tree, spans) = match crate::yaml::parse_with_spans(&text) {
+            Ok((tree, spans)) => (Ok(tree), spans),
+            Err(e) => (Err(e), SpanMap::default()),
+        };
         Source {
             file: file.into(),
             dir,
@@ -52,7 +51,7 @@ impl Source {
         mut self,
         overrides: Vec<crate::overrides::Override>,
     ) -> Result<Source, Vec<String>> {
-        if let Some(Ok(root)) = &mut self.tree {
+        if let Ok(root) = &mut self.tree {
             crate::overrides::apply(root, &overrides)?;
         }
         self.overrides = overrides;
@@ -69,21 +68,6 @@ impl Source {
             .unwrap_or_else(|| PathBuf::from("/"));
         Ok(Source::new(path.display().to_string(), dir, text))
     }
-}
-
-/// Where serde_yaml failed and why, without the " at line L column C" it appends (the
-/// position is printed in front).
-fn yaml_error(e: &serde_yaml::Error) -> (Pos, String) {
-    let pos = e
-        .location()
-        .map(|l| Pos {
-            line: l.line(),
-            col: l.column(),
-        })
-        .unwrap_or(Pos { line: 1, col: 1 });
-    let msg = e.to_string();
-    let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-    (pos, msg)
 }
 
 /// Collects diagnostics for one source.
@@ -259,10 +243,8 @@ fn outer_value(
             );
             None
         }
-        (OuterShape::Paths, Value::String(s)) => {
-            Some(Value::Sequence(vec![Value::String(s.clone())]))
-        }
-        (OuterShape::Paths, v @ Value::Sequence(_)) => Some(v.clone()),
+        (OuterShape::Paths, Value::String(s)) => Some(Value::Array(vec![Value::String(s.clone())])),
+        (OuterShape::Paths, v @ Value::Array(_)) => Some(v.clone()),
         (OuterShape::Paths, other) => {
             c.at(
                 &at,
@@ -274,7 +256,7 @@ fn outer_value(
             );
             None
         }
-        (OuterShape::Env, v @ Value::Mapping(_)) => Some(v.clone()),
+        (OuterShape::Env, v @ Value::Object(_)) => Some(v.clone()),
         // A whole-value reference (`env: ${params.env}`) becomes a map when expanded.
         (OuterShape::Env, v @ Value::String(s)) if s.contains("${") => Some(v.clone()),
         (OuterShape::Env, other) => {
@@ -315,9 +297,8 @@ fn type_name(v: &Value) -> &'static str {
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
-        Value::Sequence(_) => "a list",
-        Value::Mapping(_) => "a map",
-        Value::Tagged(_) => "a tagged value",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
     }
 }
 
@@ -344,28 +325,28 @@ fn as_str(
 /// Parses the manifest text. Returns None only when the YAML itself does not parse (the
 /// syntax error is then the one diagnostic); shape errors are collected and parsing goes on.
 pub fn parse(c: &mut Collector) -> Option<RawManifest> {
-    if let Some(pos) = c.src.spans.too_deep {
-        c.at_pos(
-            pos,
-            None,
-            format!(
-                "maps and lists nest deeper than {} levels here; a manifest is limited to {} \
-                 (recipes need about six)",
-                crate::span::MAX_DEPTH,
-                crate::span::MAX_DEPTH
-            ),
-        );
-        return None;
-    }
-    let root: &Value = match c.src.tree.as_ref()? {
+    let root: &Value = match &c.src.tree {
         // Overrides were applied by `Source::with_overrides`.
         Ok(v) => v,
-        Err((pos, msg)) => {
-            c.at_pos(*pos, None, format!("YAML syntax error: {msg}"));
+        Err(e) if e.too_deep => {
+            c.at_pos(
+                e.pos,
+                None,
+                format!(
+                    "maps and lists nest deeper than {} levels here; a manifest is limited to {} \
+                     (recipes need about six)",
+                    crate::yaml::MAX_DEPTH,
+                    crate::yaml::MAX_DEPTH
+                ),
+            );
+            return None;
+        }
+        Err(e) => {
+            c.at_pos(e.pos, None, format!("YAML syntax error: {}", e.message));
             return None;
         }
     };
-    let Value::Mapping(top) = root else {
+    let Value::Object(top) = root else {
         c.at_pos(
             Pos { line: 1, col: 1 },
             None,
@@ -377,7 +358,7 @@ pub fn parse(c: &mut Collector) -> Option<RawManifest> {
         return None;
     };
     for key in top.keys() {
-        let k = key_text(key);
+        let k = key.clone();
         if !TOP_FIELDS.contains(&k.as_str()) {
             unknown_field(c, "", None, &k, TOP_FIELDS, "the manifest");
         }
@@ -408,20 +389,20 @@ pub fn parse(c: &mut Collector) -> Option<RawManifest> {
         .get("description")
         .and_then(|v| as_str(c, "description", None, v, "`description`"));
     let params = match top.get("params") {
-        None | Some(Value::Null) => Value::Mapping(Mapping::new()),
-        Some(v @ Value::Mapping(_)) => v.clone(),
+        None | Some(Value::Null) => Value::Object(Mapping::new()),
+        Some(v @ Value::Object(_)) => v.clone(),
         Some(other) => {
             c.at(
                 "params",
                 None,
                 format!("`params` must be a map, found {}", type_name(other)),
             );
-            Value::Mapping(Mapping::new())
+            Value::Object(Mapping::new())
         }
     };
     let mut entries = Vec::new();
     match top.get("stages") {
-        Some(Value::Mapping(stages)) => {
+        Some(Value::Object(stages)) => {
             if stages.is_empty() {
                 c.at(
                     "stages",
@@ -430,7 +411,7 @@ pub fn parse(c: &mut Collector) -> Option<RawManifest> {
                 );
             }
             for (k, v) in stages {
-                let id = key_text(k);
+                let id = k.clone();
                 let path = join("stages", &id);
                 if !valid_id(&id) {
                     c.at_key(
@@ -474,7 +455,7 @@ fn parse_entry(
     v: &Value,
     params: &Value,
 ) -> Option<RawEntry> {
-    let Value::Mapping(m) = v else {
+    let Value::Object(m) = v else {
         c.at(
             path,
             Some(id),
@@ -503,7 +484,7 @@ fn parse_stage(
     let stage = Some(display);
     let fields = c.stage_fields();
     for key in m.keys() {
-        let k = key_text(key);
+        let k = key.clone();
         if !fields.contains(&k.as_str()) {
             unknown_field(c, path, stage, &k, &fields, "a stage");
         }
@@ -529,9 +510,9 @@ fn parse_stage(
     let mut inputs = Vec::new();
     match m.get("inputs") {
         None | Some(Value::Null) => {}
-        Some(Value::Mapping(im)) => {
+        Some(Value::Object(im)) => {
             for (slot, up) in im {
-                let slot = key_text(slot);
+                let slot = slot.clone();
                 let p = join(&join(path, "inputs"), &slot);
                 if let Some(up) = as_str(c, &p, stage, up, &format!("input `{slot}`")) {
                     inputs.push((slot, up));
@@ -550,7 +531,7 @@ fn parse_stage(
     let map_field = |c: &mut Collector, name: &str| -> Option<Value> {
         match m.get(name) {
             None | Some(Value::Null) => None,
-            Some(v @ Value::Mapping(_)) => Some(v.clone()),
+            Some(v @ Value::Object(_)) => Some(v.clone()),
             // A whole-value reference (`with: ${params.distill}`) becomes a map when expanded.
             Some(v @ Value::String(s)) if s.contains("${") => Some(v.clone()),
             Some(other) => {
@@ -612,7 +593,7 @@ fn parse_stage(
     }
     if let (Some(r), false) = (c.registry, kind.is_empty()) {
         for key in m.keys() {
-            let k = key_text(key);
+            let k = key.clone();
             if STAGE_FIELDS.contains(&k.as_str()) || outer_fields.iter().any(|f| f.name == k) {
                 continue;
             }
@@ -651,7 +632,7 @@ fn parse_group(
 ) -> Option<RawGroup> {
     let stage = Some(id);
     for key in m.keys() {
-        let k = key_text(key);
+        let k = key.clone();
         if !GROUP_FIELDS.contains(&k.as_str()) {
             unknown_field(
                 c,
@@ -711,9 +692,9 @@ fn parse_group(
     let body_path = join(path, "stages");
     let mut body = Vec::new();
     match m.get("stages") {
-        Some(Value::Mapping(stages)) if !stages.is_empty() => {
+        Some(Value::Object(stages)) if !stages.is_empty() => {
             for (k, v) in stages {
-                let local = key_text(k);
+                let local = k.clone();
                 let p = join(&body_path, &local);
                 let display = format!("{id}.{local}");
                 if !valid_id(&local) {
@@ -725,12 +706,10 @@ fn parse_group(
                     continue;
                 }
                 match v {
-                    Value::Mapping(sm)
-                        if sm.contains_key("repeat") || sm.contains_key("matrix") =>
-                    {
+                    Value::Object(sm) if sm.contains_key("repeat") || sm.contains_key("matrix") => {
                         c.at_key(&p, Some(&display), "groups cannot be nested");
                     }
-                    Value::Mapping(sm) => {
+                    Value::Object(sm) => {
                         if let Some(s) = parse_stage(c, &local, &display, &p, sm) {
                             body.push(s);
                         }
@@ -791,7 +770,7 @@ fn parse_group(
 
 fn parse_repeat(c: &mut Collector, id: &str, path: &str, v: &Value) -> Option<GroupShape> {
     let stage = Some(id);
-    let Value::Mapping(m) = v else {
+    let Value::Object(m) = v else {
         c.at(
             path,
             stage,
@@ -803,7 +782,7 @@ fn parse_repeat(c: &mut Collector, id: &str, path: &str, v: &Value) -> Option<Gr
         return None;
     };
     for key in m.keys() {
-        let k = key_text(key);
+        let k = key.clone();
         if !REPEAT_FIELDS.contains(&k.as_str()) {
             unknown_field(c, path, stage, &k, REPEAT_FIELDS, "`repeat`");
         }
@@ -823,12 +802,12 @@ fn parse_repeat(c: &mut Collector, id: &str, path: &str, v: &Value) -> Option<Gr
     let rounds_path = join(path, "rounds");
     let mut rounds = Vec::new();
     match m.get("rounds") {
-        Some(Value::Sequence(items)) if !items.is_empty() => {
+        Some(Value::Array(items)) if !items.is_empty() => {
             let mut seen = std::collections::BTreeSet::new();
             for (i, r) in items.iter().enumerate() {
                 let rp = join(&rounds_path, &i.to_string());
                 match r {
-                    Value::Mapping(rm) => match rm.get("name") {
+                    Value::Object(rm) => match rm.get("name") {
                         Some(Value::String(n)) if valid_id(n) => {
                             if !seen.insert(n.clone()) {
                                 c.at(
@@ -885,7 +864,7 @@ fn parse_repeat(c: &mut Collector, id: &str, path: &str, v: &Value) -> Option<Gr
 
 fn parse_matrix(c: &mut Collector, id: &str, path: &str, v: &Value) -> Option<GroupShape> {
     let stage = Some(id);
-    let Value::Mapping(m) = v else {
+    let Value::Object(m) = v else {
         c.at(
             path,
             stage,
@@ -898,9 +877,9 @@ fn parse_matrix(c: &mut Collector, id: &str, path: &str, v: &Value) -> Option<Gr
     };
     let mut axes = Vec::new();
     for (k, vals) in m {
-        let axis = key_text(k);
+        let axis = k.clone();
         match vals {
-            Value::Sequence(items) if !items.is_empty() => axes.push((axis, items.clone())),
+            Value::Array(items) if !items.is_empty() => axes.push((axis, items.clone())),
             _ => c.at(
                 &join(path, &axis),
                 stage,

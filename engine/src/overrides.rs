@@ -8,11 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::yaml::Value;
 use serde::{Deserialize, Serialize};
-use serde_yaml::Value;
 
-use crate::interp::key_text;
 use crate::registry::closest;
+use crate::yaml::inline;
 
 /// One `-S PATH=VALUE`, its value parsed as YAML (`1e-4` a number, `true` a boolean, `kl` a
 /// string, `{ hidden: 128 }` a map).
@@ -35,7 +35,7 @@ impl Override {
         if path.is_empty() || path.split('.').any(str::is_empty) {
             return Err(format!("-S {arg}: `{path}` is not a dotted path"));
         }
-        let value: Value = serde_yaml::from_str(value)
+        let value: Value = crate::yaml::from_str(value)
             .map_err(|e| format!("-S {arg}: the value is not valid YAML: {e}"))?;
         Ok(Override {
             path: path.to_string(),
@@ -90,7 +90,7 @@ pub fn experiment_lock_path(lock_path: &Path, state_dir: &Path, overrides: &[Ove
 /// A path step: a map key, or a list index.
 #[derive(Debug, Clone)]
 enum Step {
-    Key(Value),
+    Key(String),
     Index(usize),
 }
 
@@ -108,9 +108,9 @@ fn descend(mut node: &Value, segs: &[&str], mut at: String) -> Result<Vec<Step>,
     for seg in segs {
         let (step, next) =
             match node {
-                Value::Mapping(m) => {
-                    let Some((k, v)) = m.iter().find(|(k, _)| key_text(k) == *seg) else {
-                        let keys: Vec<String> = m.keys().map(key_text).collect();
+                Value::Object(m) => {
+                    let Some((k, v)) = m.iter().find(|(k, _)| k.as_str() == *seg) else {
+                        let keys: Vec<String> = m.keys().cloned().collect();
                         let hint = closest(seg, keys.iter().map(String::as_str))
                             .map(|c| format!("; did you mean `{c}`?"))
                             .unwrap_or_default();
@@ -122,17 +122,17 @@ fn descend(mut node: &Value, segs: &[&str], mut at: String) -> Result<Vec<Step>,
                     };
                     (Step::Key(k.clone()), v)
                 }
-                Value::Sequence(items) => {
+                Value::Array(items) => {
                     let by_index = seg.parse::<usize>().ok().filter(|&i| i < items.len());
                     let by_name = || {
                         items
                             .iter()
-                            .position(|it| it.get("name").map(key_text).as_deref() == Some(*seg))
+                            .position(|it| it.get("name").map(inline).as_deref() == Some(*seg))
                     };
                     let Some(i) = by_index.or_else(by_name) else {
                         let names: Vec<String> = items
                             .iter()
-                            .filter_map(|it| it.get("name").map(key_text))
+                            .filter_map(|it| it.get("name").map(inline))
                             .collect();
                         let hint = closest(seg, names.iter().map(String::as_str))
                             .map(|c| format!("; did you mean `{c}`?"))
@@ -177,14 +177,13 @@ fn describe(at: &str) -> String {
 fn resolve_round(root: &Value, name: &str, rest: &[&str]) -> Result<Vec<Step>, String> {
     let mut found: Vec<String> = Vec::new();
     let mut all_names: Vec<String> = Vec::new();
-    if let Some(Value::Mapping(stages)) = root.get("stages") {
+    if let Some(Value::Object(stages)) = root.get("stages") {
         for (gid, group) in stages {
-            if let Some(Value::Sequence(rounds)) = group.get("repeat").and_then(|r| r.get("rounds"))
-            {
+            if let Some(Value::Array(rounds)) = group.get("repeat").and_then(|r| r.get("rounds")) {
                 for r in rounds {
-                    if let Some(n) = r.get("name").map(key_text) {
+                    if let Some(n) = r.get("name").map(inline) {
                         if n == name {
-                            found.push(format!("stages.{}.repeat.rounds.{n}", key_text(gid)));
+                            found.push(format!("stages.{}.repeat.rounds.{n}", gid));
                         }
                         all_names.push(n);
                     }
@@ -221,8 +220,8 @@ fn resolve_round(root: &Value, name: &str, rest: &[&str]) -> Result<Vec<Step>, S
 fn walk_mut<'a>(mut node: &'a mut Value, steps: &[Step]) -> Option<&'a mut Value> {
     for step in steps {
         node = match (step, node) {
-            (Step::Key(k), Value::Mapping(m)) => m.get_mut(k)?,
-            (Step::Index(i), Value::Sequence(s)) => s.get_mut(*i)?,
+            (Step::Key(k), Value::Object(m)) => m.get_mut(k)?,
+            (Step::Index(i), Value::Array(s)) => s.get_mut(*i)?,
             _ => return None,
         };
     }
@@ -247,7 +246,7 @@ stages:
 ";
 
     fn root() -> Value {
-        serde_yaml::from_str(MANIFEST).unwrap()
+        crate::yaml::from_str(MANIFEST).unwrap()
     }
 
     fn set(args: &[&str]) -> Result<Value, Vec<String>> {

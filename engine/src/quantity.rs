@@ -218,12 +218,12 @@ mod tests {
 
     #[test]
     fn yaml_values_decode_from_numbers_and_strings() {
-        let c: Count = serde_yaml::from_str("20M").unwrap();
+        let c: Count = crate::yaml::from_str("20M").unwrap();
         assert_eq!(c, Count(20_000_000));
-        let c: Count = serde_yaml::from_str("1000").unwrap();
+        let c: Count = crate::yaml::from_str("1000").unwrap();
         assert_eq!(c, Count(1000));
-        let b: Bytes = serde_yaml::from_str("80GiB").unwrap();
+        let b: Bytes = crate::yaml::from_str("80GiB").unwrap();
         assert_eq!(b.0, 80 << 30);
-        assert!(serde_yaml::from_str::<Count>("-3").is_err());
+        assert!(crate::yaml::from_str::<Count>("-3").is_err());
     }
 }

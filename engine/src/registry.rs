@@ -41,7 +41,7 @@ pub trait ErasedStage: Send + Sync {
     fn version(&self) -> u32;
     fn slots(&self) -> Slots;
     fn outer_fields(&self) -> &'static [OuterField];
-    fn decode(&self, with: &serde_yaml::Value) -> Result<DecodedParams, DecodeError>;
+    fn decode(&self, with: &crate::yaml::Value) -> Result<DecodedParams, DecodeError>;
     fn validate(&self, p: &DecodedParams) -> Vec<ParamError>;
     fn deps(&self, p: &DecodedParams) -> Vec<PathBuf>;
     fn describe(
@@ -80,7 +80,7 @@ impl<S: Stage> ErasedStage for Erased<S> {
     fn slots(&self) -> Slots {
         self.0.slots()
     }
-    fn decode(&self, with: &serde_yaml::Value) -> Result<DecodedParams, DecodeError> {
+    fn decode(&self, with: &crate::yaml::Value) -> Result<DecodedParams, DecodeError> {
         let typed: S::Params = serde_path_to_error::deserialize(with.clone()).map_err(|e| {
             let field = path_string(e.path());
             let message = did_you_mean(&e.inner().to_string());
@@ -280,8 +280,8 @@ mod tests {
         }
     }
 
-    fn yaml(s: &str) -> serde_yaml::Value {
-        serde_yaml::from_str(s).unwrap()
+    fn yaml(s: &str) -> crate::yaml::Value {
+        crate::yaml::from_str(s).unwrap()
     }
 
     #[test]

@@ -9,11 +9,11 @@
 //! `vocab` when counting all parameters). Parsing turns the search into an ordinary one-axis `matrix`, so expansion,
 //! `pollard dag` and `select` treat it like any other.
 
-use serde_yaml::{Mapping, Value};
+use crate::yaml::{Mapping, Value};
 
-use crate::interp::key_text;
 use crate::manifest::{Collector, GroupShape};
 use crate::quantity::Count;
+use crate::yaml::inline;
 
 /// The matrix axis holding each candidate's architecture.
 pub const AXIS: &str = "arch";
@@ -138,30 +138,30 @@ fn uint(v: &Value) -> Option<u64> {
 /// One grid axis: a list of sizes, or `{ of: N, by: [d, ...] }` -> round(N / d) each.
 fn axis_values(v: &Value) -> Result<Vec<u64>, String> {
     let vals = match v {
-        Value::Sequence(items) => items
+        Value::Array(items) => items
             .iter()
-            .map(|x| uint(x).ok_or_else(|| format!("`{}` is not a size", key_text(x))))
+            .map(|x| uint(x).ok_or_else(|| format!("`{}` is not a size", inline(x))))
             .collect::<Result<Vec<_>, _>>()?,
-        Value::Mapping(m) => {
+        Value::Object(m) => {
             let of = m
                 .get("of")
                 .and_then(uint)
                 .ok_or("`{ of: N, by: [divisors] }` needs `of`, a size")?;
             let by = m
                 .get("by")
-                .and_then(Value::as_sequence)
+                .and_then(Value::as_array)
                 .ok_or("`{ of: N, by: [divisors] }` needs `by`, a list of numbers")?;
             by.iter()
                 .map(|d| match d.as_f64() {
                     Some(d) if d >= 1.0 => Ok((of as f64 / d).round() as u64),
-                    _ => Err(format!("divisor `{}` must be a number >= 1", key_text(d))),
+                    _ => Err(format!("divisor `{}` must be a number >= 1", inline(d))),
                 })
                 .collect::<Result<Vec<_>, _>>()?
         }
         other => {
             return Err(format!(
                 "must be a list of sizes or `{{ of: N, by: [divisors] }}`, found `{}`",
-                key_text(other)
+                inline(other)
             ))
         }
     };
@@ -265,7 +265,7 @@ pub fn parse_shape(
     params: &Value,
 ) -> Option<GroupShape> {
     let stage = Some(id);
-    let Value::Mapping(m) = v else {
+    let Value::Object(m) = v else {
         c.at(
             path,
             stage,
@@ -289,7 +289,7 @@ pub fn parse_shape(
             return None;
         }
     };
-    let Value::Mapping(full) = shape else {
+    let Value::Object(full) = shape else {
         c.at(
             &format!("{path}.shape"),
             stage,
@@ -307,7 +307,7 @@ pub fn parse_shape(
         );
         return None;
     };
-    let counting = match m.get("count").map(key_text).as_deref() {
+    let counting = match m.get("count").map(inline).as_deref() {
         None | Some("total") => Counting::Total,
         Some("non_embedding") => Counting::NonEmbedding,
         Some(other) => {
@@ -330,7 +330,7 @@ pub fn parse_shape(
     }
     let family = match full.get("family") {
         None => Family::Llama,
-        Some(v) => match Family::parse(&key_text(v)) {
+        Some(v) => match Family::parse(&inline(v)) {
             Some(f) => f,
             None => {
                 c.at(
@@ -338,7 +338,7 @@ pub fn parse_shape(
                     stage,
                     format!(
                         "`search.shape.family: {}` must be `llama`, `mistral`, `nemotron` or `qwen3`",
-                        key_text(v)
+                        inline(v)
                     ),
                 );
                 return None;
@@ -353,7 +353,7 @@ pub fn parse_shape(
         tied: full.get("tied").and_then(Value::as_bool).unwrap_or(false),
         family,
     };
-    let budget = match m.get("params").map(key_text) {
+    let budget = match m.get("params").map(inline) {
         Some(t) => match parse_budget(&t) {
             Ok(b) => b,
             Err(e) => {
@@ -370,7 +370,7 @@ pub fn parse_shape(
             return None;
         }
     };
-    let Some(Value::Mapping(g)) = m.get("grid") else {
+    let Some(Value::Object(g)) = m.get("grid") else {
         c.at(
             &format!("{path}.grid"),
             stage,
@@ -380,7 +380,6 @@ pub fn parse_shape(
     };
     let mut grid = Vec::new();
     for k in g.keys() {
-        let k = key_text(k);
         if !GRID_AXES.contains(&k.as_str()) {
             c.at_key(
                 &format!("{path}.grid.{k}"),
@@ -437,9 +436,9 @@ pub fn parse_shape(
             let mut arch = Mapping::new();
             // Only the sizes the grid varies: the rest stay the pruned model's.
             for (k, v) in cand {
-                arch.insert(Value::String(k.into()), Value::Number(v.into()));
+                arch.insert(k.into(), Value::Number(v.into()));
             }
-            Value::Mapping(arch)
+            Value::Object(arch)
         })
         .collect();
     Some(GroupShape::Matrix {
@@ -491,15 +490,15 @@ mod tests {
             family: Family::Llama,
         };
         let full: Mapping =
-            serde_yaml::from_str("{ layers: 4, hidden: 128, heads: 4, ffn: 384 }").unwrap();
+            crate::yaml::from_str("{ layers: 4, hidden: 128, heads: 4, ffn: 384 }").unwrap();
         let grid = vec![
             (
                 "heads",
-                axis_values(&serde_yaml::from_str("[4, 3, 2]").unwrap()).unwrap(),
+                axis_values(&crate::yaml::from_str("[4, 3, 2]").unwrap()).unwrap(),
             ),
             (
                 "ffn",
-                axis_values(&serde_yaml::from_str("{ of: 384, by: [1, 1.5, 2, 3] }").unwrap())
+                axis_values(&crate::yaml::from_str("{ of: 384, by: [1, 1.5, 2, 3] }").unwrap())
                     .unwrap(),
             ),
         ];

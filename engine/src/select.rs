@@ -10,12 +10,12 @@
 
 use std::path::Path;
 
+use crate::yaml::{Mapping, Value};
 use serde::{Deserialize, Serialize};
-use serde_yaml::{Mapping, Value};
 
 use crate::expand::{FlatInput, FlatStage};
-use crate::interp::key_text;
 use crate::manifest::{Collector, RawStage};
+use crate::yaml::inline;
 
 /// The stage kind of `<group>.best`.
 pub const KIND: &str = "select";
@@ -95,7 +95,6 @@ pub(crate) fn check_fields(
     fields: &[&str],
 ) {
     for k in m.keys() {
-        let k = key_text(k);
         if !fields.contains(&k.as_str()) {
             c.at_key(
                 &format!("{path}.{k}"),
@@ -118,7 +117,7 @@ pub fn parse(
     body: &[RawStage],
 ) -> Option<Select> {
     let stage = Some(id);
-    let Value::Mapping(m) = v else {
+    let Value::Object(m) = v else {
         c.at(
             path,
             stage,
@@ -134,7 +133,7 @@ pub fn parse(
                 c.at(
                     &format!("{path}.{f}"),
                     stage,
-                    format!("`select.{f}` must be a string, found `{}`", key_text(other)),
+                    format!("`select.{f}` must be a string, found `{}`", inline(other)),
                 );
                 None
             }
@@ -262,14 +261,14 @@ pub fn best_stage(group: &str, sel: &Select, copies: &[String]) -> FlatStage {
     }
     with.insert(
         "candidates".into(),
-        Value::Sequence(copies.iter().map(|c| Value::String(c.clone())).collect()),
+        Value::Array(copies.iter().map(|c| Value::String(c.clone())).collect()),
     );
     FlatStage {
         id: format!("{group}.{BEST}"),
         path: sel.path.clone(),
         kind: KIND.to_string(),
         inputs,
-        with: Value::Mapping(with),
+        with: Value::Object(with),
         resources: None,
         cache: true,
         unresolved: false,

@@ -28,7 +28,7 @@ pub struct Workspace {
     /// The manifest's text, for stages that run in processes of their own.
     pub manifest: ManifestText,
     /// The manifest's top-level `executor` value, if any (read by `executor::from_value`).
-    pub executor: Option<serde_yaml::Value>,
+    pub executor: Option<crate::yaml::Value>,
     /// The manifest's path (for the embedded recipe, where it would be).
     pub manifest_path: PathBuf,
     /// `-S` overrides this command was given; with any, `lock_path` is the experiment's record
@@ -87,10 +87,11 @@ pub fn load(
         lock_path = experiment_lock_path(&lock_path, &spec.dir.join(".pollard"), &overrides);
     }
     let lock = LockFile::read(&lock_path)?;
-    let executor = match &source.tree {
-        Some(Ok(root)) => root.get("executor").cloned(),
-        _ => None,
-    };
+    let executor = source
+        .tree
+        .as_ref()
+        .ok()
+        .and_then(|root| root.get("executor").cloned());
     Ok(Workspace {
         spec,
         executor,

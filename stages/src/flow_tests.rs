@@ -107,7 +107,8 @@ fn scores_match_a_naive_per_unit_computation() {
     let model = frozen(&f.model);
     let data = pollard_data::Dataset::open(&f.data).unwrap();
     let p: ScoreParams =
-        serde_yaml::from_str("{ samples: 5, seq_len: 12, batch: 2, val_samples: 4 }").unwrap();
+        pollard_engine::yaml::from_str("{ samples: 5, seq_len: 12, batch: 2, val_samples: 4 }")
+            .unwrap();
     let out = tempfile::tempdir().unwrap();
     let scores = compute(&ctx(out.path(), out.path()), &model, &data, &p).unwrap();
 
@@ -221,7 +222,7 @@ fn pruned_models_load_and_keep_the_kept_units_outputs() {
 fn pruned_models_keep_the_kept_units_outputs(family: Family) {
     let f = fixture_of(family);
     let out = tempfile::tempdir().unwrap();
-    let p: PruneParams = serde_yaml::from_str(
+    let p: PruneParams = pollard_engine::yaml::from_str(
         "{ method: magnitude, target: { ffn: 40, heads: 2 }, depth: { drop: [1] } }",
     )
     .unwrap();
@@ -286,9 +287,10 @@ fn pruned_models_keep_the_kept_units_outputs(family: Family) {
 
     // Hidden-size pruning changes RMSNorm statistics, so only loading and finiteness are checked.
     let out2 = tempfile::tempdir().unwrap();
-    let p: PruneParams =
-        serde_yaml::from_str("{ method: random, seed: 3, target: { hidden: 16, kv_heads: 1 } }")
-            .unwrap();
+    let p: PruneParams = pollard_engine::yaml::from_str(
+        "{ method: random, seed: 3, target: { hidden: 16, kv_heads: 1 } }",
+    )
+    .unwrap();
     Prune
         .run(
             &mut ctx(out2.path(), out2.path()),
@@ -328,16 +330,17 @@ fn kl(teacher: &Llama, student: &Llama, windows: &[&[u32]]) -> f64 {
 }
 
 fn distill_params(extra: &str) -> DistillParams {
-    serde_yaml::from_str(&format!("{{ tokens: 2400, batch: 4, seq_len: 20, lr: 3e-3, min_lr: 3e-4, warmup: 2, log_every: 1, val_samples: 4 {extra} }}")).unwrap()
+    pollard_engine::yaml::from_str(&format!("{{ tokens: 2400, batch: 4, seq_len: 20, lr: 3e-3, min_lr: 3e-4, warmup: 2, log_every: 1, val_samples: 4 {extra} }}")).unwrap()
 }
 
 #[test]
 fn distillation_lowers_kl_to_the_teacher() {
     let f = fixture();
     let pruned = tempfile::tempdir().unwrap();
-    let p: PruneParams =
-        serde_yaml::from_str("{ method: magnitude, target: { ffn: 32 }, depth: { drop: [1] } }")
-            .unwrap();
+    let p: PruneParams = pollard_engine::yaml::from_str(
+        "{ method: magnitude, target: { ffn: 32 }, depth: { drop: [1] } }",
+    )
+    .unwrap();
     Prune
         .run(
             &mut ctx(pruned.path(), pruned.path()),
@@ -417,7 +420,7 @@ fn resume_after_an_interruption_gives_the_same_final_weights() {
     // Student = a pruned copy so the loss is not zero.
     let pruned = tempfile::tempdir().unwrap();
     let pp: PruneParams =
-        serde_yaml::from_str("{ method: magnitude, target: { ffn: 48 } }").unwrap();
+        pollard_engine::yaml::from_str("{ method: magnitude, target: { ffn: 48 } }").unwrap();
     Prune
         .run(
             &mut ctx(pruned.path(), pruned.path()),
@@ -504,7 +507,7 @@ fn resume_after_an_interruption_gives_the_same_final_weights() {
 
 /// Trains from an `arch` with `dtype`, returns the final validation loss.
 fn train_val_loss(data: &Path, dtype: &str) -> f64 {
-    let p: crate::kinds::train::TrainParams = serde_yaml::from_str(&format!(
+    let p: crate::kinds::train::TrainParams = pollard_engine::yaml::from_str(&format!(
         "{{ arch: {{ hidden: 32, ffn: 64, heads: 4, kv_heads: 2, layers: 2 }}, tokens: 60K, batch: 8, seq_len: 64, lr: 3e-3, seed: 1, val_samples: 32, dtype: {dtype} }}"
     ))
     .unwrap();

@@ -39,7 +39,7 @@ enum Extra {
 
 /// The manifest's `executor:`, if it has one (Err: a manifest error naming its line).
 pub fn from_manifest(m: &ManifestText) -> Result<Option<ExecutorChoice>, EngineError> {
-    let doc: serde_yaml::Value = match serde_yaml::from_str(&m.text) {
+    let doc: crate::yaml::Value = match crate::yaml::from_str(&m.text) {
         Ok(v) => v,
         // The manifest was validated already; nothing more to say here.
         Err(_) => return Ok(None),
@@ -51,7 +51,7 @@ pub fn from_manifest(m: &ManifestText) -> Result<Option<ExecutorChoice>, EngineE
 /// so a large manifest is not parsed again).
 pub fn from_value(
     m: &ManifestText,
-    value: Option<&serde_yaml::Value>,
+    value: Option<&crate::yaml::Value>,
 ) -> Result<Option<ExecutorChoice>, EngineError> {
     let Some(value) = value else {
         return Ok(None);
@@ -73,14 +73,19 @@ pub fn from_value(
     const SHAPE: &str =
         "`executor` must be `local` or `{ slurm: { partition, account, time, extra } }`";
     let slurm = match value {
-        serde_yaml::Value::String(s) if s == "local" => return Ok(Some(ExecutorChoice::Local)),
-        serde_yaml::Value::Mapping(m) if m.len() == 1 && m.contains_key("slurm") => &m["slurm"],
-        _ => return Err(bad(format!("{SHAPE}, found {}", yaml_text(value)))),
+        crate::yaml::Value::String(s) if s == "local" => return Ok(Some(ExecutorChoice::Local)),
+        crate::yaml::Value::Object(m) if m.len() == 1 && m.contains_key("slurm") => &m["slurm"],
+        _ => {
+            return Err(bad(format!(
+                "{SHAPE}, found {}",
+                crate::yaml::inline(value)
+            )))
+        }
     };
     let f: SlurmFields = if slurm.is_null() {
         SlurmFields::default()
     } else {
-        serde_yaml::from_value(slurm.clone()).map_err(|e| bad(format!("{SHAPE}: {e}")))?
+        crate::yaml::from_value(slurm.clone()).map_err(|e| bad(format!("{SHAPE}: {e}")))?
     };
     Ok(Some(ExecutorChoice::Slurm(SlurmOptions {
         partition: f.partition,
@@ -92,14 +97,6 @@ pub fn from_value(
             Extra::Many(v) => v,
         },
     })))
-}
-
-/// A YAML value on one line, for an error message.
-fn yaml_text(v: &serde_yaml::Value) -> String {
-    serde_yaml::to_string(v)
-        .unwrap_or_default()
-        .trim()
-        .replace('\n', " ")
 }
 
 #[cfg(test)]

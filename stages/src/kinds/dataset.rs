@@ -44,8 +44,8 @@ pub struct DatasetParams {
 }
 
 /// `{ files: [globs] }` or `{ synthetic: { words, seed } }`: exactly one of the two. (A struct
-/// of options rather than an enum because the engine decodes `with` from YAML values, where
-/// serde_yaml reads enums only as `!tags`.)
+/// of options rather than an enum, so that a typo inside either is reported by field name, with
+/// the fields of both to choose from.)
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextSource {
@@ -504,7 +504,7 @@ mod tests {
     use super::*;
 
     fn params(yaml: &str) -> DatasetParams {
-        serde_yaml::from_str(yaml).unwrap()
+        pollard_engine::yaml::from_str(yaml).unwrap()
     }
 
     fn run_in(dir: &Path, p: &DatasetParams) -> Result<PathBuf, BoxError> {
@@ -555,11 +555,11 @@ mod tests {
             serde_json::json!({"text": {"files": ["data/*.txt"]}, "tokenizer": {"file": "tok/tokenizer.json"}, "val_fraction": 0.1})
         );
         // Unknown fields are refused while decoding.
-        assert!(serde_yaml::from_str::<DatasetParams>(
+        assert!(pollard_engine::yaml::from_str::<DatasetParams>(
             "{ text: { synthetic: { words: 10, sed: 1 } }, tokenizer: { byte: true } }"
         )
         .is_err());
-        assert!(serde_yaml::from_str::<DatasetParams>(
+        assert!(pollard_engine::yaml::from_str::<DatasetParams>(
             "{ text: { synthetic: { words: 10 } }, tokenizer: { bpe: 300 }, extra: 1 }"
         )
         .is_err());

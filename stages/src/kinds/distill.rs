@@ -499,11 +499,12 @@ mod tests {
 
     #[test]
     fn unknown_losses_and_bad_weights_are_refused_by_field() {
-        let e = serde_yaml::from_str::<DistillParams>("{ tokens: 1M, loss: { logits: kl } }")
-            .unwrap_err()
-            .to_string();
+        let e =
+            pollard_engine::yaml::from_str::<DistillParams>("{ tokens: 1M, loss: { logits: kl } }")
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("unknown variant `kl`"), "{e}");
-        let p: DistillParams = serde_yaml::from_str(
+        let p: DistillParams = pollard_engine::yaml::from_str(
             "{ tokens: 1M, loss: { logits: ce, ce_weight: 0.5, temperature: 0 } }",
         )
         .unwrap();
@@ -514,7 +515,7 @@ mod tests {
             .map(|e| e.field)
             .collect();
         assert_eq!(f, vec!["loss.temperature", "loss.ce_weight"]);
-        let p: DistillParams = serde_yaml::from_str(
+        let p: DistillParams = pollard_engine::yaml::from_str(
             "{ tokens: 1M, loss: { intermediate: { layers: [[3, 1]], weight: auto } } }",
         )
         .unwrap();
@@ -522,7 +523,7 @@ mod tests {
             p.loss.intermediate.unwrap().weight,
             Weight::Auto(Auto::Auto)
         );
-        let p: DistillParams = serde_yaml::from_str(
+        let p: DistillParams = pollard_engine::yaml::from_str(
             "{ tokens: 1M, loss: { intermediate: { layers: [[3, 1]], weight: 0.5 } } }",
         )
         .unwrap();
@@ -534,7 +535,8 @@ mod tests {
         let mut reg = pollard_engine::Registry::new();
         reg.register(Distill);
         let kind = reg.get("distill").unwrap();
-        let with = |y: &str| -> serde_yaml::Value { serde_yaml::from_str(y).unwrap() };
+        let with =
+            |y: &str| -> pollard_engine::yaml::Value { pollard_engine::yaml::from_str(y).unwrap() };
         let err = kind
             .decode(&with("{ tokens: 1M, loss: { logits: kl } }"))
             .unwrap_err();

@@ -277,12 +277,13 @@ mod tests {
 
     #[test]
     fn bad_expectations_are_refused_at_validation() {
-        let p: LoadParams =
-            serde_yaml::from_str("{ path: x, expect: { hidden: 100, heads: 8, kv_heads: 3 } }")
-                .unwrap();
+        let p: LoadParams = pollard_engine::yaml::from_str(
+            "{ path: x, expect: { hidden: 100, heads: 8, kv_heads: 3 } }",
+        )
+        .unwrap();
         let errs = Load.validate(&p).unwrap_err();
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, vec!["expect.kv_heads", "expect.head_dim"]);
-        assert!(serde_yaml::from_str::<LoadParams>("{ path: x, dtype: f64 }").is_err());
+        assert!(pollard_engine::yaml::from_str::<LoadParams>("{ path: x, dtype: f64 }").is_err());
     }
 }

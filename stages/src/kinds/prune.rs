@@ -279,7 +279,7 @@ mod tests {
     }
 
     fn params(yaml: &str) -> PruneParams {
-        serde_yaml::from_str(yaml).unwrap()
+        pollard_engine::yaml::from_str(yaml).unwrap()
     }
 
     #[test]
@@ -381,11 +381,11 @@ mod tests {
             vec!["depth"]
         );
         assert_eq!(fields("{}"), vec!["target"]);
-        let unknown = serde_yaml::from_str::<PruneParams>("{ method: l1 }")
+        let unknown = pollard_engine::yaml::from_str::<PruneParams>("{ method: l1 }")
             .unwrap_err()
             .to_string();
         assert!(unknown.contains("unknown variant `l1`"), "{unknown}");
-        assert!(serde_yaml::from_str::<PruneParams>("{ target: { width: 3 } }").is_err());
+        assert!(pollard_engine::yaml::from_str::<PruneParams>("{ target: { width: 3 } }").is_err());
     }
 
     #[test]

@@ -461,12 +461,12 @@ mod tests {
     #[test]
     fn unknown_aggregations_and_empty_axes_are_refused() {
         assert!(
-            serde_yaml::from_str::<ScoreParams>("{ aggregation: { batch: max } }")
+            pollard_engine::yaml::from_str::<ScoreParams>("{ aggregation: { batch: max } }")
                 .unwrap_err()
                 .to_string()
                 .contains("unknown variant `max`")
         );
-        let p: ScoreParams = serde_yaml::from_str("{ axes: [], samples: 0 }").unwrap();
+        let p: ScoreParams = pollard_engine::yaml::from_str("{ axes: [], samples: 0 }").unwrap();
         let f: Vec<String> = Score
             .validate(&p)
             .unwrap_err()

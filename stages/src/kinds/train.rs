@@ -434,7 +434,7 @@ mod tests {
     #[test]
     fn bad_training_params_are_refused_with_their_field() {
         let p: TrainParams =
-            serde_yaml::from_str("{ arch: { hidden: 64, ffn: 128, heads: 6, kv_heads: 4, layers: 2 }, tokens: 10, batch: 4, seq_len: 8, lr: -1 }").unwrap();
+            pollard_engine::yaml::from_str("{ arch: { hidden: 64, ffn: 128, heads: 6, kv_heads: 4, layers: 2 }, tokens: 10, batch: 4, seq_len: 8, lr: -1 }").unwrap();
         let f: Vec<String> = Train
             .validate(&p)
             .unwrap_err()
@@ -442,7 +442,9 @@ mod tests {
             .map(|e| e.field)
             .collect();
         assert_eq!(f, vec!["arch.kv_heads", "arch.head_dim", "lr", "tokens"]);
-        assert!(serde_yaml::from_str::<TrainParams>("{ tokens: 1M, epochs: 3 }").is_err());
+        assert!(
+            pollard_engine::yaml::from_str::<TrainParams>("{ tokens: 1M, epochs: 3 }").is_err()
+        );
     }
 
     #[test]
