@@ -9,6 +9,7 @@ mod gc_text;
 mod model_cmd;
 mod progress;
 mod render;
+mod run_memo;
 mod runs_cmd;
 mod workspace;
 
@@ -518,6 +519,12 @@ fn dispatch(cli: Cli) -> Result<u8> {
 }
 
 fn run(args: RunArgs) -> Result<u8> {
+    let planned_at_ns = pollard_engine::noop::now_ns();
+    if let Some(paths) = run_memo::paths(&args) {
+        if let Some(code) = run_memo::try_run(&args, &paths)? {
+            return Ok(code);
+        }
+    }
     let ws = workspace::load(args.manifest.file.as_deref(), &args.overrides.set, true)?;
     if !ws.overrides.is_empty() && !args.dry_run {
         if let Some(dir) = ws.lock_path.parent() {
@@ -592,28 +599,18 @@ fn run(args: RunArgs) -> Result<u8> {
             log.clone()
         }
         None => {
-            let verbosity = match (args.quiet, args.verbose) {
-                (true, _) => progress::Verbosity::Quiet,
-                (_, true) => progress::Verbosity::Verbose,
-                _ => progress::Verbosity::Normal,
-            };
             // Only `--verbose` prints them: a large run should not format them for nothing.
             let reasons = plan
                 .stages
                 .iter()
-                .filter(|_| verbosity == progress::Verbosity::Verbose)
+                .filter(|_| args.verbose)
                 .filter(|p| matches!(p.action, Action::Run { .. }))
                 .map(|p| {
                     let why = p.reasons().iter().map(|r| r.to_string()).collect();
                     (ws.spec.stages[p.index].id.clone(), why)
                 })
                 .collect();
-            Arc::new(
-                progress::Console::new(args.plain, args.json)
-                    .with_total(plan.stages.len())
-                    .with_verbosity(verbosity)
-                    .with_reasons(reasons),
-            )
+            Arc::new(console(&args, plan.stages.len(), reasons))
         }
     };
     let lock = ws.lock_writer();
@@ -668,25 +665,29 @@ fn run(args: RunArgs) -> Result<u8> {
         (&ws.manifest.file, &ws.manifest.text),
         &texts,
         if slurm { "slurm" } else { "local" },
-        (final_lock.as_ref(), runner.lock.path()),
-        &runner.cache,
+        &pollard_engine::history::LockState::of(final_lock.as_ref(), runner.lock.path()),
+        Some(&runner.cache),
     ) {
         eprintln!("warning: the run could not be recorded under .pollard/runs/: {e}");
     }
+    run_memo::after_run(
+        &args,
+        &ws.manifest.text,
+        &spec,
+        &plan,
+        &summary,
+        &runner.cache,
+        ws.embedded,
+        slurm,
+        planned_at_ns,
+    );
     let ran = summary.count(|o| matches!(o, Outcome::Ran { .. }));
     let reused = summary.count(|o| matches!(o, Outcome::Reused { .. }));
     let stopped = |o: &Outcome| matches!(o, Outcome::Failed { error } if error == "interrupted");
     let interrupted = summary.count(stopped);
     let failed = summary.count(|o| matches!(o, Outcome::Failed { .. }) && !stopped(o));
     let skipped = summary.count(|o| matches!(o, Outcome::Skipped { .. }));
-    let mut line = format!(
-        "{}: {ran} ran, {reused} up to date, {failed} failed",
-        spec.name
-    );
-    if interrupted > 0 {
-        line.push_str(&format!(", {interrupted} interrupted"));
-    }
-    line.push_str(&format!(", {skipped} not run"));
+    let line = summary_line(&spec.name, &summary);
     if let Some(log) = &json_log {
         log.emit(
             "summary",
@@ -706,6 +707,39 @@ fn run(args: RunArgs) -> Result<u8> {
         return Ok(130);
     }
     Ok(if summary.failed() { 1 } else { 0 })
+}
+
+/// The progress display a run's flags ask for.
+fn console(
+    args: &RunArgs,
+    total: usize,
+    reasons: std::collections::HashMap<String, Vec<String>>,
+) -> progress::Console {
+    let verbosity = match (args.quiet, args.verbose) {
+        (true, _) => progress::Verbosity::Quiet,
+        (_, true) => progress::Verbosity::Verbose,
+        _ => progress::Verbosity::Normal,
+    };
+    progress::Console::new(args.plain, args.json)
+        .with_total(total)
+        .with_verbosity(verbosity)
+        .with_reasons(reasons)
+}
+
+/// `tiny: 0 ran, 14 up to date, 0 failed, 0 not run` (and how many were interrupted).
+fn summary_line(pipeline: &str, summary: &pollard_engine::exec::RunSummary) -> String {
+    let ran = summary.count(|o| matches!(o, Outcome::Ran { .. }));
+    let reused = summary.count(|o| matches!(o, Outcome::Reused { .. }));
+    let stopped = |o: &Outcome| matches!(o, Outcome::Failed { error } if error == "interrupted");
+    let interrupted = summary.count(stopped);
+    let failed = summary.count(|o| matches!(o, Outcome::Failed { .. }) && !stopped(o));
+    let skipped = summary.count(|o| matches!(o, Outcome::Skipped { .. }));
+    let mut line = format!("{pipeline}: {ran} ran, {reused} up to date, {failed} failed");
+    if interrupted > 0 {
+        line.push_str(&format!(", {interrupted} interrupted"));
+    }
+    line.push_str(&format!(", {skipped} not run"));
+    line
 }
 
 /// The Slurm options when stages run on Slurm: the manifest's `executor:` unless `--executor`

@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::digest::{ArtifactId, Digest};
+use crate::digest::{ArtifactId, CacheKey, Digest};
 use crate::error::{io_err, Error, Problem, ProblemKind, Result};
 use crate::fsutil::{
     clone_or_copy, copy_bytes, create_dirs, join_rel, remove_any, remove_tree, set_object_mtime,
@@ -464,6 +464,21 @@ impl Cache {
         }
         let manifest = Manifest::parse(&path, &bytes)?;
         Ok(Some(Artifact { id: *id, manifest }))
+    }
+
+    /// The files whose presence vouches for the result cached under `key`: its run record, its
+    /// artifact's manifest and that artifact's objects. A caller that keeps their stats (the
+    /// engine's no-op memo) can later tell with a `stat` each that none was removed or
+    /// rewritten, without reading them. `None` when the artifact is not in the cache.
+    pub fn footprint(&self, key: &CacheKey, id: &ArtifactId) -> Result<Option<Vec<PathBuf>>> {
+        let Some(art) = self.artifact(id)? else {
+            return Ok(None);
+        };
+        let mut paths = vec![self.layout.record_path(key), self.layout.manifest_path(id)];
+        let digests: std::collections::BTreeSet<Digest> =
+            art.files().iter().map(|f| f.digest).collect();
+        paths.extend(digests.iter().map(|d| self.layout.object_path(d)));
+        Ok(Some(paths))
     }
 
     /// Checks that the artifact's manifest and objects are intact, through the stat memo (a

@@ -26,6 +26,48 @@ pub fn runs_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("runs")
 }
 
+/// What a run record takes from the lock file as the run left it.
+#[derive(Debug, Clone, Default)]
+pub struct LockState {
+    /// The lock file, when there is one (it is linked into the run's folder).
+    pub path: Option<PathBuf>,
+    pub pipeline: String,
+    pub stages: std::collections::HashMap<String, Pinned>,
+}
+
+/// One stage's lock entry, as far as the run record needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pinned {
+    pub key: String,
+    pub output: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+}
+
+impl LockState {
+    pub fn of(lock: Option<&LockFile>, path: &Path) -> LockState {
+        let Some(lock) = lock else {
+            return LockState::default();
+        };
+        LockState {
+            path: Some(path.to_path_buf()),
+            pipeline: lock.pipeline.clone(),
+            stages: lock
+                .stages
+                .iter()
+                .map(|(id, e)| {
+                    let pinned = Pinned {
+                        key: e.key.clone(),
+                        output: e.output.clone(),
+                        devices: e.devices.clone(),
+                    };
+                    (id.clone(), pinned)
+                })
+                .collect(),
+        }
+    }
+}
+
 /// One run, as `run.json` keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunEntry {
@@ -157,10 +199,9 @@ impl Recorder {
         manifest: (&str, &str),
         overrides: &[String],
         executor: &str,
-        lock: (Option<&LockFile>, &Path),
-        cache: &Cache,
+        lock: &LockState,
+        cache: Option<&Cache>,
     ) -> std::io::Result<RunEntry> {
-        let (lock, lock_path) = lock;
         if !self.claimed {
             return Err(std::io::Error::other(format!(
                 "cannot create a folder for run {} under {}",
@@ -180,7 +221,7 @@ impl Recorder {
         let mut stages = Vec::new();
         for (stage, outcome) in &summary.stages {
             let s = seen.get(stage);
-            let locked = lock.and_then(|l| l.stages.get(stage));
+            let locked = lock.stages.get(stage);
             let mut e = StageEntry {
                 stage: stage.clone(),
                 start: s.and_then(|s| s.start),
@@ -219,7 +260,8 @@ impl Recorder {
                     .key
                     .parse::<CacheKey>()
                     .ok()
-                    .and_then(|k| cache.record(&k).ok().flatten());
+                    .zip(cache)
+                    .and_then(|(k, cache)| cache.record(&k).ok().flatten());
                 if let Some(r) = record {
                     e.peak_host_bytes = r.memory.get("peak_host_bytes").copied();
                     e.devices = r.devices.clone();
@@ -230,7 +272,7 @@ impl Recorder {
         let count = |s: &str| stages.iter().filter(|e| e.status == s).count();
         let entry = RunEntry {
             id: self.id.clone(),
-            pipeline: lock.map_or(String::new(), |l| l.pipeline.clone()),
+            pipeline: lock.pipeline.clone(),
             manifest: manifest.0.to_string(),
             manifest_digest: pollard_cache::Digest::of(manifest.1.as_bytes()).to_string(),
             overrides: overrides.to_vec(),
@@ -245,7 +287,7 @@ impl Recorder {
             stages,
         };
         write_atomic(&self.dir.join("trace.tsv"), trace(&entry, kinds).as_bytes())?;
-        if lock.is_some() {
+        if let Some(lock_path) = &lock.path {
             // A hard link costs nothing, and stays this run's: the lock is replaced by rename,
             // never written in place. Never copy onto an existing file here: it may be a link
             // to the lock itself. Where links fail, a copy goes through a new file.

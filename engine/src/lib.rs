@@ -17,6 +17,7 @@ pub mod interp;
 pub mod job;
 pub mod lockfile;
 pub mod manifest;
+pub mod noop;
 pub mod overrides;
 pub mod plan;
 pub mod quantity;
