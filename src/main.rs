@@ -672,14 +672,16 @@ fn run(args: RunArgs) -> Result<u8> {
     }
     run_memo::after_run(
         &args,
-        &ws.manifest.text,
-        &spec,
-        &plan,
-        &summary,
-        &runner.cache,
-        ws.embedded,
-        slurm,
-        planned_at_ns,
+        run_memo::FullRun {
+            manifest_text: &ws.manifest.text,
+            spec: &spec,
+            plan: &plan,
+            summary: &summary,
+            cache: &runner.cache,
+            embedded: ws.embedded,
+            slurm,
+            planned_at_ns,
+        },
     );
     let ran = summary.count(|o| matches!(o, Outcome::Ran { .. }));
     let reused = summary.count(|o| matches!(o, Outcome::Reused { .. }));

@@ -138,18 +138,32 @@ pub fn try_run(args: &RunArgs, p: &Paths) -> Result<Option<u8>> {
     Ok(Some(0))
 }
 
+/// A full run, as the memo is recorded from.
+pub struct FullRun<'a> {
+    /// The manifest text it planned from.
+    pub manifest_text: &'a str,
+    pub spec: &'a pollard_engine::PipelineSpec,
+    pub plan: &'a Plan,
+    pub summary: &'a RunSummary,
+    pub cache: &'a Cache,
+    pub embedded: bool,
+    pub slurm: bool,
+    /// When it started ([`noop::now_ns`]).
+    pub planned_at_ns: i64,
+}
+
 /// After a full run: records the memo when the plan reused every stage, else drops a stale one.
-pub fn after_run(
-    args: &RunArgs,
-    ws_manifest_text: &str,
-    spec: &pollard_engine::PipelineSpec,
-    plan: &Plan,
-    summary: &RunSummary,
-    cache: &Cache,
-    embedded: bool,
-    slurm: bool,
-    planned_at_ns: i64,
-) {
+pub fn after_run(args: &RunArgs, run: FullRun) {
+    let FullRun {
+        manifest_text: ws_manifest_text,
+        spec,
+        plan,
+        summary,
+        cache,
+        embedded,
+        slurm,
+        planned_at_ns,
+    } = run;
     let Some(p) = paths(args) else { return };
     let all_reused = plan
         .stages
