@@ -73,7 +73,7 @@ fn side(name: &str, lock_path: &Path) -> Result<Side> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let run_lock = pollard_engine::history::runs_dir(&dir.join(".pollard"))
+    let run_lock = pollard_engine::history::runs_dir(&pollard_engine::workspace::state_dir(dir))
         .join(name)
         .join("pollard.lock");
     if !p.is_file() && !name.contains('/') && run_lock.is_file() {

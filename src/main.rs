@@ -441,7 +441,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             let path = std::path::absolute(workspace::manifest_path(manifest.file.as_deref())?)?;
             let dir = path.parent().unwrap_or(Path::new("/"));
             runs_cmd::runs(
-                &pollard_engine::history::runs_dir(&dir.join(".pollard")),
+                &pollard_engine::history::runs_dir(&pollard_engine::workspace::state_dir(dir)),
                 id.as_deref(),
                 json,
             )
@@ -529,7 +529,7 @@ fn run(args: RunArgs) -> Result<u8> {
     if !ws.overrides.is_empty() && !args.dry_run {
         if let Some(dir) = ws.lock_path.parent() {
             // The record and, beside it, the journal its entries are appended to first.
-            let journal_dir = dir.join(".pollard");
+            let journal_dir = pollard_engine::workspace::state_dir(dir);
             std::fs::create_dir_all(&journal_dir)
                 .with_context(|| format!("cannot create {}", journal_dir.display()))?;
         }

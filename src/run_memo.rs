@@ -48,6 +48,8 @@ pub fn paths(args: &RunArgs) -> Option<Paths> {
     if !eligible(args) {
         return None;
     }
+    // Not through `manifest_path`: without `-f` or ./pollard.yaml the embedded recipe stands
+    // in, even when a file of its name exists here.
     let given = match &args.manifest.file {
         Some(f) => f.clone(),
         None => PathBuf::from(pollard_engine::workspace::DEFAULT_MANIFEST),
@@ -55,7 +57,7 @@ pub fn paths(args: &RunArgs) -> Option<Paths> {
     let manifest = std::path::absolute(&given).ok()?;
     let dir = manifest.parent()?.to_path_buf();
     let lock = pollard_engine::lock_path_for(&manifest);
-    let state_dir = dir.join(".pollard");
+    let state_dir = pollard_engine::workspace::state_dir(&dir);
     let memo = noop::memo_path(&state_dir, &lock);
     Some(Paths {
         manifest_file: given.display().to_string(),

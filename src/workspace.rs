@@ -36,18 +36,13 @@ pub fn registry() -> Registry {
     reg
 }
 
-/// The manifest a command means, without reading it: `-f FILE`, else `./pollard.yaml`, else
-/// the embedded default recipe as `./<name>.yaml`.
+/// The manifest a command means, without reading it (see
+/// [`pollard_engine::workspace::manifest_path`]).
 pub fn manifest_path(file: Option<&Path>) -> Result<PathBuf> {
-    Ok(match file {
-        Some(f) => f.to_path_buf(),
-        None if Path::new(pollard_engine::workspace::DEFAULT_MANIFEST).exists() => {
-            PathBuf::from(pollard_engine::workspace::DEFAULT_MANIFEST)
-        }
-        None => std::env::current_dir()
-            .context("cannot read the current folder")?
-            .join(format!("{DEFAULT_RECIPE}.yaml")),
-    })
+    Ok(pollard_engine::workspace::manifest_path(
+        file,
+        DEFAULT_RECIPE,
+    )?)
 }
 
 /// Finds and validates the manifest (see [`pollard_engine::workspace`]); says so when the

@@ -78,9 +78,7 @@ pub fn journal_path_for(lock: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    lock.parent()
-        .unwrap_or(Path::new("."))
-        .join(".pollard")
+    crate::workspace::state_dir(lock.parent().unwrap_or(Path::new(".")))
         .join(format!("{name}.journal"))
 }
 

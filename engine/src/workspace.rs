@@ -19,6 +19,28 @@ use crate::spec::PipelineSpec;
 /// The manifest looked for in the current folder when none is given.
 pub const DEFAULT_MANIFEST: &str = "pollard.yaml";
 
+/// The bookkeeping folder of the workspace whose manifest is in `manifest_dir`: the lock's
+/// guard, journal and no-op memo, run history, failure logs, Slurm job ids, and (unless
+/// `POLLARD_CACHE_DIR` moves it) the cache.
+pub fn state_dir(manifest_dir: &Path) -> PathBuf {
+    manifest_dir.join(".pollard")
+}
+
+/// The manifest a command means, without reading it: `file`, else `./pollard.yaml`, else the
+/// embedded recipe `default_recipe` as `./<name>.yaml`.
+pub fn manifest_path(file: Option<&Path>, default_recipe: &str) -> Result<PathBuf, EngineError> {
+    Ok(match file {
+        Some(f) => f.to_path_buf(),
+        None if Path::new(DEFAULT_MANIFEST).exists() => PathBuf::from(DEFAULT_MANIFEST),
+        None => std::env::current_dir()
+            .map_err(|source| EngineError::Io {
+                what: "cannot read the current folder".into(),
+                source,
+            })?
+            .join(format!("{default_recipe}.yaml")),
+    })
+}
+
 /// A recipe built into the binary: (name, text).
 pub type Embedded<'a> = (&'a str, &'a str);
 
@@ -84,7 +106,7 @@ pub fn load(
     let spec = crate::spec::load(&source, registry).map_err(EngineError::Manifest)?;
     let mut lock_path = lock_path_for(&manifest);
     if !overrides.is_empty() {
-        lock_path = experiment_lock_path(&lock_path, &spec.dir.join(".pollard"), &overrides);
+        lock_path = experiment_lock_path(&lock_path, &state_dir(&spec.dir), &overrides);
     }
     let lock = LockFile::read(&lock_path)?;
     let executor = source
@@ -119,7 +141,7 @@ impl Workspace {
 
     /// Per-workspace bookkeeping: the lock file's guard and journal, failure logs.
     pub fn state_dir(&self) -> PathBuf {
-        self.spec.dir.join(".pollard")
+        state_dir(&self.spec.dir)
     }
 
     /// Where a failed stage's output is kept (`<dir>/<stage>.log`).
