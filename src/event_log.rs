@@ -100,7 +100,7 @@ mod tests {
         };
         log.event(&Event::Finished {
             stage: "a".into(),
-            artifact: "blake3:00".into(),
+            artifact: pollard_cache::ArtifactId(pollard_cache::Digest::of(b"a")),
             seconds: 1.5,
         });
         log.log("a", "a line with \"quotes\"\nand a newline");

@@ -308,11 +308,7 @@ fn with_choices(mut rows: Vec<StageStatus>, cache: &Cache) -> Vec<StageStatus> {
         .iter_mut()
         .filter(|r| r.kind == pollard_engine::select::KIND)
     {
-        let dir = row
-            .artifact
-            .as_deref()
-            .and_then(|a| a.parse::<ArtifactId>().ok())
-            .and_then(|id| cache.artifact_dir(&id).ok());
+        let dir = row.artifact.and_then(|id| cache.artifact_dir(&id).ok());
         row.choice = dir.and_then(|d| pollard_engine::select::choice_in(&d));
     }
     rows
@@ -375,7 +371,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                     .map(|&i| {
                         let s = &ws.spec.stages[i];
                         let inputs: serde_json::Map<String, serde_json::Value> =
-                            s.inputs.iter().map(|(slot, &u)| (slot.clone(), ws.spec.stages[u].id.clone().into())).collect();
+                            s.inputs.iter().map(|(slot, &u)| (slot.clone(), ws.spec.stages[u].id.to_string().into())).collect();
                         serde_json::json!({ "id": s.id, "kind": s.kind, "inputs": inputs, "params": s.params.canonical })
                     })
                     .collect();
@@ -607,7 +603,7 @@ fn run(args: RunArgs) -> Result<u8> {
                 .filter(|p| matches!(p.action, Action::Run { .. }))
                 .map(|p| {
                     let why = p.reasons().iter().map(|r| r.to_string()).collect();
-                    (ws.spec.stages[p.index].id.clone(), why)
+                    (ws.spec.stages[p.index].id.to_string(), why)
                 })
                 .collect();
             Arc::new(console(&args, plan.stages.len(), reasons))
@@ -789,9 +785,9 @@ fn show(
         &planned.action,
         ws.lock.as_ref().and_then(|l| l.stages.get(stage)),
     ) {
-        (Action::Reuse { record }, _) => (record.artifact.to_string(), None),
+        (Action::Reuse { record }, _) => (record.artifact, None),
         (_, Some(e)) => (
-            e.output.clone(),
+            e.output,
             Some("stale: this is the last recorded output; `pollard status` says why"),
         ),
         (_, None) => bail!(EngineError::Usage(format!(
@@ -804,8 +800,7 @@ fn show(
             .lock
             .as_ref()
             .and_then(|l| l.stages.get(stage))
-            .and_then(|e| e.key.parse::<pollard_cache::CacheKey>().ok())
-            .and_then(|k| cache.record(&k).ok().flatten()),
+            .and_then(|e| cache.record(&e.key).ok().flatten()),
     };
     let memory = |field: &str| -> serde_json::Value {
         record
@@ -813,7 +808,7 @@ fn show(
             .and_then(|r| r.memory.get(field))
             .map_or(serde_json::Value::Null, |&b| b.into())
     };
-    let id: ArtifactId = artifact.parse().map_err(EngineError::from)?;
+    let id: ArtifactId = artifact;
     let dir = cache.artifact_dir(&id).map_err(EngineError::from)?;
     if path_only {
         println!("{}", dir.display());

@@ -11,7 +11,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use pollard_engine::plan::short;
 use pollard_engine::{Event, Progress, ProgressSink, Reporter};
 
 /// How much a text run prints: `--quiet` keeps failures, warnings and the summary; `--verbose`
@@ -258,7 +257,7 @@ impl Reporter for Console {
             Event::Reused { stage, artifact } => {
                 self.count(|c| c.cached += 1);
                 if self.verbosity == Verbosity::Verbose {
-                    self.line(&format!("[{stage}] up to date -> {}", short(artifact)));
+                    self.line(&format!("[{stage}] up to date -> {}", artifact.short()));
                 }
             }
             Event::Waiting {
@@ -292,7 +291,7 @@ impl Reporter for Console {
                     c.running += 1;
                 });
                 if self.verbosity == Verbosity::Verbose {
-                    for why in self.reasons.get(stage).into_iter().flatten() {
+                    for why in self.reasons.get(stage.as_str()).into_iter().flatten() {
                         self.line(&format!("[{stage}] runs because {why}"));
                     }
                 }
@@ -306,13 +305,13 @@ impl Reporter for Console {
                     )
                     .expect("the template is valid");
                     bar.set_style(style);
-                    bar.set_prefix(stage.clone());
+                    bar.set_prefix(stage.to_string());
                     bar.set_message(format!("on {on}"));
                     bar.enable_steady_tick(Duration::from_millis(120));
                     b.running
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .insert(stage.clone(), bar);
+                        .insert(stage.to_string(), bar);
                 } else {
                     self.line(&format!("[{stage}] started on {on} ({})", counts.text()));
                 }
@@ -332,7 +331,7 @@ impl Reporter for Console {
                 }
                 self.line(&format!(
                     "[{stage}] done in {seconds:.1}s -> {}",
-                    short(artifact)
+                    artifact.short()
                 ));
             }
             Event::Joined { stage, artifact } => {
@@ -343,7 +342,7 @@ impl Reporter for Console {
                 }
                 self.line(&format!(
                     "[{stage}] computed by another run -> {}",
-                    short(artifact)
+                    artifact.short()
                 ));
             }
             Event::Failed { stage, error } => {

@@ -3,7 +3,6 @@
 
 use std::fmt::Write;
 
-pub use pollard_engine::plan::short;
 use pollard_engine::plan::{Action, Plan};
 use pollard_engine::resources::Inventory;
 use pollard_engine::{Bytes, PipelineSpec, Resources, StageStatus};
@@ -31,7 +30,7 @@ pub fn status(spec: &PipelineSpec, rows: &[StageStatus]) -> String {
                 out,
                 "  {:w$}  up to date  {}",
                 r.stage,
-                short(r.artifact.as_deref().unwrap_or(""))
+                r.artifact.map(|a| a.short()).unwrap_or_default()
             );
             if let Some(c) = &r.choice {
                 let _ = write!(
@@ -63,7 +62,7 @@ pub fn dag(spec: &PipelineSpec) -> String {
             .inputs
             .iter()
             .map(|(slot, &u)| {
-                if *slot == spec.stages[u].id {
+                if spec.stages[u].id == *slot {
                     slot.clone()
                 } else {
                     format!("{slot}={}", spec.stages[u].id)
@@ -205,11 +204,9 @@ pub fn dry_run(spec: &PipelineSpec, plan: &Plan, inv: &Inventory) -> String {
         let id = &spec.stages[p.index].id;
         let why: Vec<String> = p.reasons().iter().map(|x| x.to_string()).collect();
         let _ = match &p.action {
-            Action::Reuse { record } => writeln!(
-                out,
-                "  {id:w$}  reuse  {}",
-                short(&record.artifact.to_string())
-            ),
+            Action::Reuse { record } => {
+                writeln!(out, "  {id:w$}  reuse  {}", record.artifact.short())
+            }
             Action::Run { .. } => writeln!(
                 out,
                 "  {id:w$}  run    [{}] {}",

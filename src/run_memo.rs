@@ -99,10 +99,10 @@ pub fn try_run(args: &RunArgs, p: &Paths) -> Result<Option<u8>> {
     for s in &memo.stages {
         recorder.event(&Event::Reused {
             stage: s.id.clone(),
-            artifact: s.pinned.output.clone(),
+            artifact: s.pinned.output,
         });
         let outcome = Outcome::Reused {
-            artifact: s.pinned.output.clone(),
+            artifact: s.pinned.output,
         };
         stages.push((s.id.clone(), outcome));
     }
@@ -196,8 +196,8 @@ pub fn after_run(args: &RunArgs, run: FullRun) {
             id: stage.id.clone(),
             kind: stage.kind.clone(),
             pinned: pollard_engine::history::Pinned {
-                key: record.key.to_string(),
-                output: record.artifact.to_string(),
+                key: record.key,
+                output: record.artifact,
                 devices: record.devices.clone(),
             },
         });

@@ -130,9 +130,7 @@ fn show(r: &Recorded) -> String {
             "  {:w$}  {:11}  {:19}  {:>8}  {:>9}  {}",
             s.stage,
             s.status,
-            s.key
-                .as_deref()
-                .map_or("-".to_string(), pollard_engine::plan::short),
+            s.key.map_or("-".to_string(), |k| k.short()),
             num(s.start),
             num(s.seconds),
             if s.devices.is_empty() {

@@ -56,6 +56,12 @@ impl Digest {
             .map_err(|_| bad("not lowercase hex"))
     }
 
+    /// The short form people read (`blake3:` and the first 12 hex digits): the one place a
+    /// digest is shortened for display.
+    pub fn short(&self) -> String {
+        format!("{ALGORITHM}:{}", &self.to_hex()[..12])
+    }
+
     pub(crate) fn from_hash(h: blake3::Hash) -> Self {
         Digest(*h.as_bytes())
     }
@@ -122,6 +128,11 @@ macro_rules! named_digest {
             /// The underlying digest.
             pub fn digest(&self) -> Digest {
                 self.0
+            }
+
+            /// The short display form ([`Digest::short`]).
+            pub fn short(&self) -> String {
+                self.0.short()
             }
         }
 

@@ -261,7 +261,7 @@ mod tests {
             InputArtifact {
                 stage: "u".into(),
                 path: input,
-                artifact: "blake3:00".into(),
+                artifact: pollard_cache::ArtifactId(pollard_cache::Digest::of(b"a")),
             },
         );
         let p = params("echo $GREETING $POLLARD_STAGE $CUDA_VISIBLE_DEVICES; cat $POLLARD_IN_UP_STREAM/x.txt > $POLLARD_OUT/y; echo err >&2; pwd");

@@ -24,7 +24,7 @@ impl Diagnostic {
             file: spec.file.clone(),
             line: stage.pos.line,
             col: stage.pos.col,
-            stage: Some(stage.id.clone()),
+            stage: Some(stage.id.to_string()),
             message,
         }
     }

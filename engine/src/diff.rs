@@ -82,7 +82,7 @@ pub fn diff(old: &LockFile, new: &LockFile, what: DiffWhat, all: bool) -> Vec<Di
                     DiffWhat::Params => flatten(&e.params),
                     DiffWhat::Metrics => e.metrics.as_ref().map(flatten).unwrap_or_default(),
                 };
-                (id.clone(), fields)
+                (id.to_string(), fields)
             })
             .collect()
     };
@@ -134,15 +134,15 @@ mod tests {
                 .iter()
                 .map(|(id, params, metrics)| {
                     (
-                        id.to_string(),
+                        crate::StageId::from(*id),
                         LockEntry {
                             kind: "train".into(),
                             kind_version: 1,
-                            key: "blake3:00".into(),
+                            key: pollard_cache::CacheKey::of(b"k"),
                             params: params.clone(),
                             inputs: BTreeMap::new(),
                             deps: BTreeMap::new(),
-                            output: "blake3:11".into(),
+                            output: pollard_cache::ArtifactId(pollard_cache::Digest::of(b"o")),
                             metrics: metrics.clone(),
                             devices: vec![],
                             uses: BTreeMap::new(),

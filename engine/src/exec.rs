@@ -4,6 +4,7 @@
 //! is reused without running. Failure stops new starts (unless `keep_going`); an interrupt stops
 //! the running stages and commits nothing half-done.
 
+use crate::stage_id::StageId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +21,7 @@ use crate::executor::{Executor, Task};
 use crate::job::Allocation;
 use crate::lockfile::{LockEntry, LockWriter};
 use crate::plan::{
-    deps_digests, effective_resources, estimate, fingerprint, lookup, plan_inputs, short, Action,
+    deps_digests, effective_resources, estimate, fingerprint, lookup, plan_inputs, Action,
     Fingerprint, Lookup, Plan, Reason, Selection,
 };
 use crate::resources::{Inventory, Lease, Pool};
@@ -32,41 +33,41 @@ use crate::stage::{InputArtifact, Inputs, Progress, ProgressSink, Resources, Sta
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     Reused {
-        stage: String,
-        artifact: String,
+        stage: StageId,
+        artifact: ArtifactId,
     },
     Waiting {
-        stage: String,
+        stage: StageId,
         gpus: u32,
         gpu_memory: u64,
         cpus: u32,
     },
     Started {
-        stage: String,
+        stage: StageId,
         gpus: Vec<u32>,
         threads: usize,
     },
     Finished {
-        stage: String,
-        artifact: String,
+        stage: StageId,
+        artifact: ArtifactId,
         seconds: f64,
     },
     /// Another run computed the stage while this one waited for its key.
     Joined {
-        stage: String,
-        artifact: String,
+        stage: StageId,
+        artifact: ArtifactId,
     },
     Failed {
-        stage: String,
+        stage: StageId,
         error: String,
     },
     Skipped {
-        stage: String,
+        stage: StageId,
         reason: String,
     },
     /// Something the user should know that does not stop the run (a non-reproducible stage).
     Warning {
-        stage: String,
+        stage: StageId,
         message: String,
     },
 }
@@ -80,8 +81,8 @@ pub trait Reporter: ProgressSink {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
-    Reused { artifact: String },
-    Ran { artifact: String, seconds: f64 },
+    Reused { artifact: ArtifactId },
+    Ran { artifact: ArtifactId, seconds: f64 },
     Failed { error: String },
     Skipped { reason: String },
 }
@@ -89,7 +90,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     /// Selected stages in topological order.
-    pub stages: Vec<(String, Outcome)>,
+    pub stages: Vec<(StageId, Outcome)>,
     pub interrupted: bool,
 }
 
@@ -220,19 +221,19 @@ impl Board {
         key: &CacheKey,
         rec: &RunRecord,
         joined: bool,
-        lock_pending: &mut BTreeMap<String, LockEntry>,
+        lock_pending: &mut BTreeMap<StageId, LockEntry>,
         reporter: &dyn Reporter,
     ) {
-        let (stage, artifact) = (spec.stages[i].id.clone(), rec.artifact.to_string());
+        let (stage, artifact) = (spec.stages[i].id.clone(), rec.artifact);
         reporter.event(&if joined {
             Event::Joined {
                 stage: stage.clone(),
-                artifact: artifact.clone(),
+                artifact,
             }
         } else {
             Event::Reused {
                 stage: stage.clone(),
-                artifact: artifact.clone(),
+                artifact,
             }
         });
         lock_pending.insert(stage, entry_of(fp, key, rec));
@@ -309,7 +310,7 @@ impl Runner {
             .map(|i| plan.get(i).and_then(|p| p.description.clone()))
             .collect();
         let mut prepared: Vec<Option<Prepared>> = (0..n).map(|_| None).collect();
-        let mut lock_pending: BTreeMap<String, LockEntry> = BTreeMap::new();
+        let mut lock_pending: BTreeMap<StageId, LockEntry> = BTreeMap::new();
         for (rank, p) in plan.stages.iter().enumerate() {
             let i = p.index;
             board.rank[i] = rank;
@@ -319,7 +320,7 @@ impl Runner {
             }
             board.state[i] = State::Pending(stage.inputs.len());
         }
-        let mut first_failure: Option<String> = None;
+        let mut first_failure: Option<StageId> = None;
         // What the plan settled: reused stages are done, blocked ones fail with the reason.
         for p in &plan.stages {
             let i = p.index;
@@ -464,19 +465,17 @@ impl Runner {
                     let seconds = record.duration_s;
                     self.reporter.event(&Event::Finished {
                         stage: stage.id.clone(),
-                        artifact: record.artifact.to_string(),
+                        artifact: record.artifact,
                         seconds,
                     });
                     if let Some(pinned) = self.lock.pinned(&stage.id) {
-                        if pinned.key == p.key.to_string()
-                            && pinned.output != record.artifact.to_string()
-                        {
+                        if pinned.key == p.key && pinned.output != record.artifact {
                             self.reporter.event(&Event::Warning {
                                 stage: stage.id.clone(),
                                 message: format!(
                                     "non-reproducible stage: rebuilt under the same key, its output is {} but the lock pins {}",
-                                    short(&record.artifact.to_string()),
-                                    short(&pinned.output)
+                                    record.artifact.short(),
+                                    pinned.output.short()
                                 ),
                             });
                         }
@@ -484,7 +483,7 @@ impl Runner {
                     self.lock
                         .record(&stage.id, &entry_of(&p.fp, &p.key, &record))?;
                     board.outcomes[i] = Some(Outcome::Ran {
-                        artifact: record.artifact.to_string(),
+                        artifact: record.artifact,
                         seconds,
                     });
                     board.done(i, record.artifact);
@@ -743,7 +742,7 @@ impl Job {
                 InputArtifact {
                     stage: self.spec.stages[up].id.clone(),
                     path,
-                    artifact: artifact.to_string(),
+                    artifact,
                 },
             );
         }
@@ -819,7 +818,7 @@ impl Job {
         });
         let record = RunRecord {
             key: self.key,
-            stage: stage.id.clone(),
+            stage: stage.id.to_string(),
             kind: stage.kind.clone(),
             artifact,
             fingerprint: self.fp.parts(),

@@ -6,6 +6,7 @@
 //! `pollard.lock`, the lock file as the run left it (so a run id can be one side of
 //! `pollard metrics diff`). [`Recorder`] sits between the runner and the display reporter.
 
+use crate::stage_id::StageId;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use pollard_cache::{Cache, CacheKey, Timestamp};
+use pollard_cache::{ArtifactId, Cache, CacheKey, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -32,14 +33,14 @@ pub struct LockState {
     /// The lock file, when there is one (it is linked into the run's folder).
     pub path: Option<PathBuf>,
     pub pipeline: String,
-    pub stages: std::collections::HashMap<String, Pinned>,
+    pub stages: std::collections::HashMap<StageId, Pinned>,
 }
 
 /// One stage's lock entry, as far as the run record needs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pinned {
-    pub key: String,
-    pub output: String,
+    pub key: CacheKey,
+    pub output: ArtifactId,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<String>,
 }
@@ -57,8 +58,8 @@ impl LockState {
                 .iter()
                 .map(|(id, e)| {
                     let pinned = Pinned {
-                        key: e.key.clone(),
-                        output: e.output.clone(),
+                        key: e.key,
+                        output: e.output,
                         devices: e.devices.clone(),
                     };
                     (id.clone(), pinned)
@@ -91,11 +92,11 @@ pub struct RunEntry {
 /// One stage of a run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StageEntry {
-    pub stage: String,
+    pub stage: StageId,
     /// `ran`, `reused`, `joined` (another run computed it), `failed`, `interrupted`, `not_run`.
     pub status: String,
-    pub key: Option<String>,
-    pub artifact: Option<String>,
+    pub key: Option<CacheKey>,
+    pub artifact: Option<ArtifactId>,
     pub cache_hit: bool,
     /// Seconds after the run started that the stage started.
     pub start: Option<f64>,
@@ -122,7 +123,7 @@ pub struct Recorder {
     started_at: Timestamp,
     clock: Instant,
     events: Mutex<Option<std::io::BufWriter<fs::File>>>,
-    seen: Mutex<BTreeMap<String, Seen>>,
+    seen: Mutex<BTreeMap<StageId, Seen>>,
 }
 
 impl Recorder {
@@ -195,7 +196,7 @@ impl Recorder {
     pub fn finish(
         &self,
         summary: &RunSummary,
-        kinds: &BTreeMap<String, String>,
+        kinds: &BTreeMap<StageId, String>,
         manifest: (&str, &str),
         overrides: &[String],
         executor: &str,
@@ -230,12 +231,12 @@ impl Recorder {
             match outcome {
                 Outcome::Reused { artifact } => {
                     e.status = s.and_then(|s| s.status).unwrap_or("reused").into();
-                    e.artifact = Some(artifact.clone());
+                    e.artifact = Some(*artifact);
                     e.cache_hit = true;
                 }
                 Outcome::Ran { artifact, seconds } => {
                     e.status = "ran".into();
-                    e.artifact = Some(artifact.clone());
+                    e.artifact = Some(*artifact);
                     e.seconds = Some(*seconds);
                 }
                 Outcome::Failed { error } if error == "interrupted" => {
@@ -251,17 +252,12 @@ impl Recorder {
                 }
             }
             if let Some(entry) = locked.filter(|l| Some(&l.output) == e.artifact.as_ref()) {
-                e.key = Some(entry.key.clone());
+                e.key = Some(entry.key);
                 e.devices = entry.devices.clone();
             }
             // Peak memory of what ran now (a reused stage's is that of the run that made it).
             if let (Some(entry), "ran") = (locked, e.status.as_str()) {
-                let record = entry
-                    .key
-                    .parse::<CacheKey>()
-                    .ok()
-                    .zip(cache)
-                    .and_then(|(k, cache)| cache.record(&k).ok().flatten());
+                let record = cache.and_then(|cache| cache.record(&entry.key).ok().flatten());
                 if let Some(r) = record {
                     e.peak_host_bytes = r.memory.get("peak_host_bytes").copied();
                     e.devices = r.devices.clone();
@@ -355,7 +351,7 @@ fn run_id(t: &Timestamp) -> String {
 }
 
 /// Nextflow's trace columns where they apply: no native job id or I/O counters here.
-fn trace(run: &RunEntry, kinds: &BTreeMap<String, String>) -> String {
+fn trace(run: &RunEntry, kinds: &BTreeMap<StageId, String>) -> String {
     let mut out = String::from(
         "task_id\thash\tname\tprocess\tstatus\texit\tstart\trealtime\tpeak_rss\tdevices\tcached\n",
     );
@@ -369,7 +365,7 @@ fn trace(run: &RunEntry, kinds: &BTreeMap<String, String>) -> String {
         out.push_str(&format!(
             "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
             i + 1,
-            s.key.as_deref().map_or_else(dash, crate::plan::short),
+            s.key.map_or_else(dash, |k| k.short()),
             s.stage,
             kinds.get(&s.stage).cloned().unwrap_or_else(dash),
             s.status,

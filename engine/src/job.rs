@@ -5,6 +5,7 @@
 //! adds is a process of its own, whose peak memory wait4 reports (the run record keeps it beside
 //! the estimate), and a spec another machine sharing the cache folder can run.
 
+use crate::stage_id::StageId;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
@@ -36,7 +37,7 @@ pub struct ManifestText {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobSpec {
     pub manifest: ManifestText,
-    pub stage: String,
+    pub stage: StageId,
     pub cache_root: PathBuf,
     pub inputs: BTreeMap<String, ArtifactId>,
     pub out_dir: PathBuf,
@@ -172,7 +173,7 @@ pub fn run_job(path: &Path, registry: &Registry, cancel: Arc<AtomicBool>) -> Res
             InputArtifact {
                 stage: spec.stages[*up].id.clone(),
                 path: cache.artifact_dir(artifact).map_err(|e| e.to_string())?,
-                artifact: artifact.to_string(),
+                artifact: *artifact,
             },
         );
     }

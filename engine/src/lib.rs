@@ -28,6 +28,7 @@ pub mod select;
 pub mod span;
 pub mod spec;
 pub mod stage;
+pub mod stage_id;
 pub mod watchdog;
 pub mod workspace;
 pub mod yaml;
@@ -41,6 +42,9 @@ pub use lockfile::{lock_path_for, LockFile, LockWriter};
 pub use manifest::Source;
 pub use overrides::{experiment_lock_path, Override};
 pub use plan::{status, Reason, Selection, StageStatus};
+/// The typed names of the cache (a stage's key, an artifact, a content digest), so stages and
+/// the command line name them through the engine.
+pub use pollard_cache::{ArtifactId, CacheKey, Digest};
 pub use quantity::{Bytes, Count};
 pub use registry::{DecodeError, DecodedParams, ErasedStage, Registry};
 pub use resources::Inventory;
@@ -49,6 +53,7 @@ pub use stage::{
     BoxError, InputArtifact, Inputs, OuterField, OuterShape, ParamError, PlanInput, PlanInputs,
     Progress, ProgressSink, Resources, Slots, Stage, StageCtx,
 };
+pub use stage_id::StageId;
 
 /// What `pollard --version` prints: the version, and what the build targets (for a CUDA build
 /// the CUDA toolkit version and the compute capability its kernels were compiled for).

@@ -5,11 +5,13 @@
 //! pipeline; the end of a run folds the journal into the lock file (atomically, under a file
 //! lock shared by concurrent runs). Reading a lock file applies a leftover journal.
 
+use crate::stage_id::StageId;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use pollard_cache::{ArtifactId, CacheKey, Digest};
 use serde::{Deserialize, Serialize};
 
 /// The lock file's contents.
@@ -19,7 +21,7 @@ pub struct LockFile {
     pub version: u32,
     pub pipeline: String,
     #[serde(default)]
-    pub stages: BTreeMap<String, LockEntry>,
+    pub stages: BTreeMap<StageId, LockEntry>,
 }
 
 /// What one stage last produced.
@@ -28,13 +30,13 @@ pub struct LockFile {
 pub struct LockEntry {
     pub kind: String,
     pub kind_version: u32,
-    pub key: String,
+    pub key: CacheKey,
     pub params: serde_json::Value,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub inputs: BTreeMap<String, String>,
+    pub inputs: BTreeMap<String, ArtifactId>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub deps: BTreeMap<String, String>,
-    pub output: String,
+    pub deps: BTreeMap<String, Digest>,
+    pub output: ArtifactId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -85,12 +87,12 @@ pub fn journal_path_for(lock: &Path) -> PathBuf {
 /// One journal line.
 #[derive(Serialize, Deserialize)]
 struct JournalLine {
-    stage: String,
+    stage: StageId,
     entry: LockEntry,
 }
 
 /// The journal's entries in order; a torn last line (a crash mid-append) is ignored.
-fn read_journal(path: &Path) -> Result<Vec<(String, LockEntry)>, LockError> {
+fn read_journal(path: &Path) -> Result<Vec<(StageId, LockEntry)>, LockError> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -165,7 +167,7 @@ pub struct LockWriter {
     guard: PathBuf,
     pipeline: String,
     /// Stage ids of the current manifest: entries of stages that no longer exist are dropped.
-    known: std::collections::HashSet<String>,
+    known: std::collections::HashSet<StageId>,
     /// What this process last read or wrote: entries equal to it need no write (a no-op run
     /// never touches the file).
     seen: std::sync::Mutex<Option<LockFile>>,
@@ -177,7 +179,7 @@ impl LockWriter {
         path: PathBuf,
         guard_dir: &Path,
         pipeline: &str,
-        known: Vec<String>,
+        known: Vec<StageId>,
         current: Option<LockFile>,
     ) -> LockWriter {
         let name = path
@@ -229,13 +231,13 @@ impl LockWriter {
 
     /// Makes one finished stage's entry durable: one synced append to the journal (unless the
     /// lock already says exactly that).
-    pub fn record(&self, stage: &str, entry: &LockEntry) -> Result<(), LockError> {
+    pub fn record(&self, stage: &StageId, entry: &LockEntry) -> Result<(), LockError> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.as_ref().and_then(|l| l.stages.get(stage)) == Some(entry) {
             return Ok(());
         }
         let line = serde_json::to_string(&JournalLine {
-            stage: stage.to_string(),
+            stage: stage.clone(),
             entry: entry.clone(),
         })
         .expect("a lock entry always serialises");
@@ -254,13 +256,13 @@ impl LockWriter {
             stages: BTreeMap::new(),
         })
         .stages
-        .insert(stage.to_string(), entry.clone());
+        .insert(stage.clone(), entry.clone());
         Ok(())
     }
 
     /// Folds the journal and `entries` (stages reused by this run) into the lock file, dropping
     /// stages the manifest no longer has. Writes nothing when the lock already says all that.
-    pub fn finish(&self, entries: &BTreeMap<String, LockEntry>) -> Result<(), LockError> {
+    pub fn finish(&self, entries: &BTreeMap<StageId, LockEntry>) -> Result<(), LockError> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let journal_exists = self.journal.exists();
         if let Some(lock) = seen.as_ref() {
@@ -313,7 +315,7 @@ impl LockWriter {
     }
 
     /// Writes `entries` into the lock file at once (the journal and the fold in one step).
-    pub fn update(&self, entries: &BTreeMap<String, LockEntry>) -> Result<(), LockError> {
+    pub fn update(&self, entries: &BTreeMap<StageId, LockEntry>) -> Result<(), LockError> {
         self.finish(entries)
     }
 }
@@ -322,15 +324,20 @@ impl LockWriter {
 mod tests {
     use super::*;
 
+    /// The artifact id a test names `name`.
+    fn art(name: &str) -> ArtifactId {
+        ArtifactId(Digest::of(name.as_bytes()))
+    }
+
     fn entry(output: &str) -> LockEntry {
         LockEntry {
             kind: "command".into(),
             kind_version: 1,
-            key: "blake3:00".into(),
+            key: CacheKey::of(output.as_bytes()),
             params: serde_json::json!({"cmd": "true"}),
             inputs: BTreeMap::new(),
             deps: BTreeMap::new(),
-            output: output.into(),
+            output: art(output),
             metrics: None,
             devices: vec![],
             uses: BTreeMap::new(),
@@ -341,7 +348,8 @@ mod tests {
     fn updates_merge_and_drop_removed_stages() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.lock");
-        std::fs::write(&path, "version: 1\npipeline: p\nstages:\n  gone:\n    kind: command\n    kind_version: 1\n    key: k\n    params: {}\n    output: o\n").unwrap();
+        let gone = format!("version: 1\npipeline: p\nstages:\n  gone:\n    kind: command\n    kind_version: 1\n    key: {}\n    params: {{}}\n    output: {}\n", CacheKey::of(b"k"), art("o"));
+        std::fs::write(&path, gone).unwrap();
         let w = LockWriter::new(
             path.clone(),
             &dir.path().join(".pollard"),
@@ -349,13 +357,13 @@ mod tests {
             vec!["a".into(), "b".into()],
             None,
         );
-        w.update(&BTreeMap::from([("a".to_string(), entry("x"))]))
+        w.update(&BTreeMap::from([("a".into(), entry("x"))]))
             .unwrap();
-        w.update(&BTreeMap::from([("b".to_string(), entry("y"))]))
+        w.update(&BTreeMap::from([("b".into(), entry("y"))]))
             .unwrap();
         let lock = LockFile::read(&path).unwrap().unwrap();
         assert_eq!(lock.stages.keys().collect::<Vec<_>>(), vec!["a", "b"]);
-        assert_eq!(lock.stages["a"].output, "x");
+        assert_eq!(lock.stages["a"].output, art("x"));
         assert!(std::fs::read_to_string(&path)
             .unwrap()
             .starts_with("# Written by pollard"));
@@ -365,7 +373,7 @@ mod tests {
     fn an_interrupted_run_keeps_its_journal_and_the_next_fold_clears_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.lock");
-        let known = vec!["a".to_string(), "b".to_string()];
+        let known: Vec<StageId> = vec!["a".into(), "b".into()];
         let w = LockWriter::new(
             path.clone(),
             &dir.path().join(".pollard"),
@@ -373,8 +381,8 @@ mod tests {
             known.clone(),
             None,
         );
-        w.record("a", &entry("x")).unwrap();
-        w.record("b", &entry("y")).unwrap();
+        w.record(&"a".into(), &entry("x")).unwrap();
+        w.record(&"b".into(), &entry("y")).unwrap();
         // A torn append from a crash mid-write is ignored.
         let journal = journal_path_for(&path);
         let mut f = fs::OpenOptions::new().append(true).open(&journal).unwrap();
@@ -382,8 +390,8 @@ mod tests {
         drop(w);
         assert!(!path.exists(), "nothing folded yet");
         let lock = LockFile::read(&path).unwrap().unwrap();
-        assert_eq!(lock.stages["a"].output, "x");
-        assert_eq!(lock.stages["b"].output, "y");
+        assert_eq!(lock.stages["a"].output, art("x"));
+        assert_eq!(lock.stages["b"].output, art("y"));
         let w = LockWriter::new(
             path.clone(),
             &dir.path().join(".pollard"),
@@ -395,8 +403,8 @@ mod tests {
         assert!(!journal.exists());
         let text = fs::read_to_string(&path).unwrap();
         assert!(
-            // `y` is quoted: YAML 1.1 readers would take it for a boolean.
-            text.contains("output: x") && text.contains("output: \"y\""),
+            text.contains(&format!("output: {}", art("x")))
+                && text.contains(&format!("output: {}", art("y"))),
             "{text}"
         );
         assert_eq!(LockFile::read(&path).unwrap().unwrap().pipeline, "p");
@@ -409,6 +417,10 @@ mod tests {
         std::fs::write(&path, "version: 1\npipeline: p\nstages: 3\n").unwrap();
         let e = LockFile::read(&path).unwrap_err().to_string();
         assert!(e.contains("p.lock") && e.contains("not valid"), "{e}");
+        // A digest that is not one is refused when the lock is read, not when it is used.
+        std::fs::write(&path, "version: 1\npipeline: p\nstages:\n  a:\n    kind: command\n    kind_version: 1\n    key: blake3:00\n    params: {}\n    output: x\n").unwrap();
+        let e = LockFile::read(&path).unwrap_err().to_string();
+        assert!(e.contains("p.lock") && e.contains("blake3:00"), "{e}");
         assert_eq!(
             lock_path_for(Path::new("/a/tiny.yaml")),
             PathBuf::from("/a/tiny.lock")

@@ -61,7 +61,7 @@ impl Stamp {
 /// One stage as the memo keeps it: what a run record of it needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemoStage {
-    pub id: String,
+    pub id: crate::StageId,
     pub kind: String,
     #[serde(flatten)]
     pub pinned: Pinned,

@@ -4,11 +4,12 @@
 //! can answer "why does this rerun". Keys depend on upstream *artifacts*, not upstream keys:
 //! that gives early cutoff.
 
+use crate::stage_id::StageId;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use pollard_cache::{ArtifactId, Cache, CacheKey, Health, RunRecord};
+use pollard_cache::{ArtifactId, Cache, CacheKey, Digest, Health, RunRecord};
 use serde::Serialize;
 use serde_json::Value as Json;
 
@@ -30,7 +31,7 @@ pub struct Fingerprint {
     pub kind_version: u32,
     pub params: Json,
     pub inputs: BTreeMap<String, ArtifactId>,
-    pub deps: BTreeMap<String, String>,
+    pub deps: BTreeMap<String, Digest>,
     /// The manifest values the params came from (for the lock; not hashed into the key).
     pub uses: BTreeMap<String, Json>,
 }
@@ -45,7 +46,7 @@ impl Fingerprint {
         let deps: serde_json::Map<String, Json> = self
             .deps
             .iter()
-            .map(|(k, v)| (k.clone(), Json::String(v.clone())))
+            .map(|(k, v)| (k.clone(), Json::String(v.to_string())))
             .collect();
         BTreeMap::from([
             ("format".to_string(), Json::from(FINGERPRINT_FORMAT)),
@@ -74,15 +75,11 @@ impl Fingerprint {
         LockEntry {
             kind: self.kind.clone(),
             kind_version: self.kind_version,
-            key: key.to_string(),
+            key: *key,
             params: self.params.clone(),
-            inputs: self
-                .inputs
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_string()))
-                .collect(),
+            inputs: self.inputs.clone(),
             deps: self.deps.clone(),
-            output: output.to_string(),
+            output: *output,
             metrics,
             devices,
             uses: self.uses.clone(),
@@ -96,7 +93,7 @@ pub fn deps_digests(
     spec: &PipelineSpec,
     stage: &StageSpec,
     cache: &Cache,
-) -> Result<BTreeMap<String, String>, EngineError> {
+) -> Result<BTreeMap<String, Digest>, EngineError> {
     let mut out = BTreeMap::new();
     for dep in &stage.deps {
         let abs = if dep.is_absolute() {
@@ -105,11 +102,11 @@ pub fn deps_digests(
             spec.dir.join(dep)
         };
         let digest = cache.hash_tree(&abs).map_err(|source| EngineError::Deps {
-            stage: stage.id.clone(),
+            stage: stage.id.to_string(),
             path: dep.display().to_string(),
             source: Box::new(source),
         })?;
-        out.insert(dep.display().to_string(), digest.to_string());
+        out.insert(dep.display().to_string(), digest);
     }
     Ok(out)
 }
@@ -117,7 +114,7 @@ pub fn deps_digests(
 pub fn fingerprint(
     stage: &StageSpec,
     inputs: BTreeMap<String, ArtifactId>,
-    deps: BTreeMap<String, String>,
+    deps: BTreeMap<String, Digest>,
 ) -> Fingerprint {
     Fingerprint {
         kind: stage.kind.clone(),
@@ -163,7 +160,7 @@ pub enum Lookup {
 pub enum Reason {
     NeverRun,
     NotInCache {
-        pinned: Option<String>,
+        pinned: Option<ArtifactId>,
     },
     Damaged {
         detail: String,
@@ -184,18 +181,18 @@ pub enum Reason {
     },
     Input {
         slot: String,
-        stage: String,
-        old: Option<String>,
-        new: String,
+        stage: StageId,
+        old: Option<ArtifactId>,
+        new: ArtifactId,
     },
     UpstreamStale {
         slot: String,
-        stage: String,
+        stage: StageId,
     },
     Dep {
         path: String,
-        old: Option<String>,
-        new: Option<String>,
+        old: Option<Digest>,
+        new: Option<Digest>,
     },
     KindVersion {
         old: String,
@@ -209,23 +206,12 @@ pub enum Reason {
     /// An upstream stage cannot run, so neither can this one.
     UpstreamBlocked {
         slot: String,
-        stage: String,
+        stage: StageId,
     },
     /// Said of a stage waiting on stale inputs whose own parts match the lock.
     Pinned {
-        output: String,
+        output: ArtifactId,
     },
-}
-
-/// A digest's short display form (`blake3:` and the first 12 hex digits); the one place
-/// hashes are shortened for people.
-pub fn short(d: &str) -> String {
-    match d.split_once(':') {
-        Some((algo, hex)) if hex.len() > 12 && hex.is_char_boundary(12) => {
-            format!("{algo}:{}", &hex[..12])
-        }
-        _ => d.to_string(),
-    }
 }
 
 fn show(v: &Option<Json>) -> String {
@@ -276,7 +262,7 @@ impl fmt::Display for Reason {
         match self {
             Reason::NeverRun => write!(f, "never run (not in the lock file)"),
             Reason::NotInCache { pinned: Some(p) } => {
-                write!(f, "not in cache (the lock pins its output {})", short(p))
+                write!(f, "not in cache (the lock pins its output {})", p.short())
             }
             Reason::NotInCache { pinned: None } => write!(f, "not in cache"),
             Reason::Damaged { detail } => write!(f, "cached artifact is damaged: {detail}"),
@@ -309,8 +295,8 @@ impl fmt::Display for Reason {
                 write!(
                     f,
                     "input `{slot}` (stage `{stage}`) changed: {} -> {}",
-                    short(old),
-                    short(new)
+                    old.short(),
+                    new.short()
                 )
             }
             Reason::Input {
@@ -318,7 +304,11 @@ impl fmt::Display for Reason {
                 stage,
                 old: None,
                 new,
-            } => write!(f, "input `{slot}` (stage `{stage}`) is new: {}", short(new)),
+            } => write!(
+                f,
+                "input `{slot}` (stage `{stage}`) is new: {}",
+                new.short()
+            ),
             Reason::UpstreamStale { slot, stage } => write!(
                 f,
                 "input `{slot}` will be rebuilt (stage `{stage}` is stale)"
@@ -347,7 +337,7 @@ impl fmt::Display for Reason {
             Reason::Pinned { output } => write!(
                 f,
                 "otherwise as locked (the lock pins its output {})",
-                short(output)
+                output.short()
             ),
         }
     }
@@ -390,16 +380,16 @@ pub fn diff_against_lock(
     stage: &StageSpec,
     params: &Json,
     inputs: &BTreeMap<String, ArtifactId>,
-    deps: &BTreeMap<String, String>,
+    deps: &BTreeMap<String, Digest>,
     key: Option<&CacheKey>,
 ) -> Vec<Reason> {
     let Some(e) = entry else {
         return vec![Reason::NeverRun];
     };
     if let Some(k) = key {
-        if e.key == k.to_string() {
+        if e.key == *k {
             return vec![Reason::NotInCache {
-                pinned: Some(e.output.clone()),
+                pinned: Some(e.output),
             }];
         }
     }
@@ -429,14 +419,13 @@ pub fn diff_against_lock(
     json_diff("", Some(&e.params), Some(params), &mut out);
     for (slot, &up) in &stage.inputs {
         let _ = up;
-        if let Some(new) = inputs.get(slot) {
-            let new = new.to_string();
+        if let Some(&new) = inputs.get(slot) {
             match e.inputs.get(slot) {
-                Some(old) if *old == new => {}
+                Some(&old) if old == new => {}
                 old => out.push(Reason::Input {
                     slot: slot.clone(),
-                    stage: String::new(),
-                    old: old.cloned(),
+                    stage: StageId::default(),
+                    old: old.copied(),
                     new,
                 }),
             }
@@ -447,8 +436,8 @@ pub fn diff_against_lock(
             Some(old) if old == new => {}
             old => out.push(Reason::Dep {
                 path: path.clone(),
-                old: old.cloned(),
-                new: Some(new.clone()),
+                old: old.copied(),
+                new: Some(*new),
             }),
         }
     }
@@ -456,7 +445,7 @@ pub fn diff_against_lock(
         if !deps.contains_key(path) {
             out.push(Reason::Dep {
                 path: path.clone(),
-                old: Some(old.clone()),
+                old: Some(*old),
                 new: None,
             });
         }
@@ -470,13 +459,13 @@ pub fn diff_against_lock(
 /// One stage's status.
 #[derive(Debug, Clone, Serialize)]
 pub struct StageStatus {
-    pub stage: String,
+    pub stage: StageId,
     pub kind: String,
     pub up_to_date: bool,
     /// The key, when every input's artifact is known.
-    pub key: Option<String>,
+    pub key: Option<CacheKey>,
     /// The cached output, when up to date.
-    pub artifact: Option<String>,
+    pub artifact: Option<ArtifactId>,
     pub reasons: Vec<Reason>,
     /// For an up-to-date `select` stage, the candidate it chose.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -749,14 +738,14 @@ impl Plan {
             .map(|p| {
                 let stage = &spec.stages[p.index];
                 let artifact = match &p.action {
-                    Action::Reuse { record } => Some(record.artifact.to_string()),
+                    Action::Reuse { record } => Some(record.artifact),
                     _ => None,
                 };
                 StageStatus {
                     stage: stage.id.clone(),
                     kind: stage.kind.clone(),
                     up_to_date: artifact.is_some(),
-                    key: p.key.map(|k| k.to_string()),
+                    key: p.key,
                     artifact,
                     reasons: p.reasons().to_vec(),
                     choice: None,
@@ -778,10 +767,10 @@ impl Plan {
                         "action": p.action.name(),
                         "reasons": p.reasons(),
                         "resources": p.resources,
-                        "key": p.key.map(|k| k.to_string()),
+                        "key": p.key,
                     });
                     if let Action::Reuse { record } = &p.action {
-                        row["artifact"] = Json::String(record.artifact.to_string());
+                        row["artifact"] = serde_json::json!(record.artifact);
                     }
                     row
                 })
@@ -901,9 +890,7 @@ pub fn plan(
                 let own =
                     diff_against_lock(entry, stage, &stage.params.canonical, &inputs, &deps, None);
                 if own.is_empty() {
-                    reasons.push(Reason::Pinned {
-                        output: e.output.clone(),
-                    });
+                    reasons.push(Reason::Pinned { output: e.output });
                 }
                 reasons.extend(own);
             }
@@ -947,10 +934,7 @@ mod tests {
                 "a".to_string(),
                 ArtifactId(pollard_cache::Digest::of(b"upstream")),
             )]),
-            deps: BTreeMap::from([(
-                "x.txt".to_string(),
-                pollard_cache::Digest::of(b"x").to_string(),
-            )]),
+            deps: BTreeMap::from([("x.txt".to_string(), pollard_cache::Digest::of(b"x"))]),
             uses: BTreeMap::new(),
         }
     }
@@ -979,7 +963,8 @@ mod tests {
             .insert("a".into(), ArtifactId(pollard_cache::Digest::of(b"other")));
         assert_ne!(f.key(), base);
         let mut f = fp();
-        f.deps.insert("x.txt".into(), "blake3:00".into());
+        f.deps
+            .insert("x.txt".into(), pollard_cache::Digest::of(b"other"));
         assert_ne!(f.key(), base);
     }
 

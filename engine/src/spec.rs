@@ -17,6 +17,7 @@ use crate::quantity::Bytes;
 use crate::registry::{closest, DecodedParams, ErasedStage, Registry};
 use crate::span::{Pos, SpanMap};
 use crate::stage::Slots;
+use crate::stage_id::StageId;
 
 /// Resource fields a manifest may set on a stage; each replaces the kind's estimate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
@@ -30,7 +31,7 @@ pub struct ResourceOverride {
 
 /// One validated stage.
 pub struct StageSpec {
-    pub id: String,
+    pub id: StageId,
     pub kind: String,
     pub stage: Arc<dyn ErasedStage>,
     pub params: DecodedParams,
@@ -365,7 +366,7 @@ fn check_stage(
     }
     let deps = kind.deps(&params);
     Some(StageSpec {
-        id: s.id.clone(),
+        id: s.id.clone().into(),
         kind: s.kind.clone(),
         stage: kind,
         params,

@@ -6,6 +6,7 @@
 //! This file is the contract between `pollard-engine` and `pollard-stages`: change it only
 //! additively.
 
+use crate::stage_id::StageId;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,7 +113,7 @@ pub struct PlanInputs {
 #[derive(Debug, Clone, Default)]
 pub struct PlanInput {
     /// The upstream stage id.
-    pub stage: String,
+    pub stage: StageId,
     /// The upstream kind's description of its output, if known.
     pub description: Option<serde_json::Value>,
     /// The upstream artifact's folder when it is already cached (read-only).
@@ -139,11 +140,11 @@ pub struct Inputs {
 #[derive(Debug, Clone)]
 pub struct InputArtifact {
     /// The upstream stage id.
-    pub stage: String,
+    pub stage: StageId,
     /// The artifact's folder (read-only; never write into it).
     pub path: PathBuf,
-    /// The artifact id, `blake3:<hex>`.
-    pub artifact: String,
+    /// The artifact id (`blake3:<hex>` when printed).
+    pub artifact: pollard_cache::ArtifactId,
 }
 
 impl Inputs {

@@ -155,7 +155,7 @@ impl Workspace {
             self.lock_path.clone(),
             &self.state_dir(),
             &self.spec.name,
-            self.spec.ids().map(str::to_string).collect(),
+            self.spec.stages.iter().map(|s| s.id.clone()).collect(),
             self.lock.clone(),
         )
     }

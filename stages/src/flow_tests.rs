@@ -82,7 +82,7 @@ fn inputs(pairs: &[(&str, &Path)]) -> Inputs {
             InputArtifact {
                 stage: (*slot).into(),
                 path: path.to_path_buf(),
-                artifact: "blake3:test".into(),
+                artifact: pollard_engine::Digest::of(b"test").into(),
             },
         );
     }

@@ -12,6 +12,7 @@
 //! a node failure or preemption is submitted again. Requests no node can meet are refused
 //! before anything is submitted (`sbatch --test-only`).
 
+use crate::stage_id::StageId;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -60,7 +61,7 @@ const TAIL_LINES: usize = 10;
 #[derive(Serialize, Deserialize)]
 struct Recorded {
     job: u64,
-    stage: String,
+    stage: StageId,
 }
 
 /// What `scontrol show job` says about a job.

@@ -297,7 +297,7 @@ mod tests {
             pollard_engine::InputArtifact {
                 stage: "load".into(),
                 path: fixture("tiny-llama"),
-                artifact: "blake3:test".into(),
+                artifact: pollard_engine::Digest::of(b"test").into(),
             },
         );
         let p = params("{ method: magnitude, target: { ffn: 128 }, depth: { drop: [2] } }");
