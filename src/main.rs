@@ -679,19 +679,15 @@ fn run(args: RunArgs) -> Result<u8> {
             planned_at_ns,
         },
     );
-    let ran = summary.count(|o| matches!(o, Outcome::Ran { .. }));
-    let reused = summary.count(|o| matches!(o, Outcome::Reused { .. }));
-    let stopped = |o: &Outcome| matches!(o, Outcome::Failed { error } if error == "interrupted");
-    let interrupted = summary.count(stopped);
-    let failed = summary.count(|o| matches!(o, Outcome::Failed { .. }) && !stopped(o));
-    let skipped = summary.count(|o| matches!(o, Outcome::Skipped { .. }));
+    let tally = Tally::of(&summary);
     let line = summary_line(&spec.name, &summary);
     if let Some(log) = &json_log {
         log.emit(
             "summary",
             serde_json::json!({
-                "pipeline": spec.name, "ran": ran, "reused": reused, "failed": failed,
-                "interrupted": interrupted, "not_run": skipped,
+                "pipeline": spec.name, "ran": tally.ran, "reused": tally.reused,
+                "failed": tally.failed, "interrupted": tally.interrupted,
+                "not_run": tally.not_run,
             }),
         );
     }
@@ -724,19 +720,40 @@ fn console(
         .with_reasons(reasons)
 }
 
+/// How a run's stages ended, counted once for the summary line and the JSON summary event.
+struct Tally {
+    ran: usize,
+    reused: usize,
+    failed: usize,
+    interrupted: usize,
+    not_run: usize,
+}
+
+impl Tally {
+    fn of(summary: &pollard_engine::exec::RunSummary) -> Tally {
+        let stopped =
+            |o: &Outcome| matches!(o, Outcome::Failed { error } if error == "interrupted");
+        Tally {
+            ran: summary.count(|o| matches!(o, Outcome::Ran { .. })),
+            reused: summary.count(|o| matches!(o, Outcome::Reused { .. })),
+            failed: summary.count(|o| matches!(o, Outcome::Failed { .. }) && !stopped(o)),
+            interrupted: summary.count(stopped),
+            not_run: summary.count(|o| matches!(o, Outcome::Skipped { .. })),
+        }
+    }
+}
+
 /// `tiny: 0 ran, 14 up to date, 0 failed, 0 not run` (and how many were interrupted).
 fn summary_line(pipeline: &str, summary: &pollard_engine::exec::RunSummary) -> String {
-    let ran = summary.count(|o| matches!(o, Outcome::Ran { .. }));
-    let reused = summary.count(|o| matches!(o, Outcome::Reused { .. }));
-    let stopped = |o: &Outcome| matches!(o, Outcome::Failed { error } if error == "interrupted");
-    let interrupted = summary.count(stopped);
-    let failed = summary.count(|o| matches!(o, Outcome::Failed { .. }) && !stopped(o));
-    let skipped = summary.count(|o| matches!(o, Outcome::Skipped { .. }));
-    let mut line = format!("{pipeline}: {ran} ran, {reused} up to date, {failed} failed");
-    if interrupted > 0 {
-        line.push_str(&format!(", {interrupted} interrupted"));
+    let t = Tally::of(summary);
+    let mut line = format!(
+        "{pipeline}: {} ran, {} up to date, {} failed",
+        t.ran, t.reused, t.failed
+    );
+    if t.interrupted > 0 {
+        line.push_str(&format!(", {} interrupted", t.interrupted));
     }
-    line.push_str(&format!(", {skipped} not run"));
+    line.push_str(&format!(", {} not run", t.not_run));
     line
 }
 
