@@ -1,4 +1,4 @@
-//! Benchmark of the cache's hashing (issue 2): a 2 GiB file hashed cold (page cache dropped
+//! Benchmark of the cache's hashing: a 2 GiB file hashed cold (page cache dropped
 //! for that file) and warm, by the cache (`Cache::hash_file`: chunked reads + blake3's rayon
 //! tree mode), by single-threaded blake3 and by md5 (the digest DVC uses), all in this run;
 //! printed as GB/s and as ratios. Then the stat-memo re-check of 10,000 small files: time per

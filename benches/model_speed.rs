@@ -1,4 +1,4 @@
-//! Speed of the Llama forward pass and training step on the CPU (issue 4 "Speed").
+//! Speed of the Llama forward pass and training step on the CPU (or GPU 0 of a CUDA build).
 //!
 //! Prints, for a ~10M-parameter model at sequence length 256: forward tokens/s, training-step
 //! tokens/s (forward + cross-entropy + backward + AdamW step), the achieved GFLOP/s, the same
@@ -24,7 +24,8 @@ use std::time::Instant;
 use candle_core::{Device, Tensor, Var};
 use pollard_model::ops::softmax::CausalMask;
 use pollard_model::ops::{
-    attention, causal_attention, causal_softmax, primitive, rms_norm, rope, swiglu, RopeTables,
+    attention, causal_attention, causal_softmax, linear, primitive, rms_norm, rope, swiglu,
+    RopeTables,
 };
 use pollard_model::{Llama, LlamaConfig, SeededRng};
 use pollard_train::{cross_entropy, AdamW, AdamWConfig, Grads};
@@ -101,12 +102,32 @@ fn forward_flops(c: &LlamaConfig, batch: usize) -> f64 {
     2.0 * matmul * tokens + attn
 }
 
-fn matmul_peak(dev: &Device) -> f64 {
-    let n = 2048;
-    let a = Tensor::from_vec(SeededRng::new(1).normal_vec(n * n, 0.0, 1.0), (n, n), dev).unwrap();
-    let b = Tensor::from_vec(SeededRng::new(2).normal_vec(n * n, 0.0, 1.0), (n, n), dev).unwrap();
-    let (_, best) = time(5, || a.matmul(&b).unwrap());
-    2.0 * (n * n * n) as f64 / best / 1e9
+/// The f32 matmul peak: GFLOP/s of a 2048^3 product through candle (gemm), best of `reps`.
+struct MatmulPeak {
+    a: Tensor,
+    b: Tensor,
+}
+
+impl MatmulPeak {
+    const N: usize = 2048;
+
+    fn new(dev: &Device) -> Self {
+        let n = Self::N;
+        let m = |seed| {
+            Tensor::from_vec(
+                SeededRng::new(seed).normal_vec(n * n, 0.0, 1.0),
+                (n, n),
+                dev,
+            )
+            .unwrap()
+        };
+        MatmulPeak { a: m(1), b: m(2) }
+    }
+
+    fn gflops(&self, reps: usize) -> f64 {
+        let (_, best) = time(reps, || self.a.matmul(&self.b).unwrap());
+        2.0 * (Self::N as f64).powi(3) / best / 1e9
+    }
 }
 
 fn train_step(
@@ -218,13 +239,20 @@ fn op_profile(c: &LlamaConfig, batch: usize, dev: &Device, reps: usize) {
     fwd_bwd("attention (matmul+softmax op+matmul)", l, &|| {
         attention::composed(&qa, &ka, &va, sc, None).unwrap()
     });
-    let xw = rnd(&[batch * SEQ, h], 11);
-    let wg = rnd(&[c.intermediate_size, h], 12);
-    fwd_bwd("linear hidden->mlp (gate/up)", 2 * l, &|| {
-        xw.matmul(&wg.t().unwrap()).unwrap()
+    let xw = rnd(&[batch, SEQ, h], 11);
+    let (mlp, vocab) = (c.intermediate_size, c.vocab_size);
+    let wg = rnd(&[mlp, h], 12);
+    fwd_bwd("linear gate/up (custom op)", 2 * l, &|| {
+        linear(&xw, &wg).unwrap()
     });
-    let wv = rnd(&[c.vocab_size, h], 13);
-    fwd_bwd("lm_head", 1, &|| xw.matmul(&wv.t().unwrap()).unwrap());
+    fwd_bwd("linear gate/up (candle primitives)", 2 * l, &|| {
+        primitive::linear(&xw, &wg, mlp).unwrap()
+    });
+    let wv = rnd(&[vocab, h], 13);
+    fwd_bwd("lm_head (custom op)", 1, &|| linear(&xw, &wv).unwrap());
+    fwd_bwd("lm_head (candle primitives)", 1, &|| {
+        primitive::linear(&xw, &wv, vocab).unwrap()
+    });
 }
 
 fn attention_ab(c: &LlamaConfig, batch: usize, dev: &Device, n: usize) {
@@ -379,6 +407,8 @@ fn threads() -> usize {
 }
 
 fn main() {
+    // The settings pollard's own `main` applies (freed memory kept for reuse).
+    pollard_model::host::configure();
     let dev = bench_device();
     let reps = env_usize("POLLARD_BENCH_REPS", 5);
     let batch = env_usize("POLLARD_BENCH_BATCH", 8);
@@ -393,7 +423,8 @@ fn main() {
     );
     println!("FLOPs: forward {:.2} GFLOP, train step {:.2} GFLOP (3x forward; attention counted over the full T x T)", flops / 1e9, 3.0 * flops / 1e9);
 
-    let peak = matmul_peak(&dev);
+    let matmul = MatmulPeak::new(&dev);
+    let peak = matmul.gflops(5);
     println!("matmul peak (candle/gemm f32 2048^3, best of 5): {peak:.1} GFLOP/s");
 
     let model = Llama::init(&cfg, 0, &dev).unwrap();
@@ -449,19 +480,36 @@ fn main() {
     let vars: Vec<&Var> = named.iter().map(|(_, v)| v).collect();
     let mut opt = AdamW::new(named.clone(), AdamWConfig::default()).unwrap();
     train_step(&model, &mut opt, &vars, &inp, &tgt);
-    let mut parts: Vec<(f64, f64, f64)> = (0..reps)
-        .map(|_| train_step(&model, &mut opt, &vars, &inp, &tgt))
+    // Each step is timed right after the matmul peak (best of 2), so that a machine whose speed
+    // drifts during the run (a shared VM) is compared with itself at that moment.
+    let mut parts: Vec<(f64, f64, f64, f64)> = (0..reps)
+        .map(|_| {
+            let p = matmul.gflops(2);
+            let (f, b, o) = train_step(&model, &mut opt, &vars, &inp, &tgt);
+            (f, b, o, p)
+        })
         .collect();
+    let mut beside: Vec<f64> = parts
+        .iter()
+        .map(|&(f, b, o, p)| 100.0 * 3.0 * flops / (f + b + o) / 1e9 / p)
+        .collect();
+    beside.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     parts.sort_by(|a, b| {
         (a.0 + a.1 + a.2)
             .partial_cmp(&(b.0 + b.1 + b.2))
             .expect("finite")
     });
-    let (f, b, o) = parts[parts.len() / 2];
+    let (f, b, o, _) = parts[parts.len() / 2];
     let step = f + b + o;
     println!(
         "train step:        median {}  (forward+loss {}, backward {}, grads+AdamW {})  {:8.0} tok/s  {:6.1} GFLOP/s  {:4.1}% of matmul peak",
         ms(step), ms(f), ms(b), ms(o), tokens / step, 3.0 * flops / step / 1e9, 100.0 * 3.0 * flops / step / 1e9 / peak
+    );
+    println!(
+        "train step against the matmul peak timed just before it: median {:.1}% (from {:.1}% to {:.1}% over {reps} steps)",
+        beside[beside.len() / 2],
+        beside[0],
+        beside[beside.len() - 1]
     );
 
     println!("per-op profile at these shapes (median of {reps}; bwd = fwd+bwd - fwd):");

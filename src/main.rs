@@ -251,6 +251,8 @@ enum ExecutorKind {
 }
 
 fn main() -> ExitCode {
+    // Before any thread or tensor exists (stage jobs run through here too).
+    pollard_model::host::configure();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),

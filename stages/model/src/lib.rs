@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod error;
+pub mod host;
 pub mod io;
 pub mod metrics;
 pub mod model;

@@ -17,8 +17,8 @@ use crate::error::{ModelError, Result};
 use crate::io::{validate_weights, Weights};
 use crate::names::{self, LayerTensor as T};
 use crate::ops::{
-    causal_attention, layer_norm1p, partial_rope, relu2, rms_norm, softmax::CausalMask, swiglu,
-    RopeTables,
+    causal_attention, layer_norm1p, linear, linear_as, partial_rope, relu2, rms_norm,
+    softmax::CausalMask, swiglu, RopeTables,
 };
 use crate::rng::SeededRng;
 use crate::taps::{LayerTaps, TapSpec, Taps};
@@ -63,17 +63,6 @@ pub struct Llama {
     vars: Vec<(String, Var)>,
     device: Device,
     dtype: DType,
-}
-
-/// `x @ w^T` for `x` `[..., in]` and `w` `[out, in]` (HF Linear layout), without copying `w`.
-fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    let dims = x.dims();
-    let inner = dims[dims.len() - 1];
-    let rows = x.elem_count() / inner;
-    let y = x.reshape((rows, inner))?.matmul(&w.t()?)?;
-    let mut out = dims.to_vec();
-    *out.last_mut().expect("x has at least one dim") = w.dim(0)?;
-    y.reshape(out)
 }
 
 impl Llama {
@@ -313,7 +302,7 @@ impl Llama {
             if rec && spec.attn_heads {
                 lt.attn_heads = Some(heads.clone());
             }
-            let attn = linear(&heads.flatten_from(2)?, &layer.o)?;
+            let attn = linear_as(&heads, &layer.o, (b, t, cfg.hidden_size))?;
             h = (h + attn)?;
             let x = self.norm(&h, &layer.mlp_norm)?;
             if rec && spec.mlp_norm {
@@ -376,11 +365,11 @@ impl Llama {
                 None => y,
             })
         };
-        let q = per_head(linear(x, &l.q)?.reshape((b, t, nh, d))?, &l.q_norm)?;
-        let k = per_head(linear(x, &l.k)?.reshape((b, t, nkv, d))?, &l.k_norm)?;
+        let q = per_head(linear_as(x, &l.q, (b, t, nh, d))?, &l.q_norm)?;
+        let k = per_head(linear_as(x, &l.k, (b, t, nkv, d))?, &l.k_norm)?;
         let q = partial_rope(&q, tables)?;
         let k = partial_rope(&k, tables)?;
-        let v = linear(x, &l.v)?.reshape((b, t, nkv, d))?;
+        let v = linear_as(x, &l.v, (b, t, nkv, d))?;
         // Fused kernel on CPU f32 (1.5x faster forward, 2.6x forward+backward than the composed
         // path, see ops::attention); composed matmuls + causal softmax elsewhere.
         Ok(causal_attention(&q, &k, &v, mask.scale, mask.window)?)

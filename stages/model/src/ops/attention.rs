@@ -74,19 +74,8 @@ pub fn composed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::gradcheck::{check_grads, rand_tensor};
+    use crate::ops::gradcheck::{check_grads, max_diff, rand_tensor};
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     type Attn<'a> = &'a dyn Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
 

@@ -21,6 +21,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::cpu::f32_slice;
+use super::exp::fast_exp;
 
 /// Query rows and key columns per tile.
 pub const BLOCK: usize = 64;
@@ -183,10 +184,10 @@ impl CustomOp3 for Flash {
                             continue;
                         }
                         let mx = seen.iter().fold(m[i], |a, &x| a.max(x));
-                        let corr = (m[i] - mx).exp();
+                        let corr = fast_exp(m[i] - mx);
                         let mut sum = 0f32;
                         for x in seen.iter_mut() {
-                            *x = (*x - mx).exp();
+                            *x = fast_exp(*x - mx);
                             sum += *x;
                         }
                         l[i] = l[i] * corr + sum;
@@ -352,7 +353,7 @@ impl CustomOp3 for FlashBwd {
                             let vis = (r0 + i + 1).saturating_sub(j0).min(nc);
                             let (seen, masked) = row.split_at_mut(vis);
                             let l = lse_h[r0 + i];
-                            seen.iter_mut().for_each(|x| *x = (*x - l).exp());
+                            seen.iter_mut().for_each(|x| *x = fast_exp(*x - l));
                             masked.fill(0.0);
                         }
                         unsafe {

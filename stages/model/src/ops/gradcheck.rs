@@ -11,6 +11,18 @@ pub fn rand_tensor(shape: &[usize], seed: u64, dev: &Device) -> Tensor {
         .expect("shape matches length")
 }
 
+/// The largest `|a - b|` over all elements, compared in f32.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// Checks d/d(inputs) of `sum(f(inputs) * P)` (P a fixed random projection) against central
 /// differences with step 1e-2, on up to 64 elements of every input. Fails when
 /// `|numeric - analytic| > tol * (1 + |analytic|)`.

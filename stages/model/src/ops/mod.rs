@@ -1,5 +1,5 @@
-//! Differentiable building blocks of the decoder forward pass: RMSNorm, LayerNorm1p, RoPE (full
-//! and partial), causal softmax, SwiGLU, squared ReLU.
+//! Differentiable building blocks of the decoder forward pass: the Linear projection, RMSNorm,
+//! LayerNorm1p, RoPE (full and partial), causal softmax, SwiGLU, squared ReLU.
 //!
 //! candle-nn's fused versions of these have no backward and silently cut the gradient, so they
 //! are never used here. On CPU each op is a `CustomOp` with a hand-written f32 kernel and an
@@ -10,8 +10,10 @@
 pub mod attention;
 pub mod blockwise;
 mod cpu;
+pub mod exp;
 pub mod flash;
 pub mod layer_norm;
+pub mod linear;
 pub mod partial_rope;
 mod reference;
 pub mod relu2;
@@ -21,7 +23,9 @@ pub mod softmax;
 pub mod swiglu;
 
 pub use attention::causal_attention;
+pub use exp::fast_exp;
 pub use layer_norm::layer_norm1p;
+pub use linear::{linear, linear_as};
 pub use partial_rope::partial_rope;
 pub use relu2::relu2;
 pub use rms_norm::rms_norm;
@@ -35,5 +39,6 @@ pub(crate) mod gradcheck;
 /// Reference (primitive-op) versions of the ops, used on non-CPU devices and in tests to
 /// cross-check the fused kernels.
 pub mod primitive {
+    pub use super::linear::composed as linear;
     pub use super::reference::{causal_softmax, layer_norm1p, relu2, rms_norm, rope, swiglu};
 }

@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor
 use rayon::prelude::*;
 
 use super::cpu::{f32_slice, rows_per_task};
+use super::exp::fast_exp;
 use super::reference;
 
 /// Masking and scaling parameters of [`causal_softmax`].
@@ -85,7 +86,7 @@ impl CustomOp1 for CausalSoftmax {
                     let mx = xs.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * m.scale;
                     let mut sum = 0f32;
                     for (yv, xv) in ys.iter_mut().zip(xs) {
-                        let e = (xv * m.scale - mx).exp();
+                        let e = fast_exp(xv * m.scale - mx);
                         *yv = e;
                         sum += e;
                     }

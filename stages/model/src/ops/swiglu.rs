@@ -7,6 +7,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 use rayon::prelude::*;
 
 use super::cpu::f32_slice;
+use super::exp::fast_exp;
 use super::reference;
 
 const CHUNK: usize = 16 * 1024;
@@ -31,7 +32,7 @@ struct SwiGluBwd;
 
 #[inline]
 fn sigmoid(a: f32) -> f32 {
-    1.0 / (1.0 + (-a).exp())
+    1.0 / (1.0 + fast_exp(-a))
 }
 
 impl CustomOp2 for SwiGlu {
