@@ -2,10 +2,12 @@
 //!
 //! Prints, for a ~10M-parameter model at sequence length 256: forward tokens/s, training-step
 //! tokens/s (forward + cross-entropy + backward + AdamW step), the achieved GFLOP/s, the same
-//! machine's f32 matmul peak measured in this run, a per-op profile of one step, and, when a
-//! Python with PyTorch is available (`POLLARD_TORCH_PYTHON`, else `/tmp/torchenv/bin/python`),
-//! the same model and step in PyTorch (benches/model_speed_torch.py, run with the same number of
-//! threads as pollard: RAYON_NUM_THREADS or all cores) and pollard/PyTorch ratios.
+//! machine's f32 matmul peak measured in this run (at the start, and again just before each timed
+//! step, against which each step's share is also printed), a per-op profile of one step, and,
+//! when a Python with PyTorch is available (`POLLARD_TORCH_PYTHON`, else
+//! `/tmp/torchenv/bin/python`), the same model and step in PyTorch (benches/model_speed_torch.py,
+//! run with the same number of threads as pollard: RAYON_NUM_THREADS or all cores) and
+//! pollard/PyTorch ratios.
 //! Never a timed assertion: everything is a measurement printed as numbers and ratios.
 //!
 //! Run `cargo bench --bench model_speed`, or build it with `cargo build --release --bench

@@ -7,8 +7,8 @@
 //! through a strided (non-contiguous) copy. As one `CustomOp2` on CPU f32 the forward is one gemm
 //! call and the backward two (`dx = g w`, `dw = g^T x`, both written contiguous), so only the
 //! two gradients candle must accumulate remain; outputs are not zero-filled before gemm writes
-//! them. The train step bench (benches/model_speed.rs)
-//! measures the difference. Other devices and dtypes compose the same product from candle's ops.
+//! them. Other devices and dtypes compose the same product from candle's ops. What this bought
+//! in the training step is measured by benches/model_speed.rs (stages/model/README.md, "Speed").
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use gemm::{gemm, Parallelism};
@@ -151,9 +151,9 @@ impl CustomOp3 for LinearBwd {
 
 /// Appends `lhs [m x k] . rhs [k x n]`, row-major `[m x n]`, to `dst`; each operand is a slice
 /// with its row and column strides. The new elements are not zero-filled first (that would be a
-/// single-threaded memset of every output; the forward's alone are 175 MB per step of the
-/// speed bench): gemm writes each
-/// of them when it is told not to read the destination.
+/// single-threaded memset of every output; the forward's alone are 175 MB per step of the speed
+/// bench): told not to read the destination, gemm stores `beta * lhs . rhs` into each of them
+/// and never loads one (its microkernels' `alpha_status == 0` path).
 fn append_product(
     dst: &mut Vec<f32>,
     (m, n, k): (usize, usize, usize),
