@@ -27,7 +27,7 @@ pub fn partial_rope(x: &Tensor, tables: &RopeTables) -> candle_core::Result<Tens
 mod tests {
     use super::*;
     use crate::config::LlamaConfig;
-    use crate::ops::gradcheck::{check_grads, rand_tensor};
+    use crate::ops::gradcheck::{check_grads, max_diff, rand_tensor};
     use candle_core::Device;
 
     fn tables(partial: f64, t: usize) -> RopeTables {
@@ -49,20 +49,9 @@ mod tests {
         let x = rand_tensor(&[1, 4, 2, 8], 62, &Device::Cpu);
         let y = partial_rope(&x, &tables(0.5, 4)).unwrap();
         let want = x.narrow(3, 4, 4).unwrap().transpose(1, 2).unwrap();
-        let d = (y.narrow(3, 4, 4).unwrap() - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(max_diff(&y.narrow(3, 4, 4).unwrap(), &want), 0.0);
         let full = tables(1.0, 4);
-        let d = (partial_rope(&x, &full).unwrap() - rope(&x, &full).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        let d = max_diff(&partial_rope(&x, &full).unwrap(), &rope(&x, &full).unwrap());
+        assert_eq!(d, 0.0);
     }
 }

@@ -163,7 +163,7 @@ impl CustomOp3 for RopeBwd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::gradcheck::{check_grads, rand_tensor};
+    use crate::ops::gradcheck::{check_grads, max_diff, rand_tensor};
 
     fn case(dev: &Device) {
         let mut cfg = LlamaConfig::new(16, 32, 64, 1, 4, 2, 8);
@@ -173,14 +173,7 @@ mod tests {
         let a = rope(&x, &tables).unwrap();
         let b = reference::rope(&x, &tables).unwrap();
         assert_eq!(a.dims(), &[2, 3, 5, 8]);
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&a, &b);
         assert!(diff < 1e-6, "forward differs by {diff}");
         check_grads(&[x], |v| rope(&v[0], &tables), 2e-3);
     }
@@ -204,13 +197,7 @@ mod tests {
         let y = rope(&x, &tables).unwrap();
         let x0 = x.squeeze(2).unwrap().squeeze(0).unwrap();
         let y0 = y.squeeze(1).unwrap().squeeze(0).unwrap();
-        let first = (x0.get(0).unwrap() - y0.get(0).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert_eq!(first.to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(max_diff(&x0.get(0).unwrap(), &y0.get(0).unwrap()), 0.0);
         let nx = x0.sqr().unwrap().sum(1).unwrap().to_vec1::<f32>().unwrap();
         let ny = y0.sqr().unwrap().sum(1).unwrap().to_vec1::<f32>().unwrap();
         for (a, b) in nx.iter().zip(&ny) {

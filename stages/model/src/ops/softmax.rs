@@ -146,7 +146,7 @@ impl CustomOp2 for CausalSoftmaxBwd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::gradcheck::{check_grads, rand_tensor};
+    use crate::ops::gradcheck::{check_grads, max_diff, rand_tensor};
     use candle_core::Device;
 
     fn case(dev: &Device) {
@@ -160,14 +160,7 @@ mod tests {
             let x = rand_tensor(&[2, 3, 12, s], 21, dev);
             let a = causal_softmax(&x, mask).unwrap();
             let b = reference::causal_softmax(&x, mask).unwrap();
-            let diff = (&a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_diff(&a, &b);
             assert!(
                 diff < 1e-6,
                 "forward differs by {diff} (window {window:?}, s {s})"

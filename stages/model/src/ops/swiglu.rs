@@ -119,7 +119,7 @@ impl CustomOp3 for SwiGluBwd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::gradcheck::{check_grads, rand_tensor};
+    use crate::ops::gradcheck::{check_grads, max_diff, rand_tensor};
     use candle_core::Device;
 
     fn case(dev: &Device) {
@@ -127,14 +127,7 @@ mod tests {
         let u = rand_tensor(&[3, 4, 10], 32, dev);
         let x = swiglu(&a, &u).unwrap();
         let y = reference::swiglu(&a, &u).unwrap();
-        let diff = (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&x, &y);
         assert!(diff < 1e-6, "forward differs by {diff}");
         check_grads(&[a, u], |v| swiglu(&v[0], &v[1]), 2e-3);
     }
