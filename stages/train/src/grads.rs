@@ -12,6 +12,10 @@ use crate::error::Result;
 #[derive(Debug, Clone, Default)]
 pub struct Grads {
     grads: Vec<Option<Tensor>>,
+    /// Whether `grads[i]` is a buffer of our own that later micro-batches may add into in place;
+    /// `false` while it is still the backward's stored tensor, which only the first micro-batch
+    /// reads (copy on write: a single micro-batch never copies its gradients).
+    owned: Vec<bool>,
     micro_batches: u32,
 }
 
@@ -20,6 +24,7 @@ impl Grads {
     pub fn new(n: usize) -> Self {
         Self {
             grads: vec![None; n],
+            owned: vec![false; n],
             micro_batches: 0,
         }
     }
@@ -28,22 +33,26 @@ impl Grads {
     /// the same order on every call.
     pub fn accumulate(&mut self, vars: &[&Var], store: &GradStore) -> Result<()> {
         if self.grads.len() != vars.len() {
-            self.grads = vec![None; vars.len()];
+            *self = Self::new(vars.len());
         }
-        for (slot, var) in self.grads.iter_mut().zip(vars) {
+        for ((slot, owned), var) in self.grads.iter_mut().zip(&mut self.owned).zip(vars) {
             let Some(g) = store.get(var.as_tensor()) else {
                 continue;
             };
             match slot {
-                None => {
-                    // Own a private contiguous copy: the store's tensor may share storage with
-                    // other graph tensors, and later micro-batches add into it in place.
-                    *slot = Some(g.contiguous()?.copy()?);
-                }
-                Some(acc) if cpu::is_cpu_f32_contiguous(acc) && g.dtype() == DType::F32 => {
+                // The store's tensor itself, read-only: it may share storage with other graph
+                // tensors, so nothing is ever added into it.
+                None => *slot = Some(g.contiguous()?),
+                Some(acc)
+                    if *owned && cpu::is_cpu_f32_contiguous(acc) && g.dtype() == DType::F32 =>
+                {
                     acc.inplace_op2(&g.contiguous()?, &cpu::AddAssign)?;
                 }
-                Some(acc) => *acc = acc.add(g)?,
+                // The second micro-batch's sum is a fresh buffer: ours to add into from then on.
+                Some(acc) => {
+                    *acc = acc.add(g)?;
+                    *owned = true;
+                }
             }
         }
         self.micro_batches += 1;
@@ -88,6 +97,7 @@ impl Grads {
     /// Drops the sums, keeping the parameter count.
     pub fn clear(&mut self) {
         self.grads.iter_mut().for_each(|g| *g = None);
+        self.owned.iter_mut().for_each(|o| *o = false);
         self.micro_batches = 0;
     }
 }
@@ -148,6 +158,46 @@ mod tests {
         let loss = (v64.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap();
         g64.accumulate(&[&v64], &loss.backward().unwrap()).unwrap();
         assert!((g64.global_norm(0.5).unwrap() - expect).abs() < 1e-12);
+    }
+
+    /// The first micro-batch's gradients are kept without a copy; summing later micro-batches
+    /// must never write into the tensors the first backward returned.
+    #[test]
+    fn accumulation_never_writes_into_the_backward_store() {
+        let dev = Device::Cpu;
+        let a = Var::new(&[1f32, 2.0, 3.0], &dev).unwrap();
+        let backward = |k: f64| {
+            let loss = (a.as_tensor().sqr().unwrap().sum_all().unwrap() * k).unwrap();
+            loss.backward().unwrap()
+        };
+        let first = backward(1.0);
+        let mut g = Grads::new(1);
+        g.accumulate(&[&a], &first).unwrap();
+        for k in [2.0, 3.0, 4.0] {
+            g.accumulate(&[&a], &backward(k)).unwrap();
+        }
+        assert_eq!(
+            g.get(0).unwrap().to_vec1::<f32>().unwrap(),
+            vec![20.0, 40.0, 60.0]
+        );
+        let kept = first.get(a.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(
+            kept,
+            vec![2.0, 4.0, 6.0],
+            "the first backward's gradient was written into"
+        );
+        // After clear, the next first micro-batch is again read-only.
+        g.clear();
+        let again = backward(1.0);
+        g.accumulate(&[&a], &again).unwrap();
+        g.accumulate(&[&a], &backward(1.0)).unwrap();
+        g.accumulate(&[&a], &backward(1.0)).unwrap();
+        let kept = again.get(a.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(kept, vec![2.0, 4.0, 6.0]);
+        assert_eq!(
+            g.get(0).unwrap().to_vec1::<f32>().unwrap(),
+            vec![6.0, 12.0, 18.0]
+        );
     }
 
     #[test]
