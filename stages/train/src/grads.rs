@@ -11,12 +11,27 @@ use crate::error::Result;
 /// reached has `None` and is left untouched by the step.
 #[derive(Debug, Clone, Default)]
 pub struct Grads {
-    grads: Vec<Option<Tensor>>,
-    /// Whether `grads[i]` is a buffer of our own that later micro-batches may add into in place;
-    /// `false` while it is still the backward's stored tensor, which only the first micro-batch
-    /// reads (copy on write: a single micro-batch never copies its gradients).
-    owned: Vec<bool>,
+    grads: Vec<Option<Sum>>,
     micro_batches: u32,
+}
+
+/// One parameter's sum, copied on write: a single micro-batch never copies its gradients.
+#[derive(Debug, Clone)]
+enum Sum {
+    /// The first micro-batch's gradient: the backward's stored tensor itself, read-only, since
+    /// it may share storage with other graph tensors. (candle stores every gradient as the
+    /// result of an add, so it is never a parameter's own storage, which AdamW writes.)
+    Stored(Tensor),
+    /// From the second micro-batch on: a fresh buffer of ours, added into in place.
+    Owned(Tensor),
+}
+
+impl Sum {
+    fn tensor(&self) -> &Tensor {
+        match self {
+            Sum::Stored(t) | Sum::Owned(t) => t,
+        }
+    }
 }
 
 impl Grads {
@@ -24,7 +39,6 @@ impl Grads {
     pub fn new(n: usize) -> Self {
         Self {
             grads: vec![None; n],
-            owned: vec![false; n],
             micro_batches: 0,
         }
     }
@@ -33,26 +47,20 @@ impl Grads {
     /// the same order on every call.
     pub fn accumulate(&mut self, vars: &[&Var], store: &GradStore) -> Result<()> {
         if self.grads.len() != vars.len() {
-            *self = Self::new(vars.len());
+            self.grads = vec![None; vars.len()];
         }
-        for ((slot, owned), var) in self.grads.iter_mut().zip(&mut self.owned).zip(vars) {
+        for (slot, var) in self.grads.iter_mut().zip(vars) {
             let Some(g) = store.get(var.as_tensor()) else {
                 continue;
             };
             match slot {
-                // The store's tensor itself, read-only: it may share storage with other graph
-                // tensors, so nothing is ever added into it.
-                None => *slot = Some(g.contiguous()?),
-                Some(acc)
-                    if *owned && cpu::is_cpu_f32_contiguous(acc) && g.dtype() == DType::F32 =>
+                None => *slot = Some(Sum::Stored(g.contiguous()?)),
+                Some(Sum::Owned(acc))
+                    if cpu::is_cpu_f32_contiguous(acc) && g.dtype() == DType::F32 =>
                 {
                     acc.inplace_op2(&g.contiguous()?, &cpu::AddAssign)?;
                 }
-                // The second micro-batch's sum is a fresh buffer: ours to add into from then on.
-                Some(acc) => {
-                    *acc = acc.add(g)?;
-                    *owned = true;
-                }
+                Some(sum) => *sum = Sum::Owned(sum.tensor().add(g)?),
             }
         }
         self.micro_batches += 1;
@@ -66,7 +74,7 @@ impl Grads {
 
     /// The summed gradient of parameter `i`, if it received any.
     pub fn get(&self, i: usize) -> Option<&Tensor> {
-        self.grads.get(i).and_then(Option::as_ref)
+        self.grads.get(i).and_then(Option::as_ref).map(Sum::tensor)
     }
 
     pub fn len(&self) -> usize {
@@ -81,7 +89,7 @@ impl Grads {
     /// the norm of the mean gradient). Computed in f64 with a fixed summation order.
     pub fn global_norm(&self, scale: f64) -> Result<f64> {
         let mut total = 0f64;
-        for g in self.grads.iter().flatten() {
+        for g in self.grads.iter().flatten().map(Sum::tensor) {
             total += match cpu::with_f32(g, cpu::sum_sq_f32) {
                 Some(s) => s,
                 None => g
@@ -97,7 +105,6 @@ impl Grads {
     /// Drops the sums, keeping the parameter count.
     pub fn clear(&mut self) {
         self.grads.iter_mut().for_each(|g| *g = None);
-        self.owned.iter_mut().for_each(|o| *o = false);
         self.micro_batches = 0;
     }
 }
