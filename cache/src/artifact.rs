@@ -583,33 +583,48 @@ impl Cache {
             let _ = remove_tree(&tmp);
             return Err(e);
         }
-        if fs::symlink_metadata(&tree).is_ok() {
-            // A stale folder (objects replaced since): move it aside, then publish ours.
+        self.publish_tree(&tmp, &tree, &art, &inodes)?;
+        let _ = fs::set_permissions(&tree, fs::Permissions::from_mode(0o555));
+        Ok(tree)
+    }
+
+    /// Renames the built folder `tmp` into place at `tree`. Other threads and processes may be
+    /// publishing the same folder at once, so a failed rename is judged by what is at `tree`
+    /// now: a folder that matches is theirs, and ours is dropped; one that does not is stale
+    /// (its objects were replaced since) and is moved aside before trying again; nothing there
+    /// means another publisher moved a stale one aside in between, so try again. A folder is
+    /// moved aside only after it was read and found not to match (before, any folder there was
+    /// moved aside unread, so racing publishers moved each other's fresh folders away), and
+    /// the attempts are bounded.
+    fn publish_tree(
+        &self,
+        tmp: &Path,
+        tree: &Path,
+        art: &Artifact,
+        inodes: &HashMap<Digest, u64>,
+    ) -> Result<()> {
+        const ATTEMPTS: usize = 16;
+        let mut last = None;
+        for _ in 0..ATTEMPTS {
+            match fs::rename(tmp, tree) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            if fs::symlink_metadata(tree).is_err() {
+                continue;
+            }
+            if self.tree_matches(tree, art, inodes)? {
+                let _ = remove_tree(tmp);
+                return Ok(());
+            }
             let old = self.layout.tmp_dir().join(unique_name("old-tree"));
-            if fs::rename(&tree, &old).is_ok() {
+            if fs::rename(tree, &old).is_ok() {
                 let _ = remove_tree(&old);
             }
         }
-        match fs::rename(&tmp, &tree) {
-            Ok(()) => {}
-            Err(_) if fs::symlink_metadata(&tree).is_ok() => {
-                // Another process published the same folder first.
-                let _ = remove_tree(&tmp);
-                if !self.tree_matches(&tree, &art, &inodes)? {
-                    return Err(Error::BadManifest {
-                        path: tree,
-                        reason: "another process published a different folder for this artifact"
-                            .to_string(),
-                    });
-                }
-            }
-            Err(e) => {
-                let _ = remove_tree(&tmp);
-                return Err(io_err("publish artifact folder", &tree)(e));
-            }
-        }
-        let _ = fs::set_permissions(&tree, fs::Permissions::from_mode(0o555));
-        Ok(tree)
+        let _ = remove_tree(tmp);
+        let e = last.unwrap_or_else(|| std::io::Error::other("no attempt made"));
+        Err(io_err("publish artifact folder", tree)(e))
     }
 
     fn build_tree(&self, dir: &Path, art: &Artifact) -> Result<()> {

@@ -1029,3 +1029,32 @@ fn a_stale_artifact_folder_is_rebuilt() {
     assert_eq!(fs::read(dir.join("b")).unwrap(), b"bbb");
     assert!(!dir.join("extra").exists());
 }
+
+/// Regression: threads publishing one artifact's folder at once could see another thread move
+/// the folder they had just failed to replace out of the way, and fail with "publish artifact
+/// folder: Directory not empty". Every caller must get the folder, complete, each round.
+#[test]
+fn concurrent_publishers_of_one_artifact_folder_all_get_it() {
+    let t = Arc::new(TestCache::new());
+    let id = t.commit_files(&[("a.bin", &[1u8; 4096][..]), ("sub/b.txt", b"b")]);
+    let tree = t.cache.layout.tree_path(&id);
+    for _round in 0..40 {
+        // No folder yet: every thread builds one and races to publish it.
+        let _ = crate::fsutil::remove_tree(&tree);
+        let barrier = Arc::new(Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (t, barrier) = (t.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let dir = t.cache.artifact_dir(&id)?;
+                    Ok::<_, crate::Error>(fs::read(dir.join("sub/b.txt")).is_ok())
+                })
+            })
+            .collect();
+        for h in handles {
+            let got = h.join().expect("thread").expect("artifact_dir");
+            assert!(got, "the published folder lacked sub/b.txt");
+        }
+    }
+}
