@@ -5,9 +5,10 @@
 # binaries needs (`. target/cuda-env.sh && target/cuda/release/pollard --version`), and
 # target/cuda-build-env.sh, the build's environment for further cargo commands.
 #
-# The toolkit: $CUDA_HOME if it holds bin/nvcc, else NVIDIA's PyPI wheels
-# (cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc,cccl]), installed once into a venv under
-# $POLLARD_CUDA_CACHE (default ~/.cache/pollard; cache that folder and ~/.cache/pip in CI).
+# The toolkit: $CUDA_HOME if it holds bin/nvcc, else NVIDIA's PyPI wheels pinned in
+# scripts/cuda-wheels.txt (CUDA 13.0: its PTX loads on every r580+ driver; the file says why),
+# installed once into a venv under $POLLARD_CUDA_CACHE named by the pin file's digest (default
+# ~/.cache/pollard; cache that folder and ~/.cache/pip in CI).
 # The wheels ship only versioned .so.N files, so an unversioned symlink folder goes on
 # LIBRARY_PATH for the linker. Without a driver, libcuda.so.1 is a link-time stub that exports
 # the cu* symbols of cudarc's driver bindings and answers every call with
@@ -15,7 +16,8 @@
 # is installed, so pollard then reports "no GPU" instead of failing to start.
 #
 # Environment: CUDA_HOME (use this toolkit), CUDA_COMPUTE_CAP (default: what nvidia-smi says,
-# else 90, i.e. sm_90a for H100/H200), POLLARD_CUDA_CACHE, POLLARD_CUDA_WHEELS (13.4.3),
+# else 90, i.e. sm_90a for H100/H200), POLLARD_CUDA_CACHE, POLLARD_CUDA_WHEELS (a pip
+# requirements file in place of scripts/cuda-wheels.txt),
 # CARGO_TARGET_DIR (default target/cuda, so the CPU build in target/ stays as it is).
 # The build profile is release for both binary and tests: candle's kernels (most of the cold
 # build time) then compile once.
@@ -26,7 +28,7 @@ start=$SECONDS
 say() { echo "cuda-build: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-wheels=${POLLARD_CUDA_WHEELS:-13.4.3}
+wheels=${POLLARD_CUDA_WHEELS:-$root/scripts/cuda-wheels.txt}
 cache=${POLLARD_CUDA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pollard}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target/cuda}
 command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup)"
@@ -38,15 +40,16 @@ if [[ -n "${CUDA_HOME:-}" && -x "$CUDA_HOME/bin/nvcc" ]]; then
     say "toolkit: CUDA_HOME=$cuda_root"
 else
     command -v python3 >/dev/null || die "python3 not found: it installs the CUDA toolkit wheels (or set CUDA_HOME)"
-    venv=$cache/cuda-$wheels
+    [[ -f "$wheels" ]] || die "no wheel pin file at $wheels"
+    venv=$cache/cuda-$(sha256sum "$wheels" | cut -c1-12)
     if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import nvidia' 2>/dev/null \
         || [[ ! -f "$venv/.complete" ]]; then
-        say "installing cuda-toolkit==$wheels wheels into $venv (once; later runs reuse it)"
+        say "installing the CUDA wheels pinned in $wheels into $venv (once; later runs reuse it)"
         mkdir -p "$cache"
+        rm -rf "$venv"
         python3 -m venv "$venv" || die "python3 -m venv failed (install python3-venv)"
-        "$venv/bin/pip" install --disable-pip-version-check -q \
-            "cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc,cccl]==$wheels" \
-            || die "pip could not install cuda-toolkit==$wheels from PyPI"
+        "$venv/bin/pip" install --disable-pip-version-check -q -r "$wheels" \
+            || die "pip could not install the CUDA wheels pinned in $wheels from PyPI"
         touch "$venv/.complete"
     fi
     site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -123,12 +126,21 @@ env_file=$root/target/cuda-env.sh
 cat >"$env_file" <<EOF
 # Written by scripts/cuda-build.sh: source before running $CARGO_TARGET_DIR/release/pollard or
 # the CUDA test binaries. The driver stub goes on the library path only where no NVIDIA
-# driver is installed (there pollard starts and reports no GPU).
+# driver is found (no nvidia-smi, no libcuda.so.1 known to the loader or in a library folder):
+# there pollard starts and reports no GPU; anywhere else it would hide the real driver.
 export POLLARD_CUDA_BIN="$CARGO_TARGET_DIR/release/pollard"
 export LD_LIBRARY_PATH="$lib_dir\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
-if ! $ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 '; then
-    export LD_LIBRARY_PATH="$stub:\$LD_LIBRARY_PATH"
-fi
+pollard_real_driver() {
+    command -v nvidia-smi >/dev/null && return 0
+    $ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 ' && return 0
+    local d IFS=:
+    for d in \$LD_LIBRARY_PATH /usr/local/nvidia/lib64 /usr/lib/wsl/lib; do
+        [ -e "\$d/libcuda.so.1" ] && [ "\$d" != "$stub" ] && return 0
+    done
+    return 1
+}
+pollard_real_driver || export LD_LIBRARY_PATH="$stub:\$LD_LIBRARY_PATH"
+unset -f pollard_real_driver
 EOF
 say "wrote $env_file"
 version=$(. "$env_file" && "$CARGO_TARGET_DIR/release/pollard" --version) || die "the built binary does not start"

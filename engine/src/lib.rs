@@ -3,6 +3,7 @@
 
 pub mod canonical;
 pub mod command;
+pub mod cuda_driver;
 pub mod diag;
 pub mod diff;
 pub mod error;

@@ -144,7 +144,8 @@ impl Inventory {
         };
         if self.gpus.is_empty() {
             return Err(format!(
-                "needs {need}, but there are no GPUs (set --gpus or {GPUS_ENV} to declare some)"
+                "needs {need}, but there are no GPUs (inventory: {}; set --gpus or {GPUS_ENV} to declare some)",
+                self.source
             ));
         }
         if self.gpus.len() < want {
@@ -178,6 +179,10 @@ fn plural(n: usize) -> &'static str {
 #[cfg(feature = "cuda")]
 fn probe() -> (Vec<Gpu>, String) {
     use cudarc::driver::result;
+    // A driver too old for the kernels' PTX would grant GPUs that fail at the first kernel.
+    if let Err(why) = crate::cuda_driver::check() {
+        return (Vec::new(), why);
+    }
     let attempt = || -> Result<Vec<Gpu>, cudarc::driver::DriverError> {
         result::init()?;
         let n = result::device::get_count()?;

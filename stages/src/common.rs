@@ -43,11 +43,18 @@ impl Dtype {
 pub fn device(ctx: &StageCtx) -> Result<Device> {
     match ctx.gpus().first() {
         None => Ok(Device::Cpu),
-        Some(&ordinal) => Device::new_cuda(ordinal as usize).map_err(|e| {
-            StageError::Device(format!(
-                "cannot open GPU {ordinal} (was pollard built with --features cuda?): {e}"
-            ))
-        }),
+        Some(&ordinal) => {
+            let device = Device::new_cuda(ordinal as usize).map_err(|e| {
+                StageError::Device(format!(
+                    "cannot open GPU {ordinal} (was pollard built with --features cuda?): {e}"
+                ))
+            })?;
+            // A GPU declared with --gpus skipped the probe's driver check; an old driver opens
+            // the device and fails only at the first kernel.
+            pollard_engine::cuda_driver::check()
+                .map_err(|why| StageError::Device(format!("GPU {ordinal}: {why}")))?;
+            Ok(device)
+        }
     }
 }
 
