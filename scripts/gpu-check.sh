@@ -39,7 +39,7 @@ command -v nvidia-smi >/dev/null \
     || die "nvidia-smi not found: this script needs a machine with an NVIDIA GPU and driver"
 gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader | head -n1) \
     || die "nvidia-smi cannot query a GPU"
-driver_cuda=$(nvidia-smi | sed -n 's/.*CUDA Version: *\([0-9.]*\).*/\1/p' | head -n1)
+driver_cuda=$( (nvidia-smi || true) | sed -n 's/.*CUDA Version: *\([0-9.]*\).*/\1/p' | head -n1)
 say "GPU 0: $gpu; the driver supports CUDA ${driver_cuda:-?}"
 
 declare -a rows=()
