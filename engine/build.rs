@@ -2,7 +2,7 @@
 //! the toolkit version (from `nvcc --version`, the same source cudarc and candle's kernel build
 //! use) and the compute capability the kernels target (`CUDA_COMPUTE_CAP`, else the first GPU
 //! `nvidia-smi` reports, as candle's kernel build decides it). The toolkit version is also kept
-//! as a number, the oldest driver CUDA that can load the kernels (cuda_driver.rs).
+//! alone, as the oldest driver CUDA that can load the kernels (cuda_driver.rs).
 
 use std::process::Command;
 
@@ -10,19 +10,22 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=PATH");
-    let mut numbered = 0;
-    let described = if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
-        let release = nvcc_release();
-        numbered = release.as_deref().and_then(driver_api_number).unwrap_or(0);
-        let cuda = release.unwrap_or_else(|| "unknown".into());
+    let cuda_feature = std::env::var_os("CARGO_FEATURE_CUDA").is_some();
+    let release = if cuda_feature { nvcc_release() } else { None };
+    let described = if cuda_feature {
+        let cuda = release.as_deref().unwrap_or("unknown");
         let cap = compute_cap().unwrap_or_else(|| "unknown".into());
         format!("CUDA {cuda}, compute capability {cap}")
     } else {
         "CPU only, built without the cuda feature".into()
     };
     println!("cargo:rustc-env=POLLARD_BUILD_TARGET={described}");
-    // For cuda_driver.rs: the driver must support at least this CUDA to load the kernels' PTX.
-    println!("cargo:rustc-env=POLLARD_BUILD_CUDA_VERSION={numbered}");
+    // For cuda_driver.rs: the driver must support at least this CUDA to load the kernels' PTX
+    // (empty: a CPU build, or nvcc did not say).
+    println!(
+        "cargo:rustc-env=POLLARD_BUILD_CUDA={}",
+        release.unwrap_or_default()
+    );
 }
 
 /// `release 13.4` from `nvcc --version`.
@@ -31,12 +34,6 @@ fn nvcc_release() -> Option<String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let after = text.split("release ").nth(1)?;
     Some(after.split(',').next()?.trim().to_string())
-}
-
-/// `13.0` -> 13000, the driver API's numbering (cuDriverGetVersion).
-fn driver_api_number(release: &str) -> Option<i32> {
-    let (major, minor) = release.split_once('.')?;
-    Some(major.parse::<i32>().ok()? * 1000 + minor.parse::<i32>().ok()? * 10)
 }
 
 /// `90` -> `9.0 (sm_90)`.

@@ -44,6 +44,8 @@ say "GPU 0: $gpu; the driver supports CUDA ${driver_cuda:-?}"
 
 declare -a rows=()
 failed=0
+# row NAME STATUS SINCE: one line of the closing table (SINCE: $SECONDS when the step began).
+row() { rows+=("$(printf '%-10s %-34s %6ss' "$1" "$2" "$((SECONDS - $3))")"); }
 # step NAME TIMEOUT CMD...: runs CMD with a timeout, logs to $log_dir/NAME.log, records a row.
 step() {
     local name=$1 limit=$2
@@ -59,7 +61,7 @@ step() {
         failed=1
         tail -n 20 "$log_dir/$name.log" >&2 || true
     fi
-    rows+=("$(printf '%-10s %-34s %6ss' "$name" "$status" "$((SECONDS - t0))")")
+    row "$name" "$status" "$t0"
 }
 
 # CUDA's libraries for a bundle: the first folder of each candidate that holds libcublas.so.13.
@@ -106,7 +108,7 @@ if [[ -n $bundle ]]; then
     [[ -z $missing ]] || die "CUDA's libraries are missing (searched: $libs):
 $missing
 set CUDA_HOME to a CUDA 13 toolkit, or POLLARD_TORCH_PYTHON to a python whose torch ships them"
-    rows+=("$(printf '%-10s %-34s %6ss' unpack ok "$((SECONDS - t0))")")
+    row unpack ok "$t0"
     say "bundle: $(sed -n 's/^version=//p' "$manifest"), commit $(sed -n 's/^commit=//p' "$manifest"), PTX ISA $(sed -n 's/^ptx_isa=//p' "$manifest")"
 else
     step build "${POLLARD_CHECK_BUILD_TIMEOUT:-2400}" scripts/gpu-bundle.sh

@@ -604,27 +604,30 @@ impl Cache {
         inodes: &HashMap<Digest, u64>,
     ) -> Result<()> {
         const ATTEMPTS: usize = 16;
-        let mut last = None;
-        for _ in 0..ATTEMPTS {
-            match fs::rename(tmp, tree) {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let failed = match fs::rename(tmp, tree) {
                 Ok(()) => return Ok(()),
-                Err(e) => last = Some(e),
+                Err(e) => e,
+            };
+            if fs::symlink_metadata(tree).is_ok() {
+                let matches = self.tree_matches(tree, art, inodes);
+                if !matches!(matches, Ok(false)) {
+                    // Theirs is good (ours is not needed), or reading it failed: ours goes.
+                    let _ = remove_tree(tmp);
+                    return matches.map(|_| ());
+                }
+                let old = self.layout.tmp_dir().join(unique_name("old-tree"));
+                if fs::rename(tree, &old).is_ok() {
+                    let _ = remove_tree(&old);
+                }
             }
-            if fs::symlink_metadata(tree).is_err() {
-                continue;
-            }
-            if self.tree_matches(tree, art, inodes)? {
+            if attempt == ATTEMPTS {
                 let _ = remove_tree(tmp);
-                return Ok(());
-            }
-            let old = self.layout.tmp_dir().join(unique_name("old-tree"));
-            if fs::rename(tree, &old).is_ok() {
-                let _ = remove_tree(&old);
+                return Err(io_err("publish artifact folder", tree)(failed));
             }
         }
-        let _ = remove_tree(tmp);
-        let e = last.unwrap_or_else(|| std::io::Error::other("no attempt made"));
-        Err(io_err("publish artifact folder", tree)(e))
     }
 
     fn build_tree(&self, dir: &Path, art: &Artifact) -> Result<()> {

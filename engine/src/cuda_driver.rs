@@ -8,7 +8,13 @@
 /// The CUDA version whose toolkit compiled this build's kernels, as the driver API numbers
 /// versions (1000 x major + 10 x minor: 13000 is 13.0); 0 for a CPU build or when unknown.
 pub fn build_version() -> i32 {
-    env!("POLLARD_BUILD_CUDA_VERSION").parse().unwrap_or(0)
+    numbered(env!("POLLARD_BUILD_CUDA")).unwrap_or(0)
+}
+
+/// `13.0` (nvcc's release) -> 13000.
+fn numbered(release: &str) -> Option<i32> {
+    let (major, minor) = release.split_once('.')?;
+    Some(major.parse::<i32>().ok()? * 1000 + minor.parse::<i32>().ok()? * 10)
 }
 
 /// `13040` -> `13.4`.
@@ -73,5 +79,8 @@ mod tests {
     fn versions_read_as_major_dot_minor() {
         assert_eq!(dotted(13000), "13.0");
         assert_eq!(dotted(12090), "12.9");
+        assert_eq!(numbered("13.0"), Some(13000));
+        assert_eq!(numbered("12.9"), Some(12090));
+        assert_eq!(numbered(""), None);
     }
 }
